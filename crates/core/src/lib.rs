@@ -1,0 +1,23 @@
+//! Domain types shared by every medmesh crate: record ids, record metadata, manifests
+//! and the errors a user can cause with them. No I/O happens here.
+//!
+//! A record is stored as encrypted chunk blocks plus one manifest block; the manifest's
+//! CID is the record's [`RecordId`]. See `docs/architecture.md`.
+
+mod cid_util;
+mod content_type;
+mod error;
+mod manifest;
+mod record;
+
+pub use cid_util::{cid_of, verify_cid, Codec, MAX_BLOCK_SIZE};
+pub use content_type::ContentType;
+pub use error::CoreError;
+pub use manifest::{
+    AeadAlgorithm, EnvelopeHeader, KeyWrap, KeyWrapAlgorithm, Manifest, ManifestBody,
+    ManifestSignature, SignatureAlgorithm, ENVELOPE_VERSION, MANIFEST_VERSION,
+};
+pub use record::{InstitutionId, PatientRef, RecordId, RecordMeta};
+
+/// Re-exported so callers name one `Cid` type.
+pub use cid::Cid;

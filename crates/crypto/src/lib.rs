@@ -1,0 +1,24 @@
+//! medmesh cryptography behind one API, so an algorithm can be replaced without
+//! touching callers:
+//!
+//! - [`envelope`]: records are encrypted in chunks with AES-256-GCM (`ring`) under a
+//!   fresh 256-bit [`DataKey`]; each chunk's nonce and associated data bind it to its
+//!   record and position, so chunks verify on their own and cannot be reordered or
+//!   truncated.
+//! - [`keys`]: institutions hold post-quantum OpenPGP certificates (RFC 9580 profile,
+//!   ML-DSA-65+Ed25519 signing, ML-KEM-768+X25519 encryption). Data keys are wrapped
+//!   for recipients as OpenPGP messages; manifests are signed.
+//! - [`keystore`]: the on-disk home of those keys, secrets protected by a passphrase.
+//!
+//! Bulk data never goes through OpenPGP (about 0.1 GB/s): OpenPGP wraps keys, `ring`
+//! encrypts data.
+
+pub mod envelope;
+mod error;
+pub mod keys;
+pub mod keystore;
+
+pub use envelope::{DataKey, RecordCipher};
+pub use error::CryptoError;
+pub use keys::{Certificate, SecretKeys, UnlockedDecryptor, UnlockedSigner};
+pub use keystore::{Keystore, NodeIdentity, Passphrase};
