@@ -8,10 +8,9 @@ use crate::CoreError;
 /// Multihash code of sha2-256.
 const SHA2_256: u64 = 0x12;
 
-/// The largest block medmesh creates or accepts (IPFS peers refuse blocks over 2 MiB;
-/// we stay at the 1 MiB that bitswap implementations accept without special settings,
-/// plus room for the AEAD tag).
-pub const MAX_BLOCK_SIZE: usize = (1 << 20) + 64;
+/// The largest block medmesh creates or accepts: 1 MiB, the size Kubo and other IPFS
+/// peers accept without `--allow-big-block`.
+pub const MAX_BLOCK_SIZE: usize = 1 << 20;
 
 /// IPLD codecs medmesh uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,584 @@
+//! Records: streaming ingest (chunk → encrypt → hash → block files → manifest → index)
+//! and streaming read (blocks → verify → decrypt), listing, removal, garbage
+//! collection and consistency checks.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::Mutex;
+
+use medmesh_core::{
+    cid_of, Cid, Codec, ContentType, InstitutionId, Manifest, ManifestBody, PatientRef, RecordId,
+    RecordMeta, MANIFEST_VERSION, MAX_BLOCK_SIZE,
+};
+use medmesh_crypto::envelope::TAG_LEN;
+use medmesh_crypto::{Certificate, DataKey, RecordCipher, UnlockedDecryptor, UnlockedSigner};
+use redb::{ReadableDatabase, ReadableTable};
+use serde::Serialize;
+use time::OffsetDateTime;
+
+use crate::audit::{self, AuditAction, AuditEvent};
+use crate::index::{self, BY_OWNER, BY_PATIENT, BY_TIME, BY_TYPE, RECORDS, REFS};
+use crate::{Store, StoreError};
+
+/// Plaintext bytes per chunk by default: each encrypted block is then exactly 1 MiB,
+/// the largest block IPFS peers accept by default.
+pub const DEFAULT_CHUNK_SIZE: u32 = (MAX_BLOCK_SIZE - TAG_LEN) as u32;
+/// Largest chunk size accepted.
+pub const MAX_CHUNK_SIZE: u32 = DEFAULT_CHUNK_SIZE;
+/// Smallest chunk size accepted.
+pub const MIN_CHUNK_SIZE: u32 = 4096;
+
+/// What to store with a record.
+#[derive(Debug, Clone)]
+pub struct PutRequest {
+    /// Media type of the plaintext.
+    pub content_type: ContentType,
+    /// The patient the record is about, if known.
+    pub patient: Option<PatientRef>,
+    /// Plaintext bytes per chunk ([`DEFAULT_CHUNK_SIZE`] unless testing).
+    pub chunk_size: u32,
+    /// Who is writing, for the audit log.
+    pub actor: String,
+}
+
+/// Filters for [`Store::list`]; empty fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct RecordQuery {
+    /// Only records owned by this institution.
+    pub owner: Option<InstitutionId>,
+    /// Only records about this patient.
+    pub patient: Option<PatientRef>,
+    /// Only records of this media type.
+    pub content_type: Option<ContentType>,
+    /// Only records created at or after this time.
+    pub since: Option<OffsetDateTime>,
+    /// Only records created before this time.
+    pub until: Option<OffsetDateTime>,
+    /// At most this many (oldest first); 0 means no limit.
+    pub limit: usize,
+}
+
+/// Progress of a read: bytes written so far.
+pub type ReadProgress<'a> = &'a (dyn Fn(u64) + Sync);
+
+/// What [`Store::remove_record`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RemoveReport {
+    /// Blocks deleted.
+    pub blocks_removed: u64,
+    /// Bytes freed.
+    pub bytes_freed: u64,
+}
+
+/// What [`Store::gc`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct GcReport {
+    /// Unreferenced blocks deleted.
+    pub blocks_removed: u64,
+    /// Leftover temp files (from interrupted writes) deleted.
+    pub temp_files_removed: u64,
+    /// Bytes freed.
+    pub bytes_freed: u64,
+}
+
+/// What [`Store::check`] found.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    /// Records checked.
+    pub records: u64,
+    /// Blocks re-hashed.
+    pub blocks_checked: u64,
+    /// Blocks no record references (left by an interrupted write; `gc` removes them).
+    pub unreferenced_blocks: u64,
+    /// Problems found, one line each; empty when the store is consistent.
+    pub problems: Vec<String>,
+}
+
+struct SealedChunk {
+    index: u64,
+    cid: Cid,
+    shard: PathBuf,
+}
+
+impl Store {
+    /// Ingests a record from `input`: encrypts it chunk by chunk under a fresh data key,
+    /// stores the blocks, wraps the key for the signer's institution and `also_for`,
+    /// signs the manifest, and commits the index and an audit entry. Returns once all of
+    /// it is durable. Memory use is a few chunks, whatever the input size.
+    pub fn put_record(
+        &self,
+        input: &mut (dyn Read + Send),
+        request: &PutRequest,
+        signer: &mut UnlockedSigner,
+        owner_cert: &Certificate,
+        also_for: &[Certificate],
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<RecordId, StoreError> {
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&request.chunk_size) {
+            return Err(StoreError::InvalidInput(format!(
+                "chunk size {} is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}",
+                request.chunk_size
+            )));
+        }
+        if owner_cert.id() != *signer.id() {
+            return Err(StoreError::InvalidInput(format!(
+                "the signing key belongs to {} but the owner certificate is {}",
+                signer.id(),
+                owner_cert.id()
+            )));
+        }
+        let _guard = self.gc_guard.read().unwrap_or_else(|e| e.into_inner());
+        let key = DataKey::generate()?;
+        let envelope = RecordCipher::new_header(request.chunk_size)?;
+        let cipher = RecordCipher::new(&key, &envelope)?;
+
+        let (chunks, size, mut shards) =
+            self.seal_and_store(input, &cipher, request.chunk_size as usize, progress)?;
+
+        let mut key_wraps = vec![owner_cert.wrap(&key)?];
+        for cert in also_for {
+            if cert.id() != owner_cert.id() {
+                key_wraps.push(cert.wrap(&key)?);
+            }
+        }
+        let meta = RecordMeta {
+            content_type: request.content_type.clone(),
+            size,
+            created: OffsetDateTime::now_utc(),
+            owner: owner_cert.id(),
+            patient: request.patient.clone(),
+        };
+        let manifest = signer.sign_manifest(ManifestBody {
+            version: MANIFEST_VERSION,
+            meta: meta.clone(),
+            envelope,
+            chunks,
+            key_wraps,
+        })?;
+        let (id, manifest_bytes) = manifest.to_block()?;
+        shards.insert(self.blocks.put(id.cid(), &manifest_bytes)?);
+        self.blocks.sync_dirs(&shards)?;
+
+        let mut blocks = manifest.body.chunks.clone();
+        blocks.push(*id.cid());
+        let txn = self.db.begin_write()?;
+        index::insert_record(&txn, &id, &meta, &blocks)?;
+        audit::append(
+            &mut txn.open_table(audit::AUDIT)?,
+            AuditEvent {
+                action: AuditAction::RecordWrite,
+                actor: request.actor.clone(),
+                subject: id.to_string(),
+                detail: BTreeMap::from([
+                    ("size".into(), size.to_string()),
+                    ("content_type".into(), meta.content_type.to_string()),
+                    ("chunks".into(), manifest.body.chunks.len().to_string()),
+                ]),
+            },
+        )?;
+        txn.commit()?;
+        tracing::info!(record = %id, size, chunks = manifest.body.chunks.len(), "record stored");
+        Ok(id)
+    }
+
+    /// Reads `input` in chunks and seals, hashes and writes them on worker threads.
+    /// Returns the chunk CIDs in order, the plaintext size and the shard dirs touched.
+    fn seal_and_store(
+        &self,
+        input: &mut (dyn Read + Send),
+        cipher: &RecordCipher,
+        chunk_size: usize,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<(Vec<Cid>, u64, BTreeSet<PathBuf>), StoreError> {
+        let workers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 8);
+        // A fixed pool of buffers bounds memory to (workers * 2 + 2) chunks.
+        let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+        for _ in 0..workers * 2 + 2 {
+            free_tx
+                .send(Vec::with_capacity(chunk_size + TAG_LEN))
+                .expect("receiver alive");
+        }
+        let (job_tx, job_rx) = mpsc::channel::<(u64, Vec<u8>, bool)>();
+        let job_rx = Mutex::new(job_rx);
+        let (done_tx, done_rx) = mpsc::channel::<Result<SealedChunk, StoreError>>();
+        let failed = AtomicBool::new(false);
+
+        let read_result = std::thread::scope(|scope| {
+            for _ in 0..workers {
+                let (free_tx, done_tx) = (free_tx.clone(), done_tx.clone());
+                let (job_rx, failed) = (&job_rx, &failed);
+                scope.spawn(move || loop {
+                    let job = job_rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok((index, mut buf, last)) = job else {
+                        break;
+                    };
+                    let result = cipher
+                        .seal_chunk(index, last, &mut buf)
+                        .map_err(StoreError::from)
+                        .and_then(|()| {
+                            let cid = cid_of(Codec::Raw, &buf);
+                            let shard = self.blocks.put(&cid, &buf)?;
+                            Ok(SealedChunk { index, cid, shard })
+                        });
+                    if result.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    buf.clear();
+                    let _ = free_tx.send(buf);
+                    if done_tx.send(result).is_err() {
+                        break;
+                    }
+                });
+            }
+            drop(done_tx);
+            let result = read_chunks(input, chunk_size, &free_rx, &failed, progress, |job| {
+                job_tx.send(job).map_err(|_| {
+                    StoreError::Corrupt("encryption workers stopped unexpectedly".into())
+                })
+            });
+            drop(job_tx);
+            result
+        });
+
+        let mut cids: Vec<Option<Cid>> = Vec::new();
+        let mut shards = BTreeSet::new();
+        let mut first_error = None;
+        for done in done_rx {
+            match done {
+                Ok(c) => {
+                    let i = c.index as usize;
+                    if cids.len() <= i {
+                        cids.resize(i + 1, None);
+                    }
+                    cids[i] = Some(c.cid);
+                    shards.insert(c.shard);
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        // A worker's error (e.g. disk full) explains a stopped read better than the read.
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        let size = read_result?;
+        let chunks = cids
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| StoreError::Corrupt("a chunk was lost during ingest".into()))?;
+        Ok((chunks, size, shards))
+    }
+
+    /// The decoded manifest of a stored record.
+    pub fn manifest(&self, id: &RecordId) -> Result<Manifest, StoreError> {
+        let bytes = self.blocks.get(id.cid()).map_err(|e| match e {
+            StoreError::MissingBlock { .. } if self.meta(id).is_err() => {
+                StoreError::UnknownRecord(id.to_string())
+            }
+            other => other,
+        })?;
+        Ok(Manifest::decode(&bytes)?)
+    }
+
+    /// A stored record's metadata.
+    pub fn meta(&self, id: &RecordId) -> Result<RecordMeta, StoreError> {
+        let txn = self.db.begin_read()?;
+        index::get_meta(&txn.open_table(RECORDS)?, id)?
+            .ok_or_else(|| StoreError::UnknownRecord(id.to_string()))
+    }
+
+    /// Decrypts a record into `out`, verifying the manifest signature against
+    /// `owner_cert` and every block's hash and tag on the way. Returns the plaintext size.
+    ///
+    /// On error some plaintext may already be in `out`; callers writing a file write it
+    /// to a temporary name and rename it only on success.
+    pub fn read_record(
+        &self,
+        id: &RecordId,
+        owner_cert: &Certificate,
+        decryptor: &mut UnlockedDecryptor,
+        out: &mut dyn Write,
+        actor: &str,
+        progress: ReadProgress<'_>,
+    ) -> Result<u64, StoreError> {
+        let manifest = self.manifest(id)?;
+        owner_cert.verify_manifest(&manifest)?;
+        let key = decryptor.unwrap_key(&manifest.body)?;
+        let cipher = RecordCipher::new(&key, &manifest.body.envelope)?;
+        let chunk_size = u64::from(manifest.body.envelope.chunk_size);
+        let n = manifest.body.chunks.len();
+        let mut written = 0u64;
+        for (i, cid) in manifest.body.chunks.iter().enumerate() {
+            let mut block = self.blocks.get(cid).map_err(|e| match e {
+                StoreError::MissingBlock { cid, .. } => StoreError::MissingBlock {
+                    cid,
+                    record: Some(id.to_string()),
+                },
+                other => other,
+            })?;
+            let last = i + 1 == n;
+            let plain = cipher.open_chunk(i as u64, last, &mut block)?;
+            if !last && plain.len() as u64 != chunk_size {
+                return Err(StoreError::Corrupt(format!(
+                    "chunk {i} of record {id} holds {} bytes, expected {chunk_size}",
+                    plain.len()
+                )));
+            }
+            out.write_all(plain)
+                .map_err(StoreError::io("writing the record's plaintext"))?;
+            written += plain.len() as u64;
+            progress(written);
+        }
+        if written != manifest.body.meta.size {
+            return Err(StoreError::Corrupt(format!(
+                "record {id} decrypted to {written} bytes but its manifest says {}",
+                manifest.body.meta.size
+            )));
+        }
+        out.flush()
+            .map_err(StoreError::io("writing the record's plaintext"))?;
+        self.audit(AuditEvent {
+            action: AuditAction::RecordRead,
+            actor: actor.to_string(),
+            subject: id.to_string(),
+            detail: BTreeMap::from([("size".into(), written.to_string())]),
+        })?;
+        Ok(written)
+    }
+
+    /// Records matching `query`, oldest first.
+    pub fn list(&self, query: &RecordQuery) -> Result<Vec<(RecordId, RecordMeta)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let records = txn.open_table(RECORDS)?;
+        let lo = query.since.map_or(0, |t| index::time_key(&t));
+        let hi = query.until.map_or(u64::MAX, |t| index::time_key(&t));
+        // Scan the most selective index the query allows.
+        let mut ids: Vec<String> = Vec::new();
+        let by = |table: redb::ReadOnlyTable<(&str, u64, &str), ()>, key: &str| {
+            let mut out = Vec::new();
+            for item in table.range((key, lo, "")..(key, hi, ""))? {
+                out.push(item?.0.value().2.to_string());
+            }
+            Ok::<_, StoreError>(out)
+        };
+        if let Some(p) = &query.patient {
+            ids = by(txn.open_table(BY_PATIENT)?, p.as_str())?;
+        } else if let Some(t) = &query.content_type {
+            ids = by(txn.open_table(BY_TYPE)?, t.as_str())?;
+        } else if let Some(o) = &query.owner {
+            ids = by(txn.open_table(BY_OWNER)?, o.as_str())?;
+        } else {
+            for item in txn.open_table(BY_TIME)?.range((lo, "")..(hi, ""))? {
+                ids.push(item?.0.value().1.to_string());
+            }
+        }
+        let mut out = Vec::new();
+        for key in ids {
+            let id: RecordId = key.parse()?;
+            let meta = index::get_meta(&records, &id)?
+                .ok_or_else(|| StoreError::Corrupt(format!("index names unknown record {id}")))?;
+            let keep = query.owner.as_ref().is_none_or(|o| &meta.owner == o)
+                && query
+                    .patient
+                    .as_ref()
+                    .is_none_or(|p| meta.patient.as_ref() == Some(p))
+                && query
+                    .content_type
+                    .as_ref()
+                    .is_none_or(|t| &meta.content_type == t);
+            if keep {
+                out.push((id, meta));
+                if query.limit != 0 && out.len() == query.limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the local copy of a record: its index entries, and every block of it no
+    /// other record references.
+    pub fn remove_record(&self, id: &RecordId, actor: &str) -> Result<RemoveReport, StoreError> {
+        let meta = self.meta(id)?;
+        // A missing or corrupt manifest must not make a record unremovable.
+        let mut blocks = self.manifest(id).map(|m| m.body.chunks).unwrap_or_default();
+        blocks.push(*id.cid());
+        let txn = self.db.begin_write()?;
+        let unreferenced = index::remove_record(&txn, id, &meta, &blocks)?;
+        audit::append(
+            &mut txn.open_table(audit::AUDIT)?,
+            AuditEvent {
+                action: AuditAction::RecordRemove,
+                actor: actor.to_string(),
+                subject: id.to_string(),
+                detail: BTreeMap::new(),
+            },
+        )?;
+        txn.commit()?;
+        let mut report = RemoveReport {
+            blocks_removed: 0,
+            bytes_freed: 0,
+        };
+        for cid in unreferenced {
+            let freed = self.blocks.remove(&cid)?;
+            report.blocks_removed += u64::from(freed > 0);
+            report.bytes_freed += freed;
+        }
+        tracing::info!(record = %id, blocks = report.blocks_removed, "record removed");
+        Ok(report)
+    }
+
+    /// Deletes blocks no record references and temp files left by interrupted writes.
+    pub fn gc(&self, actor: &str) -> Result<GcReport, StoreError> {
+        let _guard = self.gc_guard.write().unwrap_or_else(|e| e.into_inner());
+        let referenced = self.referenced_blocks()?;
+        let scan = self.blocks.scan()?;
+        let mut report = GcReport {
+            blocks_removed: 0,
+            temp_files_removed: 0,
+            bytes_freed: 0,
+        };
+        for cid in scan.blocks.iter().filter(|c| !referenced.contains(*c)) {
+            report.bytes_freed += self.blocks.remove(cid)?;
+            report.blocks_removed += 1;
+        }
+        for path in scan.stray.iter().filter(|p| is_temp_file(p)) {
+            let size = std::fs::metadata(path).map_or(0, |m| m.len());
+            std::fs::remove_file(path)
+                .map_err(StoreError::io(format!("removing {}", path.display())))?;
+            report.temp_files_removed += 1;
+            report.bytes_freed += size;
+        }
+        self.audit(AuditEvent {
+            action: AuditAction::GarbageCollect,
+            actor: actor.to_string(),
+            subject: "blocks".into(),
+            detail: BTreeMap::from([
+                ("blocks_removed".into(), report.blocks_removed.to_string()),
+                ("bytes_freed".into(), report.bytes_freed.to_string()),
+            ]),
+        })?;
+        Ok(report)
+    }
+
+    /// Checks that every indexed record's blocks are present and intact and that the
+    /// audit log verifies. Changes nothing.
+    pub fn check(&self) -> Result<CheckReport, StoreError> {
+        let mut report = CheckReport {
+            records: 0,
+            blocks_checked: 0,
+            unreferenced_blocks: 0,
+            problems: Vec::new(),
+        };
+        for (id, meta) in self.list(&RecordQuery::default())? {
+            report.records += 1;
+            let manifest = match self.manifest(&id) {
+                Ok(m) => m,
+                Err(e) => {
+                    report.problems.push(format!("record {id}: {e}"));
+                    continue;
+                }
+            };
+            report.blocks_checked += 1;
+            if manifest.body.meta != meta {
+                report.problems.push(format!(
+                    "record {id}: index metadata differs from its manifest"
+                ));
+            }
+            for cid in &manifest.body.chunks {
+                report.blocks_checked += 1;
+                if let Err(e) = self.blocks.get(cid) {
+                    report.problems.push(format!("record {id}: {e}"));
+                }
+            }
+        }
+        let referenced = self.referenced_blocks()?;
+        report.unreferenced_blocks = self
+            .blocks
+            .scan()?
+            .blocks
+            .iter()
+            .filter(|c| !referenced.contains(*c))
+            .count() as u64;
+        if let Err(broken) = self.audit_verify()? {
+            report.problems.push(broken.to_string());
+        }
+        Ok(report)
+    }
+
+    fn referenced_blocks(&self) -> Result<HashSet<Cid>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let mut set = HashSet::new();
+        for item in txn.open_table(REFS)?.iter()? {
+            let (k, _) = item?;
+            let cid: Cid = k
+                .value()
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("bad CID in block references: {e}")))?;
+            set.insert(cid);
+        }
+        Ok(set)
+    }
+}
+
+fn is_temp_file(path: &std::path::Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(".tmp-"))
+}
+
+/// Reads `input` into chunks of `chunk_size`, handing each to `send` with its index and
+/// whether it is the last; looks one chunk ahead so the last flag is known without the
+/// input's length. An empty input is one empty last chunk. Returns the bytes read.
+fn read_chunks(
+    input: &mut (dyn Read + Send),
+    chunk_size: usize,
+    pool: &mpsc::Receiver<Vec<u8>>,
+    failed: &AtomicBool,
+    progress: &(dyn Fn(u64) + Sync),
+    mut send: impl FnMut((u64, Vec<u8>, bool)) -> Result<(), StoreError>,
+) -> Result<u64, StoreError> {
+    let take = || {
+        pool.recv()
+            .map_err(|_| StoreError::Corrupt("encryption workers stopped unexpectedly".into()))
+    };
+    let mut total = 0u64;
+    let mut index = 0u64;
+    let mut current = take()?;
+    fill(input, &mut current, chunk_size)?;
+    loop {
+        total += current.len() as u64;
+        progress(total);
+        if failed.load(Ordering::Relaxed) {
+            return Err(StoreError::Corrupt(
+                "ingest stopped after a write error".into(),
+            ));
+        }
+        if current.len() < chunk_size {
+            return send((index, current, true)).map(|()| total);
+        }
+        let mut next = take()?;
+        fill(input, &mut next, chunk_size)?;
+        if next.is_empty() {
+            return send((index, current, true)).map(|()| total);
+        }
+        send((index, current, false))?;
+        current = next;
+        index += 1;
+    }
+}
+
+/// Fills `buf` up to `len` bytes or the end of input.
+fn fill(input: &mut (dyn Read + Send), buf: &mut Vec<u8>, len: usize) -> Result<(), StoreError> {
+    input
+        .take((len - buf.len()) as u64)
+        .read_to_end(buf)
+        .map(drop)
+        .map_err(StoreError::io("reading the input"))
+}

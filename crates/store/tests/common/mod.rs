@@ -1,0 +1,122 @@
+//! Shared fixtures: one institution key pair per test binary (key generation and
+//! passphrase stretching are the slow part), a fresh store per test.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use medmesh_core::{ContentType, RecordId};
+use medmesh_crypto::{Certificate, Passphrase, SecretKeys, UnlockedDecryptor, UnlockedSigner};
+use medmesh_store::{PutRequest, Store, DEFAULT_CHUNK_SIZE};
+
+pub const PASSPHRASE: &str = "test passphrase 1";
+
+pub fn pass() -> Passphrase {
+    Passphrase::new(PASSPHRASE.into()).unwrap()
+}
+
+/// Armored secret keys of institution `n` (0 or 1), generated once per test binary.
+pub fn institution(n: usize) -> SecretKeys {
+    static KEYS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    let keys = KEYS.get_or_init(|| {
+        ["Test Hospital", "Other Lab"]
+            .iter()
+            .map(|name| {
+                SecretKeys::generate(name, &pass())
+                    .unwrap()
+                    .to_armored()
+                    .unwrap()
+            })
+            .collect()
+    });
+    SecretKeys::from_bytes(&keys[n]).unwrap()
+}
+
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+    pub store: Store,
+    pub cert: Certificate,
+    pub signer: UnlockedSigner,
+    pub decryptor: UnlockedDecryptor,
+}
+
+pub fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let keys = institution(0);
+    Fixture {
+        cert: keys.certificate().unwrap(),
+        signer: keys.unlock_signing(&pass()).unwrap(),
+        decryptor: keys.unlock_decryption(&pass()).unwrap(),
+        dir,
+        store,
+    }
+}
+
+pub fn request(content_type: &str, chunk_size: u32) -> PutRequest {
+    PutRequest {
+        content_type: content_type.parse::<ContentType>().unwrap(),
+        patient: None,
+        chunk_size,
+        actor: "test".into(),
+    }
+}
+
+impl Fixture {
+    pub fn put(&mut self, bytes: &[u8]) -> RecordId {
+        self.put_with(
+            bytes,
+            request(ContentType::OCTET_STREAM, DEFAULT_CHUNK_SIZE),
+        )
+    }
+
+    pub fn put_with(&mut self, bytes: &[u8], request: PutRequest) -> RecordId {
+        self.store
+            .put_record(
+                &mut &bytes[..],
+                &request,
+                &mut self.signer,
+                &self.cert,
+                &[],
+                &|_| {},
+            )
+            .unwrap()
+    }
+
+    pub fn read(&mut self, id: &RecordId) -> Result<Vec<u8>, medmesh_store::StoreError> {
+        let mut out = Vec::new();
+        self.store
+            .read_record(
+                id,
+                &self.cert,
+                &mut self.decryptor,
+                &mut out,
+                "test",
+                &|_| {},
+            )
+            .map(|_| out)
+    }
+}
+
+/// `../shared/data/<rel>` from the repository, if present.
+pub fn shared_data(rel: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data")
+        .join(rel);
+    p.exists().then_some(p)
+}
+
+/// Deterministic pseudo-random bytes (xorshift), incompressible like real images.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
