@@ -1,1 +1,123 @@
-fn main() {}
+//! `medmesh`: the node each institution runs to share encrypted medical records.
+
+// A command-line tool speaks on stdout.
+#![allow(clippy::print_stdout)]
+
+mod commands;
+mod config;
+mod passphrase;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::passphrase::PassphraseSource;
+
+/// Share encrypted medical records without a central operator.
+#[derive(Debug, Parser)]
+#[command(name = "medmesh", version, about, long_about = None)]
+struct Cli {
+    /// The node's data dir (config, keys, blocks, index).
+    #[arg(long, global = true, env = "MEDMESH_DATA_DIR", default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
+
+    /// Read the passphrase from the first line of this file
+    /// (otherwise $MEDMESH_PASSPHRASE, otherwise a prompt).
+    #[arg(long, global = true, env = "MEDMESH_PASSPHRASE_FILE")]
+    passphrase_file: Option<PathBuf>,
+
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a data dir: config file, institution keys, node identity, empty store.
+    Init {
+        /// Name of the institution this node acts for.
+        #[arg(long, default_value = "medmesh institution")]
+        institution: String,
+    },
+    /// Encrypt and store a file as a record; prints the record id.
+    Put(commands::PutArgs),
+    /// Decrypt a record into a file (or `-o -` for stdout).
+    Get(commands::GetArgs),
+    /// List records, oldest first.
+    Ls(commands::LsArgs),
+    /// Show a record's metadata and manifest summary.
+    Info {
+        /// The record id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the local copy of a record (its blocks are deleted).
+    Rm {
+        /// Record ids to remove.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Delete blocks no record references (e.g. left by an interrupted put).
+    Gc,
+    /// Check that every record's blocks are present and intact and the audit log verifies.
+    Check,
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(commands::AuditCommand),
+    /// The institution's keys.
+    #[command(subcommand)]
+    Keys(commands::KeysCommand),
+}
+
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(".medmesh"))
+        .unwrap_or_else(|| PathBuf::from(".medmesh"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let passphrase = PassphraseSource {
+        file: cli.passphrase_file.clone(),
+    };
+    let result = match cli.command {
+        Command::Init { institution } => commands::init(&cli.data_dir, &institution, &passphrase),
+        Command::Put(args) => commands::put(&cli.data_dir, &passphrase, args),
+        Command::Get(args) => commands::get(&cli.data_dir, &passphrase, args),
+        Command::Ls(args) => commands::ls(&cli.data_dir, args),
+        Command::Info { id, json } => commands::info(&cli.data_dir, &id, json),
+        Command::Rm { ids } => commands::rm(&cli.data_dir, &ids),
+        Command::Gc => commands::gc(&cli.data_dir),
+        Command::Check => commands::check(&cli.data_dir),
+        Command::Audit(cmd) => commands::audit(&cli.data_dir, cmd),
+        Command::Keys(cmd) => commands::keys(&cli.data_dir, cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,523 @@
+//! One function per CLI command. Each validates its input before touching anything, so
+//! a user error changes nothing.
+
+use std::fs;
+use std::io::{self, IsTerminal, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use medmesh_core::{ContentType, PatientRef, RecordId};
+use medmesh_crypto::Keystore;
+use medmesh_store::{PutRequest, RecordQuery, Store, StoreError};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::config::{self, Config};
+use crate::passphrase::PassphraseSource;
+
+/// Who the CLI acts as in the audit log.
+const CLI_ACTOR: &str = "cli";
+/// Inputs at least this large get a progress bar (on a terminal).
+const PROGRESS_THRESHOLD: u64 = 16 << 20;
+
+/// An initialised data dir, opened.
+struct Node {
+    config: Config,
+    keystore: Keystore,
+    store: Store,
+}
+
+impl Node {
+    fn open(data_dir: &Path) -> Result<Self> {
+        let config = Config::load(data_dir)?;
+        let keystore = Keystore::open(&data_dir.join("keys"))?;
+        let store = open_store(&data_dir.join("store"))?;
+        Ok(Self {
+            config,
+            keystore,
+            store,
+        })
+    }
+}
+
+/// How long a command waits for another medmesh process to release the store.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
+/// Opens the store, waiting briefly if another short-lived command holds it.
+fn open_store(dir: &Path) -> Result<Store> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        match Store::open(dir) {
+            Err(StoreError::Locked(_)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+fn parse_id(id: &str) -> Result<RecordId> {
+    Ok(id.parse::<RecordId>()?)
+}
+
+pub fn init(data_dir: &Path, institution: &str, source: &PassphraseSource) -> Result<()> {
+    let config_path = data_dir.join(config::FILE_NAME);
+    let keys_dir = data_dir.join("keys");
+    if config_path.exists() || keys_dir.exists() {
+        bail!(
+            "{} already holds a medmesh node; choose another --data-dir (nothing was changed)",
+            data_dir.display()
+        );
+    }
+    let institution = institution.trim();
+    if institution.is_empty() || institution.chars().any(char::is_control) {
+        bail!("--institution must be a non-empty name without control characters");
+    }
+    let passphrase = source.get(true)?;
+    passphrase.check_new()?;
+
+    let result = (|| -> Result<(String, String)> {
+        fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+        let keystore = Keystore::create(&keys_dir, institution, &passphrase)?;
+        open_store(&data_dir.join("store"))?;
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&config_path)
+            .and_then(|mut f| f.write_all(Config::template(institution).as_bytes()))
+            .with_context(|| format!("writing {}", config_path.display()))?;
+        Ok((
+            keystore.certificate()?.id().to_string(),
+            keystore.node_identity()?.peer_id(),
+        ))
+    })();
+    match result {
+        Ok((fingerprint, peer_id)) => {
+            println!("initialized a medmesh node in {}", data_dir.display());
+            println!("  institution:  {institution}");
+            println!("  certificate:  {fingerprint} (ML-DSA-65+Ed25519, ML-KEM-768+X25519)");
+            println!("  node peer id: {peer_id}");
+            Ok(())
+        }
+        Err(e) => {
+            // Leave no half-made node behind, so `init` can simply be run again.
+            let _ = fs::remove_dir_all(&keys_dir);
+            let _ = fs::remove_dir_all(data_dir.join("store"));
+            let _ = fs::remove_file(&config_path);
+            Err(e)
+        }
+    }
+}
+
+/// `medmesh put`.
+#[derive(Debug, Args)]
+pub struct PutArgs {
+    /// The file to store (`-` reads standard input).
+    file: PathBuf,
+    /// Media type, e.g. application/fhir+json; guessed from the content if omitted.
+    #[arg(long = "type", value_name = "TYPE")]
+    content_type: Option<String>,
+    /// The patient reference (MRN or pseudonym) the record is about.
+    #[arg(long)]
+    patient: Option<String>,
+}
+
+pub fn put(data_dir: &Path, source: &PassphraseSource, args: PutArgs) -> Result<()> {
+    let content_type = args
+        .content_type
+        .as_deref()
+        .map(str::parse::<ContentType>)
+        .transpose()?;
+    let patient = args.patient.as_deref().map(PatientRef::new).transpose()?;
+    let (mut input, size): (Box<dyn Read + Send>, Option<u64>) = if args.file == Path::new("-") {
+        (Box::new(io::stdin()), None)
+    } else {
+        let file = fs::File::open(&args.file)
+            .with_context(|| format!("cannot open {}", args.file.display()))?;
+        let meta = file.metadata()?;
+        if meta.is_dir() {
+            bail!(
+                "{} is a directory; medmesh stores files",
+                args.file.display()
+            );
+        }
+        (Box::new(file), Some(meta.len()))
+    };
+    // Sniff the type from the first bytes, then put them back in front of the rest.
+    let mut head = Vec::with_capacity(4096);
+    (&mut input)
+        .take(4096)
+        .read_to_end(&mut head)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let content_type = content_type.unwrap_or_else(|| ContentType::sniff(&head));
+    let mut input = io::Cursor::new(head).chain(input);
+
+    let node = Node::open(data_dir)?;
+    let secret = node.keystore.secret_keys()?;
+    let mut signer = secret.unlock_signing(&source.get(false)?)?;
+    let cert = node.keystore.certificate()?;
+    let request = PutRequest {
+        content_type,
+        patient,
+        chunk_size: node.config.store.chunk_size,
+        actor: CLI_ACTOR.into(),
+    };
+    let bar = progress_bar(size, "encrypting");
+    let id = node
+        .store
+        .put_record(&mut input, &request, &mut signer, &cert, &[], &|n| {
+            bar.set_position(n)
+        })?;
+    bar.finish_and_clear();
+    println!("{id}");
+    Ok(())
+}
+
+/// `medmesh get`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The record id.
+    id: String,
+    /// Where to write the plaintext (`-` for standard output).
+    #[arg(short, long, value_name = "FILE")]
+    output: PathBuf,
+    /// Overwrite FILE if it exists.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn get(data_dir: &Path, source: &PassphraseSource, args: GetArgs) -> Result<()> {
+    let id = parse_id(&args.id)?;
+    let to_stdout = args.output == Path::new("-");
+    if !to_stdout && args.output.exists() && !args.force {
+        bail!(
+            "{} exists; pass --force to overwrite it",
+            args.output.display()
+        );
+    }
+    let node = Node::open(data_dir)?;
+    let meta = node.store.meta(&id)?;
+    let mut decryptor = node
+        .keystore
+        .secret_keys()?
+        .unlock_decryption(&source.get(false)?)?;
+    let cert = node.keystore.certificate()?;
+    let bar = progress_bar(Some(meta.size), "decrypting");
+    let progress = |n| bar.set_position(n);
+    if to_stdout {
+        let stdout = io::stdout();
+        let mut out = io::BufWriter::with_capacity(1 << 20, stdout.lock());
+        node.store
+            .read_record(&id, &cert, &mut decryptor, &mut out, CLI_ACTOR, &progress)?;
+    } else {
+        // Plaintext goes to a private temp file first and takes the final name only
+        // once every chunk has verified, so a failed read leaves no partial record.
+        let temp = partial_path(&args.output);
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)
+            .with_context(|| format!("cannot create {}", temp.display()))?;
+        let read = node
+            .store
+            .read_record(&id, &cert, &mut decryptor, &mut file, CLI_ACTOR, &progress)
+            .map_err(anyhow::Error::from)
+            .and_then(|_| Ok(file.sync_all()?))
+            .and_then(|()| Ok(fs::rename(&temp, &args.output)?));
+        if let Err(e) = read {
+            let _ = fs::remove_file(&temp);
+            return Err(e);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+fn partial_path(output: &Path) -> PathBuf {
+    let name = output
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "record".into());
+    output.with_file_name(format!(".{name}.medmesh-partial"))
+}
+
+fn progress_bar(total: Option<u64>, what: &'static str) -> ProgressBar {
+    let show = io::stderr().is_terminal() && total.is_none_or(|t| t >= PROGRESS_THRESHOLD);
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = match total {
+        Some(t) => ProgressBar::new(t),
+        None => ProgressBar::no_length(),
+    };
+    let template = if total.is_some() {
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
+    } else {
+        "{msg} {bytes} {bytes_per_sec}"
+    };
+    bar.set_style(
+        ProgressStyle::with_template(template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(what);
+    bar
+}
+
+/// `medmesh ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Only records about this patient reference.
+    #[arg(long)]
+    patient: Option<String>,
+    /// Only records of this media type.
+    #[arg(long = "type", value_name = "TYPE")]
+    content_type: Option<String>,
+    /// Only records created at or after this time (RFC 3339, e.g. 2026-01-31T00:00:00Z).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only records created before this time (RFC 3339).
+    #[arg(long)]
+    until: Option<String>,
+    /// Show at most this many.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_time(flag: &str, value: Option<&str>) -> Result<Option<OffsetDateTime>> {
+    value
+        .map(|v| {
+            OffsetDateTime::parse(v, &Rfc3339).with_context(|| {
+                format!("--{flag} `{v}` is not an RFC 3339 time such as 2026-01-31T00:00:00Z")
+            })
+        })
+        .transpose()
+}
+
+pub fn ls(data_dir: &Path, args: LsArgs) -> Result<()> {
+    let query = RecordQuery {
+        owner: None,
+        patient: args.patient.as_deref().map(PatientRef::new).transpose()?,
+        content_type: args.content_type.as_deref().map(str::parse).transpose()?,
+        since: parse_time("since", args.since.as_deref())?,
+        until: parse_time("until", args.until.as_deref())?,
+        limit: args.limit.unwrap_or(0),
+    };
+    let node = Node::open(data_dir)?;
+    let records = node.store.list(&query)?;
+    let mut out = io::stdout().lock();
+    for (id, meta) in records {
+        if args.json {
+            let line = serde_json::json!({ "id": id, "meta": meta });
+            writeln!(out, "{line}")?;
+        } else {
+            writeln!(
+                out,
+                "{id}  {:>10}  {:<24}  {}  {}",
+                human_bytes(meta.size),
+                meta.content_type,
+                meta.created.format(&Rfc3339)?,
+                meta.patient.as_ref().map_or("-", |p| p.as_str())
+            )?;
+        }
+    }
+    Ok(())
+}
+
+pub fn info(data_dir: &Path, id: &str, json: bool) -> Result<()> {
+    let id = parse_id(id)?;
+    let node = Node::open(data_dir)?;
+    let meta = node.store.meta(&id)?;
+    let manifest = node.store.manifest(&id)?;
+    let recipients: Vec<String> = manifest
+        .body
+        .key_wraps
+        .iter()
+        .map(|w| w.recipient.to_string())
+        .collect();
+    if json {
+        let value = serde_json::json!({
+            "id": id,
+            "meta": meta,
+            "chunks": manifest.body.chunks.len(),
+            "chunk_size": manifest.body.envelope.chunk_size,
+            "aead": manifest.body.envelope.aead,
+            "recipients": recipients,
+            "signer": manifest.signature.signer,
+            "signature_algorithm": manifest.signature.algorithm,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!("record:       {id}");
+    println!("type:         {}", meta.content_type);
+    println!(
+        "size:         {} ({} bytes)",
+        human_bytes(meta.size),
+        meta.size
+    );
+    println!("created:      {}", meta.created.format(&Rfc3339)?);
+    println!("owner:        {}", meta.owner);
+    println!(
+        "patient:      {}",
+        meta.patient.as_ref().map_or("-", |p| p.as_str())
+    );
+    println!(
+        "chunks:       {} × {} (AES-256-GCM)",
+        manifest.body.chunks.len(),
+        human_bytes(manifest.body.envelope.chunk_size.into())
+    );
+    println!("recipients:   {}", recipients.join(", "));
+    println!("signed by:    {}", manifest.signature.signer);
+    Ok(())
+}
+
+pub fn rm(data_dir: &Path, ids: &[String]) -> Result<()> {
+    let ids = ids
+        .iter()
+        .map(|i| parse_id(i))
+        .collect::<Result<Vec<_>>>()?;
+    let node = Node::open(data_dir)?;
+    // Check them all first: an unknown id in the list removes nothing.
+    for id in &ids {
+        node.store.meta(id)?;
+    }
+    for id in &ids {
+        let report = node.store.remove_record(id, CLI_ACTOR)?;
+        println!(
+            "removed {id} ({} blocks, {} freed)",
+            report.blocks_removed,
+            human_bytes(report.bytes_freed)
+        );
+    }
+    Ok(())
+}
+
+pub fn gc(data_dir: &Path) -> Result<()> {
+    let node = Node::open(data_dir)?;
+    let report = node.store.gc(CLI_ACTOR)?;
+    println!(
+        "removed {} unreferenced blocks and {} temp files, {} freed",
+        report.blocks_removed,
+        report.temp_files_removed,
+        human_bytes(report.bytes_freed)
+    );
+    Ok(())
+}
+
+pub fn check(data_dir: &Path) -> Result<()> {
+    let node = Node::open(data_dir)?;
+    let report = node.store.check()?;
+    for problem in &report.problems {
+        eprintln!("problem: {problem}");
+    }
+    println!(
+        "checked {} records, {} blocks; {} unreferenced blocks (`medmesh gc` removes them)",
+        report.records, report.blocks_checked, report.unreferenced_blocks
+    );
+    if !report.problems.is_empty() {
+        bail!(
+            "the store has {} problem(s), listed above",
+            report.problems.len()
+        );
+    }
+    println!("store is consistent");
+    Ok(())
+}
+
+/// `medmesh audit …`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chain; names the first altered entry.
+    Verify,
+    /// Print entries as JSON lines.
+    Log {
+        /// First entry to print.
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        /// How many entries.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+}
+
+pub fn audit(data_dir: &Path, cmd: AuditCommand) -> Result<()> {
+    let node = Node::open(data_dir)?;
+    match cmd {
+        AuditCommand::Verify => match node.store.audit_verify()? {
+            Ok(summary) => {
+                println!(
+                    "audit log verifies: {} entries, head {}",
+                    summary.entries, summary.head
+                );
+                Ok(())
+            }
+            Err(broken) => bail!(broken),
+        },
+        AuditCommand::Log { from, limit } => {
+            let mut out = io::stdout().lock();
+            for entry in node.store.audit_page(from, limit)? {
+                writeln!(out, "{}", serde_json::to_string(&entry)?)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `medmesh keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Print the institution's public certificate (ASCII armor).
+    Export {
+        /// Write to this file instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Show the certificate fingerprint and the node's peer id.
+    Show,
+}
+
+pub fn keys(data_dir: &Path, cmd: KeysCommand) -> Result<()> {
+    let config = Config::load(data_dir)?;
+    let keystore = Keystore::open(&data_dir.join("keys"))?;
+    let cert = keystore.certificate()?;
+    match cmd {
+        KeysCommand::Export { output: None } => {
+            io::stdout().write_all(&cert.to_armored()?)?;
+        }
+        KeysCommand::Export { output: Some(path) } => {
+            fs::write(&path, cert.to_armored()?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        KeysCommand::Show => {
+            println!("institution:  {}", config.institution);
+            println!("certificate:  {}", cert.id());
+            println!("node peer id: {}", keystore.node_identity()?.peer_id());
+        }
+    }
+    Ok(())
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

@@ -1,0 +1,115 @@
+//! `medmesh.toml`: the node's configuration file, written with comments by `init`.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use medmesh_store::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use serde::Deserialize;
+
+/// File name of the configuration inside the data dir.
+pub const FILE_NAME: &str = "medmesh.toml";
+
+/// The parsed configuration. Unknown keys are errors, so typos do not pass silently.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The institution this node acts for.
+    pub institution: String,
+    /// Storage settings.
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// `[store]` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Plaintext bytes per encrypted chunk.
+    #[serde(default = "default_chunk_size")]
+    pub chunk_size: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+        }
+    }
+}
+
+fn default_chunk_size() -> u32 {
+    DEFAULT_CHUNK_SIZE
+}
+
+impl Config {
+    /// Reads and validates `DATA_DIR/medmesh.toml`.
+    pub fn load(data_dir: &Path) -> Result<Self> {
+        let path = data_dir.join(FILE_NAME);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {}; is {} a medmesh data dir? (create one with `medmesh init`)",
+                path.display(),
+                data_dir.display()
+            )
+        })?;
+        let config: Config =
+            toml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))?;
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&config.store.chunk_size) {
+            bail!(
+                "{}: store.chunk_size = {} is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}",
+                path.display(),
+                config.store.chunk_size
+            );
+        }
+        Ok(config)
+    }
+
+    /// The commented file `init` writes.
+    pub fn template(institution: &str) -> String {
+        format!(
+            r#"# medmesh node configuration, created by `medmesh init`. Edit freely;
+# unknown keys are rejected so that typos are noticed.
+
+# The institution this node acts for. It is the user id of the institution's
+# post-quantum OpenPGP certificate (keys/institution.cert.asc).
+institution = {institution:?}
+
+[store]
+# Plaintext bytes per encrypted chunk. With the 16-byte AES-GCM tag every block is
+# then at most 1 MiB, the largest block IPFS peers accept by default.
+# Allowed: {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}.
+chunk_size = {DEFAULT_CHUNK_SIZE}
+"#
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_parses_back_and_typos_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), Config::template("St. \"Mary\"")).unwrap();
+        let c = Config::load(dir.path()).unwrap();
+        assert_eq!(c.institution, "St. \"Mary\"");
+        assert_eq!(c.store.chunk_size, DEFAULT_CHUNK_SIZE);
+
+        std::fs::write(
+            dir.path().join(FILE_NAME),
+            "institution = \"x\"\n[store]\nchunk_sise = 5\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", Config::load(dir.path()).unwrap_err());
+        assert!(err.contains("chunk_sise"), "{err}");
+
+        std::fs::write(
+            dir.path().join(FILE_NAME),
+            "institution = \"x\"\n[store]\nchunk_size = 5\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", Config::load(dir.path()).unwrap_err());
+        assert!(err.contains("outside"), "{err}");
+    }
+}

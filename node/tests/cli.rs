@@ -1,0 +1,497 @@
+//! The `medmesh` binary end to end: init, put, get, ls, rm, gc, check, audit, keys,
+//! the error paths a user can hit, and crash safety under SIGKILL.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const PASSPHRASE: &str = "cli test passphrase";
+
+struct Node {
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn init() -> Self {
+        let node = Node {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        let out = node.run(&["init", "--institution", "Test Hospital"]);
+        assert_ok(&out);
+        node
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("node")
+    }
+
+    fn cmd(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_medmesh"));
+        cmd.arg("--data-dir")
+            .arg(self.data_dir())
+            .env("MEDMESH_PASSPHRASE", PASSPHRASE)
+            .env_remove("MEDMESH_PASSPHRASE_FILE")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    fn put(&self, file: &Path, extra: &[&str]) -> String {
+        let mut args = vec!["put", file.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = self.run(&args);
+        assert_ok(&out);
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    fn get(&self, id: &str) -> Vec<u8> {
+        let out = self.run(&["get", id, "-o", "-"]);
+        assert_ok(&out);
+        out.stdout
+    }
+
+    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p
+    }
+}
+
+fn assert_ok(out: &Output) {
+    assert!(
+        out.status.success(),
+        "command failed: {}\nstdout: {}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Asserts failure with a message containing `needle`; returns stderr.
+fn assert_fails(out: &Output, needle: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr.contains(needle), "stderr lacks {needle:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    stderr
+}
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn shared(rel: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data")
+        .join(rel);
+    assert!(
+        p.exists(),
+        "test data {} is missing (it ships in shared/data)",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn put_get_ls_info_rm_round_trip() {
+    let node = Node::init();
+    let hl7 = shared("hl7v2/oru.hl7");
+    let id = node.put(&hl7, &["--patient", "MRN-77"]);
+    assert!(id.starts_with("bafyrei"), "{id}");
+    assert_eq!(node.get(&id), std::fs::read(&hl7).unwrap());
+
+    let out_file = node.dir.path().join("out.hl7");
+    assert_ok(&node.run(&["get", &id, "-o", out_file.to_str().unwrap()]));
+    assert_eq!(
+        std::fs::read(&out_file).unwrap(),
+        std::fs::read(&hl7).unwrap()
+    );
+    assert_fails(
+        &node.run(&["get", &id, "-o", out_file.to_str().unwrap()]),
+        "--force",
+    );
+    assert_ok(&node.run(&["get", &id, "-o", out_file.to_str().unwrap(), "--force"]));
+
+    let ls = String::from_utf8(node.run(&["ls", "--patient", "MRN-77"]).stdout).unwrap();
+    assert!(
+        ls.contains(&id) && ls.contains("application/hl7-v2"),
+        "{ls}"
+    );
+    let ls = String::from_utf8(node.run(&["ls", "--patient", "MRN-78"]).stdout).unwrap();
+    assert!(ls.is_empty(), "{ls}");
+    let json = node.run(&["ls", "--json"]);
+    let line: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(line["id"], id.as_str());
+    assert_eq!(line["meta"]["patient"], "MRN-77");
+
+    let info = String::from_utf8(node.run(&["info", &id]).stdout).unwrap();
+    assert!(
+        info.contains("application/hl7-v2") && info.contains("MRN-77"),
+        "{info}"
+    );
+
+    assert_ok(&node.run(&["rm", &id]));
+    assert_fails(&node.run(&["get", &id, "-o", "-"]), "no record");
+    assert_fails(&node.run(&["rm", &id]), "no record");
+    assert_ok(&node.run(&["check"]));
+}
+
+#[test]
+fn explicit_type_and_dicom_sniffing() {
+    let node = Node::init();
+    let dcm = shared("dicom/MR_small.dcm");
+    let id = node.put(&dcm, &[]);
+    let info = String::from_utf8(node.run(&["info", &id, "--json"]).stdout).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(v["meta"]["content_type"], "application/dicom");
+    let id = node.put(&dcm, &["--type", "application/x-custom"]);
+    let v: serde_json::Value =
+        serde_json::from_slice(&node.run(&["info", &id, "--json"]).stdout).unwrap();
+    assert_eq!(v["meta"]["content_type"], "application/x-custom");
+}
+
+#[test]
+fn user_errors_are_clear_and_change_nothing() {
+    let node = Node::init();
+    let good = node.file("good.txt", b"good");
+    let id = node.put(&good, &[]);
+
+    assert_fails(
+        &node.run(&["put", "/definitely/missing.json"]),
+        "cannot open /definitely/missing.json",
+    );
+    assert_fails(
+        &node.run(&["put", node.dir.path().to_str().unwrap()]),
+        "is a directory",
+    );
+    assert_fails(
+        &node.run(&["put", good.to_str().unwrap(), "--type", "nonsense"]),
+        "not a content type",
+    );
+    assert_fails(
+        &node.run(&["put", good.to_str().unwrap(), "--patient", ""]),
+        "patient reference",
+    );
+    assert_fails(
+        &node.run(&["get", "not-a-cid", "-o", "-"]),
+        "not a record id",
+    );
+    let chunk_cid = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku";
+    assert_fails(&node.run(&["get", chunk_cid, "-o", "-"]), "not a record id");
+    let unknown = "bafyreidsvr2dooaaqhs7pkoape6s7sj5di6lxfpvgbu7kb2zj5cphq53ba";
+    assert_fails(&node.run(&["get", unknown, "-o", "-"]), "no record");
+    assert_fails(&node.run(&["rm", &id, unknown]), "no record");
+    assert_fails(&node.run(&["ls", "--since", "yesterday"]), "RFC 3339");
+    assert_fails(&node.run(&["init"]), "already holds a medmesh node");
+
+    let wrong = node
+        .cmd()
+        .env("MEDMESH_PASSPHRASE", "not the passphrase")
+        .args(["get", &id, "-o", "-"])
+        .output()
+        .unwrap();
+    assert_fails(&wrong, "wrong passphrase");
+    assert!(wrong.stdout.is_empty());
+    let wrong = node
+        .cmd()
+        .env("MEDMESH_PASSPHRASE", "not the passphrase")
+        .args(["put", good.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_fails(&wrong, "wrong passphrase");
+    let none = node
+        .cmd()
+        .env_remove("MEDMESH_PASSPHRASE")
+        .args(["get", &id, "-o", "-"])
+        .output()
+        .unwrap();
+    assert_fails(&none, "MEDMESH_PASSPHRASE");
+    let pass_file = node.file("pass.txt", format!("{PASSPHRASE}\n").as_bytes());
+    let from_file = node
+        .cmd()
+        .env_remove("MEDMESH_PASSPHRASE")
+        .args([
+            "--passphrase-file",
+            pass_file.to_str().unwrap(),
+            "get",
+            &id,
+            "-o",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    assert_ok(&from_file);
+    assert_eq!(from_file.stdout, b"good");
+
+    assert_fails(
+        &Node {
+            dir: tempfile::tempdir().unwrap(),
+        }
+        .run(&["ls"]),
+        "medmesh init",
+    );
+
+    // Still exactly the one record, intact, and a clean audit log.
+    let ls = String::from_utf8(node.run(&["ls"]).stdout).unwrap();
+    assert_eq!(ls.lines().count(), 1, "{ls}");
+    assert_eq!(node.get(&id), b"good");
+    assert_ok(&node.run(&["audit", "verify"]));
+}
+
+#[test]
+fn weak_passphrase_and_secrets_stay_out_of_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_medmesh"))
+        .args(["--data-dir", dir.path().join("n").to_str().unwrap(), "init"])
+        .env("MEDMESH_PASSPHRASE", "short")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_fails(&out, "at least 8 characters");
+    assert!(
+        !dir.path().join("n/keys").exists(),
+        "failed init left keys behind"
+    );
+
+    let node = Node::init();
+    let id = node.put(&node.file("a.txt", b"abc"), &[]);
+    let out = node
+        .cmd()
+        .args(["-vv", "get", &id, "-o", "-"])
+        .output()
+        .unwrap();
+    assert_ok(&out);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!all.contains(PASSPHRASE), "passphrase leaked into output");
+}
+
+#[test]
+fn corrupt_block_is_reported_by_get_and_check() {
+    let node = Node::init();
+    let data = noise(3 << 20, 9);
+    let id = node.put(&node.file("big.bin", &data), &[]);
+    // Corrupt one chunk file on disk.
+    let blocks = node.data_dir().join("store/blocks");
+    let mut victim = None;
+    for shard in std::fs::read_dir(&blocks).unwrap() {
+        for f in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            if p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("bafkrei")
+            {
+                victim = Some(p);
+            }
+        }
+    }
+    let victim = victim.expect("a chunk block");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    bytes[12345] ^= 0x80;
+    std::fs::write(&victim, bytes).unwrap();
+
+    let out_path = node.dir.path().join("restored.bin");
+    assert_fails(
+        &node.run(&["get", &id, "-o", out_path.to_str().unwrap()]),
+        "corrupt",
+    );
+    assert!(
+        !out_path.exists(),
+        "a partial plaintext file was left behind"
+    );
+    assert!(!node
+        .dir
+        .path()
+        .join(".restored.bin.medmesh-partial")
+        .exists());
+    assert_fails(&node.run(&["check"]), "problem");
+}
+
+#[test]
+fn audit_verify_names_an_entry_edited_on_disk() {
+    use redb::ReadableTable;
+    let node = Node::init();
+    let f = node.file("a.txt", b"audit me");
+    let id = node.put(&f, &[]);
+    node.get(&id);
+    node.put(&f, &[]);
+    assert_ok(&node.run(&["audit", "verify"]));
+
+    let db = redb::Database::open(node.data_dir().join("store/index.redb")).unwrap();
+    let table: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("audit");
+    let txn = db.begin_write().unwrap();
+    {
+        let mut t = txn.open_table(table).unwrap();
+        let mut entry: serde_json::Value =
+            serde_json::from_slice(t.get(1).unwrap().unwrap().value()).unwrap();
+        entry["subject"] = "bafyreisomethingelse".into();
+        t.insert(1, serde_json::to_vec(&entry).unwrap().as_slice())
+            .unwrap();
+    }
+    txn.commit().unwrap();
+    drop(db);
+
+    let stderr = assert_fails(&node.run(&["audit", "verify"]), "entry 1");
+    assert!(stderr.contains("edited"), "{stderr}");
+    assert_fails(&node.run(&["check"]), "entry 1");
+}
+
+#[test]
+fn keys_export_is_the_public_certificate() {
+    let node = Node::init();
+    let out = node.run(&["keys", "export"]);
+    assert_ok(&out);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----"),
+        "{text}"
+    );
+    assert!(!text.contains("PRIVATE"));
+    let show = String::from_utf8(node.run(&["keys", "show"]).stdout).unwrap();
+    assert!(
+        show.contains("12D3KooW") && show.contains("Test Hospital"),
+        "{show}"
+    );
+    // Secret files are private.
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["institution.pgp", "node.key"] {
+        let mode = std::fs::metadata(node.data_dir().join("keys").join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+}
+
+/// SIGKILL during a large `put` (fed slowly through stdin so the kill lands mid-write):
+/// every acknowledged record stays intact, the store checks clean, the audit log
+/// verifies, and `gc` removes what the killed put left.
+#[test]
+fn sigkill_during_put_keeps_acknowledged_records() {
+    let node = Node::init();
+    let first = noise(5 << 20, 11);
+    let second = std::fs::read(shared("fhir/synthea-bundle-a.json")).unwrap();
+    let id1 = node.put(&node.file("first.bin", &first), &[]);
+    let id2 = node.put(&node.file("second.json", &second), &["--patient", "MRN-5"]);
+    let blocks_dir = node.data_dir().join("store/blocks");
+    let count_files = || walk(&blocks_dir).len();
+
+    for round in 0..3u64 {
+        let before = count_files();
+        let mut child = node
+            .cmd()
+            .args(["put", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // Feed 8 MiB + some, wait until blocks reach the disk, then kill.
+        stdin
+            .write_all(&noise((8 << 20) + round as usize * 12345, 100 + round))
+            .unwrap();
+        stdin.flush().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while count_files() < before + 4 {
+            assert!(Instant::now() < deadline, "the put wrote no blocks");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        child.kill().unwrap(); // SIGKILL
+        let status = child.wait().unwrap();
+        assert!(!status.success());
+        drop(stdin);
+
+        let check = node.run(&["check"]);
+        assert_ok(&check);
+        let stdout = String::from_utf8_lossy(&check.stdout);
+        assert!(
+            stdout.contains("checked 2 records"),
+            "round {round}: {stdout}"
+        );
+        assert_eq!(node.get(&id1), first, "round {round}");
+        assert_eq!(node.get(&id2), second, "round {round}");
+        assert_ok(&node.run(&["audit", "verify"]));
+        let ls = String::from_utf8(node.run(&["ls"]).stdout).unwrap();
+        assert_eq!(ls.lines().count(), 2, "round {round}: {ls}");
+    }
+    let gc = node.run(&["gc"]);
+    assert_ok(&gc);
+    let gc_out = String::from_utf8_lossy(&gc.stdout);
+    assert!(!gc_out.starts_with("removed 0 unreferenced"), "{gc_out}");
+    let check = String::from_utf8(node.run(&["check"]).stdout).unwrap();
+    assert!(check.contains("0 unreferenced"), "{check}");
+    assert_eq!(node.get(&id1), first);
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn store_in_use_is_reported() {
+    let node = Node::init();
+    let mut child = node
+        .cmd()
+        .args(["put", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // After the first bytes the put opens the store and holds it while it waits for more.
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&[7u8; 10_000]).unwrap();
+    stdin.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = node.run(&["ls"]);
+        if !out.status.success() {
+            assert_fails(&out, "in use by another medmesh process");
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            panic!("put exited early ({status}): {err}");
+        }
+        assert!(Instant::now() < deadline, "ls never saw the store locked");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
