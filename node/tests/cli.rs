@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use medmesh_testkit::{files_under, noise, shared_data};
+
 const PASSPHRASE: &str = "cli test passphrase";
 
 struct Node {
@@ -84,35 +86,10 @@ fn assert_fails(out: &Output, needle: &str) -> String {
     stderr
 }
 
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-fn shared(rel: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data")
-        .join(rel);
-    assert!(
-        p.exists(),
-        "test data {} is missing (it ships in shared/data)",
-        p.display()
-    );
-    p
-}
-
 #[test]
 fn put_get_ls_info_rm_round_trip() {
     let node = Node::init();
-    let hl7 = shared("hl7v2/oru.hl7");
+    let hl7 = shared_data("hl7v2/oru.hl7");
     let id = node.put(&hl7, &["--patient", "MRN-77"]);
     assert!(id.starts_with("bafyrei"), "{id}");
     assert_eq!(node.get(&id), std::fs::read(&hl7).unwrap());
@@ -156,7 +133,7 @@ fn put_get_ls_info_rm_round_trip() {
 #[test]
 fn explicit_type_and_dicom_sniffing() {
     let node = Node::init();
-    let dcm = shared("dicom/MR_small.dcm");
+    let dcm = shared_data("dicom/MR_small.dcm");
     let id = node.put(&dcm, &[]);
     let info = String::from_utf8(node.run(&["info", &id, "--json"]).stdout).unwrap();
     let v: serde_json::Value = serde_json::from_str(&info).unwrap();
@@ -392,11 +369,11 @@ fn keys_export_is_the_public_certificate() {
 fn sigkill_during_put_keeps_acknowledged_records() {
     let node = Node::init();
     let first = noise(5 << 20, 11);
-    let second = std::fs::read(shared("fhir/synthea-bundle-a.json")).unwrap();
+    let second = std::fs::read(shared_data("fhir/synthea-bundle-a.json")).unwrap();
     let id1 = node.put(&node.file("first.bin", &first), &[]);
     let id2 = node.put(&node.file("second.json", &second), &["--patient", "MRN-5"]);
     let blocks_dir = node.data_dir().join("store/blocks");
-    let count_files = || walk(&blocks_dir).len();
+    let count_files = || files_under(&blocks_dir).len();
 
     for round in 0..3u64 {
         let before = count_files();
@@ -446,22 +423,6 @@ fn sigkill_during_put_keeps_acknowledged_records() {
     assert_eq!(node.get(&id1), first);
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for e in entries {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[test]
 fn store_in_use_is_reported() {
     let node = Node::init();
@@ -494,4 +455,43 @@ fn store_in_use_is_reported() {
     }
     drop(stdin);
     assert!(child.wait().unwrap().success());
+}
+
+/// Streaming: a 512 MiB record goes through `put` with a peak resident set far below the
+/// record size (the pipeline holds a few chunk buffers, whatever the input size).
+#[test]
+fn put_memory_stays_bounded_for_large_records() {
+    let node = Node::init();
+    let mut child = node
+        .cmd()
+        .args(["put", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for i in 0..512u64 {
+        stdin.write_all(&noise(1 << 20, 1000 + i)).unwrap();
+    }
+    stdin.flush().unwrap();
+    // Still running (waiting for end of input): read its peak resident set.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_ok(&out);
+    assert!(
+        peak_kib < 96 * 1024,
+        "peak RSS {peak_kib} KiB for a 512 MiB record"
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let info: serde_json::Value =
+        serde_json::from_slice(&node.run(&["info", &id, "--json"]).stdout).unwrap();
+    assert_eq!(info["meta"]["size"], 512u64 << 20);
 }

@@ -22,7 +22,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(1024);
     let len = mib << 20;
-    let input = noise(len);
+    let input = medmesh_testkit::noise(len, 0x9E37_79B9_7F4A_7C15);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("input {mib} MiB, {cores} cores, chunk {DEFAULT_CHUNK_SIZE} B, best of {REPEATS}\n");
 
@@ -206,17 +206,4 @@ impl std::io::Write for CountingSink {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-fn noise(len: usize) -> Vec<u8> {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }

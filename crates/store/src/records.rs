@@ -193,9 +193,9 @@ impl Store {
         chunk_size: usize,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(Vec<Cid>, u64, BTreeSet<PathBuf>), StoreError> {
-        let workers = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .clamp(1, 8);
+        // Twice the cores: a worker waiting in fsync leaves its core to another.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let workers = (2 * cores).clamp(2, 16);
         // A fixed pool of buffers bounds memory to (workers * 2 + 2) chunks.
         let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
         for _ in 0..workers * 2 + 2 {

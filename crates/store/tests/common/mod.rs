@@ -3,12 +3,12 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use medmesh_core::{ContentType, RecordId};
 use medmesh_crypto::{Certificate, Passphrase, SecretKeys, UnlockedDecryptor, UnlockedSigner};
 use medmesh_store::{PutRequest, Store, DEFAULT_CHUNK_SIZE};
+pub use medmesh_testkit::{files_under, noise, shared_data};
 
 pub const PASSPHRASE: &str = "test passphrase 1";
 
@@ -97,26 +97,4 @@ impl Fixture {
             )
             .map(|_| out)
     }
-}
-
-/// `../shared/data/<rel>` from the repository, if present.
-pub fn shared_data(rel: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data")
-        .join(rel);
-    p.exists().then_some(p)
-}
-
-/// Deterministic pseudo-random bytes (xorshift), incompressible like real images.
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }

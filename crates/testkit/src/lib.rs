@@ -1,0 +1,62 @@
+//! Helpers shared by medmesh tests and benchmarks. Synthetic data only: never real
+//! patient data.
+
+use std::path::{Path, PathBuf};
+
+/// Deterministic pseudo-random bytes (xorshift64): incompressible like real images, and
+/// the same for the same seed so failures reproduce.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Every regular file below `dir`, recursively (empty if `dir` does not exist).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// `shared/data/<rel>` beside the repository (the project's synthetic test data).
+/// Panics with a clear message if it is missing.
+pub fn shared_data(rel: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data")
+        .join(rel);
+    assert!(
+        path.exists(),
+        "test data {} is missing: it ships in the shared/ folder beside the repository",
+        path.display()
+    );
+    path
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn noise_is_deterministic_and_seeded() {
+        assert_eq!(noise(100, 1), noise(100, 1));
+        assert_ne!(noise(100, 1), noise(100, 2));
+        assert_eq!(noise(13, 5).len(), 13);
+    }
+}
