@@ -5,6 +5,7 @@ use std::fs;
 use std::io::{self, IsTerminal, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -147,18 +148,9 @@ pub fn put(data_dir: &Path, source: &PassphraseSource, args: PutArgs) -> Result<
         }
         (Box::new(file), Some(meta.len()))
     };
-    // Sniff the type from the first bytes, then put them back in front of the rest.
-    let mut head = Vec::with_capacity(4096);
-    (&mut input)
-        .take(4096)
-        .read_to_end(&mut head)
-        .with_context(|| format!("reading {}", args.file.display()))?;
-    let content_type = content_type.unwrap_or_else(|| ContentType::sniff(&head));
-    let mut input = io::Cursor::new(head).chain(input);
-
     let node = Node::open(data_dir)?;
     let secret = node.keystore.secret_keys()?;
-    let mut signer = secret.unlock_signing(&source.get(false)?)?;
+    let signer = Mutex::new(secret.unlock_signing(&source.get(false)?)?);
     let cert = node.keystore.certificate()?;
     let request = PutRequest {
         content_type,
@@ -169,7 +161,7 @@ pub fn put(data_dir: &Path, source: &PassphraseSource, args: PutArgs) -> Result<
     let bar = progress_bar(size, "encrypting");
     let id = node
         .store
-        .put_record(&mut input, &request, &mut signer, &cert, &[], &|n| {
+        .put_record(&mut input, &request, &signer, &cert, &[], &|n| {
             bar.set_position(n)
         })?;
     bar.finish_and_clear();

@@ -10,6 +10,11 @@ use crate::CoreError;
 /// A media type such as `application/fhir+json`, validated and lower-cased.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(value_type = String, example = "application/fhir+json")
+)]
 pub struct ContentType(String);
 
 impl ContentType {

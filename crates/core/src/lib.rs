@@ -9,6 +9,7 @@ mod content_type;
 mod error;
 mod manifest;
 mod record;
+pub mod siwe;
 
 pub use cid_util::{cid_of, verify_cid, Codec, MAX_BLOCK_SIZE};
 pub use content_type::ContentType;

@@ -13,6 +13,11 @@ use crate::{Codec, ContentType, CoreError};
 ///
 /// Shown and parsed as the usual base32 text form (`bafyrei…`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(value_type = String, example = "bafyreidsvr2dooaaqhs7pkoape6s7sj5di6lxfpvgbu7kb2zj5cphq53ba")
+)]
 pub struct RecordId(Cid);
 
 impl RecordId {
@@ -71,6 +76,7 @@ impl<'de> Deserialize<'de> for RecordId {
 /// certificate (the chain's `NodeRegistry` binds it to an Ethereum account).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String))]
 pub struct InstitutionId(String);
 
 impl InstitutionId {
@@ -106,6 +112,7 @@ impl<'de> Deserialize<'de> for InstitutionId {
 /// wallet address in clear.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(value_type = String, example = "MRN-0042"))]
 pub struct PatientRef(String);
 
 impl PatientRef {
@@ -153,6 +160,7 @@ impl<'de> Deserialize<'de> for PatientRef {
 
 /// What is known about a record without decrypting it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RecordMeta {
     /// Media type of the plaintext, e.g. `application/fhir+json`.
     pub content_type: ContentType,

@@ -33,7 +33,7 @@ fn main() {
     let pass = Passphrase::new("benchmark passphrase".into()).unwrap();
     let keys = SecretKeys::generate("Bench Hospital", &pass).unwrap();
     let cert = keys.certificate().unwrap();
-    let mut signer = keys.unlock_signing(&pass).unwrap();
+    let signer = std::sync::Mutex::new(keys.unlock_signing(&pass).unwrap());
     let mut decryptor = keys.unlock_decryption(&pass).unwrap();
 
     let mut rows = vec![
@@ -58,14 +58,14 @@ fn main() {
             let dir = tempfile::tempdir_in(&base).unwrap();
             let store = Store::open(dir.path()).unwrap();
             let request = PutRequest {
-                content_type: ContentType::OCTET_STREAM.parse().unwrap(),
+                content_type: Some(ContentType::OCTET_STREAM.parse().unwrap()),
                 patient: None,
                 chunk_size: DEFAULT_CHUNK_SIZE,
                 actor: "bench".into(),
             };
             let start = Instant::now();
             let id = store
-                .put_record(&mut &input[..], &request, &mut signer, &cert, &[], &|_| {})
+                .put_record(&mut &input[..], &request, &signer, &cert, &[], &|_| {})
                 .unwrap();
             let took = start.elapsed();
             let start = Instant::now();
@@ -129,7 +129,7 @@ fn main() {
     let unwrap_rate = n as f64 / start.elapsed().as_secs_f64();
     let start = Instant::now();
     for _ in 0..n {
-        signer.sign_manifest(body.clone()).unwrap();
+        signer.lock().unwrap().sign_manifest(body.clone()).unwrap();
     }
     let sign_rate = n as f64 / start.elapsed().as_secs_f64();
     println!("\n| operation (1 core) | per second |\n|---|---|");

@@ -39,6 +39,14 @@ pub enum AuditAction {
     GrantCheck,
     /// Emergency (break-glass) access was used.
     EmergencyAccess,
+    /// An API token was created.
+    TokenCreate,
+    /// An API token was revoked.
+    TokenRevoke,
+    /// A wallet signed in (Sign-In with Ethereum).
+    SignIn,
+    /// A request was refused for lack of authorisation.
+    AccessDenied,
 }
 
 /// What a caller asks to log.

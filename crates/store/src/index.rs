@@ -35,6 +35,7 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(BY_TYPE)?;
     txn.open_table(REFS)?;
     txn.open_table(crate::audit::AUDIT)?;
+    txn.open_table(crate::tokens::API_TOKENS)?;
     Ok(())
 }
 

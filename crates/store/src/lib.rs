@@ -13,6 +13,7 @@ mod blocks;
 mod error;
 mod index;
 mod records;
+mod tokens;
 
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
@@ -23,9 +24,10 @@ pub use audit::{AuditAction, AuditBreak, AuditEntry, AuditEvent, AuditSummary, G
 pub use blocks::{BlockScan, Blockstore};
 pub use error::StoreError;
 pub use records::{
-    CheckReport, GcReport, PutRequest, ReadProgress, RecordQuery, RemoveReport, DEFAULT_CHUNK_SIZE,
-    MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
+    CheckReport, GcReport, OpenRecord, PutRequest, ReadProgress, RecordQuery, RemoveReport,
+    DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
 };
+pub use tokens::{ApiToken, TokenScope};
 
 /// A node's local store: blocks on disk plus the index.
 pub struct Store {

@@ -26,6 +26,8 @@ use crate::{Store, StoreError};
 /// Plaintext bytes per chunk by default: each encrypted block is then exactly 1 MiB,
 /// the largest block IPFS peers accept by default.
 pub const DEFAULT_CHUNK_SIZE: u32 = (MAX_BLOCK_SIZE - TAG_LEN) as u32;
+/// Bytes looked at to guess a record's content type.
+const SNIFF_LEN: usize = 4096;
 /// Largest chunk size accepted.
 pub const MAX_CHUNK_SIZE: u32 = DEFAULT_CHUNK_SIZE;
 /// Smallest chunk size accepted.
@@ -34,8 +36,8 @@ pub const MIN_CHUNK_SIZE: u32 = 4096;
 /// What to store with a record.
 #[derive(Debug, Clone)]
 pub struct PutRequest {
-    /// Media type of the plaintext.
-    pub content_type: ContentType,
+    /// Media type of the plaintext; sniffed from the first bytes when `None`.
+    pub content_type: Option<ContentType>,
     /// The patient the record is about, if known.
     pub patient: Option<PatientRef>,
     /// Plaintext bytes per chunk ([`DEFAULT_CHUNK_SIZE`] unless testing).
@@ -97,6 +99,74 @@ pub struct CheckReport {
     pub problems: Vec<String>,
 }
 
+/// A record whose signature verified and whose key is unwrapped, ready to stream.
+pub struct OpenRecord<'a> {
+    store: &'a Store,
+    id: RecordId,
+    manifest: Manifest,
+    cipher: RecordCipher,
+}
+
+impl OpenRecord<'_> {
+    /// The record's metadata (from its verified manifest).
+    pub fn meta(&self) -> &RecordMeta {
+        &self.manifest.body.meta
+    }
+
+    /// Streams the plaintext into `out`, verifying every block's hash and every
+    /// chunk's tag on the way, then audits the read. Returns the plaintext size.
+    ///
+    /// On error some plaintext may already be in `out`; callers writing a file write it
+    /// to a temporary name and rename it only on success.
+    pub fn copy_to(
+        self,
+        out: &mut dyn Write,
+        actor: &str,
+        progress: ReadProgress<'_>,
+    ) -> Result<u64, StoreError> {
+        let id = self.id;
+        let chunk_size = u64::from(self.manifest.body.envelope.chunk_size);
+        let n = self.manifest.body.chunks.len();
+        let mut written = 0u64;
+        for (i, cid) in self.manifest.body.chunks.iter().enumerate() {
+            let mut block = self.store.blocks.get(cid).map_err(|e| match e {
+                StoreError::MissingBlock { cid, .. } => StoreError::MissingBlock {
+                    cid,
+                    record: Some(id.to_string()),
+                },
+                other => other,
+            })?;
+            let last = i + 1 == n;
+            let plain = self.cipher.open_chunk(i as u64, last, &mut block)?;
+            if !last && plain.len() as u64 != chunk_size {
+                return Err(StoreError::Corrupt(format!(
+                    "chunk {i} of record {id} holds {} bytes, expected {chunk_size}",
+                    plain.len()
+                )));
+            }
+            out.write_all(plain)
+                .map_err(StoreError::io("writing the record's plaintext"))?;
+            written += plain.len() as u64;
+            progress(written);
+        }
+        if written != self.manifest.body.meta.size {
+            return Err(StoreError::Corrupt(format!(
+                "record {id} decrypted to {written} bytes but its manifest says {}",
+                self.manifest.body.meta.size
+            )));
+        }
+        out.flush()
+            .map_err(StoreError::io("writing the record's plaintext"))?;
+        self.store.audit(AuditEvent {
+            action: AuditAction::RecordRead,
+            actor: actor.to_string(),
+            subject: id.to_string(),
+            detail: BTreeMap::from([("size".into(), written.to_string())]),
+        })?;
+        Ok(written)
+    }
+}
+
 struct SealedChunk {
     index: u64,
     cid: Cid,
@@ -112,21 +182,22 @@ impl Store {
         &self,
         input: &mut (dyn Read + Send),
         request: &PutRequest,
-        signer: &mut UnlockedSigner,
+        signer: &Mutex<UnlockedSigner>,
         owner_cert: &Certificate,
         also_for: &[Certificate],
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<RecordId, StoreError> {
+        let lock_signer = || signer.lock().unwrap_or_else(|e| e.into_inner());
         if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&request.chunk_size) {
             return Err(StoreError::InvalidInput(format!(
                 "chunk size {} is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}",
                 request.chunk_size
             )));
         }
-        if owner_cert.id() != *signer.id() {
+        let signer_id = lock_signer().id().clone();
+        if owner_cert.id() != signer_id {
             return Err(StoreError::InvalidInput(format!(
-                "the signing key belongs to {} but the owner certificate is {}",
-                signer.id(),
+                "the signing key belongs to {signer_id} but the owner certificate is {}",
                 owner_cert.id()
             )));
         }
@@ -135,7 +206,7 @@ impl Store {
         let envelope = RecordCipher::new_header(request.chunk_size)?;
         let cipher = RecordCipher::new(&key, &envelope)?;
 
-        let (chunks, size, mut shards) =
+        let (chunks, size, sniffed, mut shards) =
             self.seal_and_store(input, &cipher, request.chunk_size as usize, progress)?;
 
         let mut key_wraps = vec![owner_cert.wrap(&key)?];
@@ -145,13 +216,14 @@ impl Store {
             }
         }
         let meta = RecordMeta {
-            content_type: request.content_type.clone(),
+            content_type: request.content_type.clone().unwrap_or(sniffed),
             size,
             created: OffsetDateTime::now_utc(),
             owner: owner_cert.id(),
             patient: request.patient.clone(),
         };
-        let manifest = signer.sign_manifest(ManifestBody {
+        // The signer is locked only for the signature, so concurrent ingests overlap.
+        let manifest = lock_signer().sign_manifest(ManifestBody {
             version: MANIFEST_VERSION,
             meta: meta.clone(),
             envelope,
@@ -192,7 +264,7 @@ impl Store {
         cipher: &RecordCipher,
         chunk_size: usize,
         progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<(Vec<Cid>, u64, BTreeSet<PathBuf>), StoreError> {
+    ) -> Result<(Vec<Cid>, u64, ContentType, BTreeSet<PathBuf>), StoreError> {
         // Twice the cores: a worker waiting in fsync leaves its core to another.
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let workers = (2 * cores).clamp(2, 16);
@@ -267,12 +339,12 @@ impl Store {
         if let Some(e) = first_error {
             return Err(e);
         }
-        let size = read_result?;
+        let (size, sniffed) = read_result?;
         let chunks = cids
             .into_iter()
             .collect::<Option<Vec<_>>>()
             .ok_or_else(|| StoreError::Corrupt("a chunk was lost during ingest".into()))?;
-        Ok((chunks, size, shards))
+        Ok((chunks, size, sniffed, shards))
     }
 
     /// The decoded manifest of a stored record.
@@ -293,11 +365,28 @@ impl Store {
             .ok_or_else(|| StoreError::UnknownRecord(id.to_string()))
     }
 
-    /// Decrypts a record into `out`, verifying the manifest signature against
-    /// `owner_cert` and every block's hash and tag on the way. Returns the plaintext size.
-    ///
-    /// On error some plaintext may already be in `out`; callers writing a file write it
-    /// to a temporary name and rename it only on success.
+    /// Opens a record for reading: verifies the manifest signature against
+    /// `owner_cert` and unwraps the data key. The decryptor is needed only for this
+    /// step, so callers sharing one can release it before the (long) copy.
+    pub fn open_record(
+        &self,
+        id: &RecordId,
+        owner_cert: &Certificate,
+        decryptor: &mut UnlockedDecryptor,
+    ) -> Result<OpenRecord<'_>, StoreError> {
+        let manifest = self.manifest(id)?;
+        owner_cert.verify_manifest(&manifest)?;
+        let key = decryptor.unwrap_key(&manifest.body)?;
+        let cipher = RecordCipher::new(&key, &manifest.body.envelope)?;
+        Ok(OpenRecord {
+            store: self,
+            id: *id,
+            manifest,
+            cipher,
+        })
+    }
+
+    /// Decrypts a record into `out` ([`Store::open_record`] then [`OpenRecord::copy_to`]).
     pub fn read_record(
         &self,
         id: &RecordId,
@@ -307,49 +396,8 @@ impl Store {
         actor: &str,
         progress: ReadProgress<'_>,
     ) -> Result<u64, StoreError> {
-        let manifest = self.manifest(id)?;
-        owner_cert.verify_manifest(&manifest)?;
-        let key = decryptor.unwrap_key(&manifest.body)?;
-        let cipher = RecordCipher::new(&key, &manifest.body.envelope)?;
-        let chunk_size = u64::from(manifest.body.envelope.chunk_size);
-        let n = manifest.body.chunks.len();
-        let mut written = 0u64;
-        for (i, cid) in manifest.body.chunks.iter().enumerate() {
-            let mut block = self.blocks.get(cid).map_err(|e| match e {
-                StoreError::MissingBlock { cid, .. } => StoreError::MissingBlock {
-                    cid,
-                    record: Some(id.to_string()),
-                },
-                other => other,
-            })?;
-            let last = i + 1 == n;
-            let plain = cipher.open_chunk(i as u64, last, &mut block)?;
-            if !last && plain.len() as u64 != chunk_size {
-                return Err(StoreError::Corrupt(format!(
-                    "chunk {i} of record {id} holds {} bytes, expected {chunk_size}",
-                    plain.len()
-                )));
-            }
-            out.write_all(plain)
-                .map_err(StoreError::io("writing the record's plaintext"))?;
-            written += plain.len() as u64;
-            progress(written);
-        }
-        if written != manifest.body.meta.size {
-            return Err(StoreError::Corrupt(format!(
-                "record {id} decrypted to {written} bytes but its manifest says {}",
-                manifest.body.meta.size
-            )));
-        }
-        out.flush()
-            .map_err(StoreError::io("writing the record's plaintext"))?;
-        self.audit(AuditEvent {
-            action: AuditAction::RecordRead,
-            actor: actor.to_string(),
-            subject: id.to_string(),
-            detail: BTreeMap::from([("size".into(), written.to_string())]),
-        })?;
-        Ok(written)
+        self.open_record(id, owner_cert, decryptor)?
+            .copy_to(out, actor, progress)
     }
 
     /// Records matching `query`, oldest first.
@@ -535,7 +583,8 @@ fn is_temp_file(path: &std::path::Path) -> bool {
 
 /// Reads `input` into chunks of `chunk_size`, handing each to `send` with its index and
 /// whether it is the last; looks one chunk ahead so the last flag is known without the
-/// input's length. An empty input is one empty last chunk. Returns the bytes read.
+/// input's length. An empty input is one empty last chunk. Returns the bytes read and
+/// the content type sniffed from the first bytes.
 fn read_chunks(
     input: &mut (dyn Read + Send),
     chunk_size: usize,
@@ -543,7 +592,7 @@ fn read_chunks(
     failed: &AtomicBool,
     progress: &(dyn Fn(u64) + Sync),
     mut send: impl FnMut((u64, Vec<u8>, bool)) -> Result<(), StoreError>,
-) -> Result<u64, StoreError> {
+) -> Result<(u64, ContentType), StoreError> {
     let take = || {
         pool.recv()
             .map_err(|_| StoreError::Corrupt("encryption workers stopped unexpectedly".into()))
@@ -552,6 +601,7 @@ fn read_chunks(
     let mut index = 0u64;
     let mut current = take()?;
     fill(input, &mut current, chunk_size)?;
+    let sniffed = ContentType::sniff(&current[..current.len().min(SNIFF_LEN)]);
     loop {
         total += current.len() as u64;
         progress(total);
@@ -561,12 +611,12 @@ fn read_chunks(
             ));
         }
         if current.len() < chunk_size {
-            return send((index, current, true)).map(|()| total);
+            return send((index, current, true)).map(|()| (total, sniffed));
         }
         let mut next = take()?;
         fill(input, &mut next, chunk_size)?;
         if next.is_empty() {
-            return send((index, current, true)).map(|()| total);
+            return send((index, current, true)).map(|()| (total, sniffed));
         }
         send((index, current, false))?;
         current = next;

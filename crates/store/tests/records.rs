@@ -70,6 +70,7 @@ fn round_trips_medical_samples_and_sniffs_their_types() {
         let sniffed = ContentType::sniff(&data[..data.len().min(4096)]);
         assert_eq!(sniffed.as_str(), expected_type, "{rel}");
         let mut req = request(sniffed.as_str(), MIN_CHUNK_SIZE);
+        req.content_type = None; // the store sniffs it from the first chunk
         req.patient = Some(PatientRef::new("MRN-1001").unwrap());
         let id = f.put_with(&data, req);
         assert_eq!(f.read(&id).unwrap(), data, "{rel}");
@@ -133,7 +134,7 @@ fn reordered_or_truncated_chunk_lists_fail_authentication() {
     truncated.meta.size = 2 * u64::from(MIN_CHUNK_SIZE);
 
     for (body, expected_index) in [(swapped, 0), (truncated, 1)] {
-        let forged = f.signer.sign_manifest(body).unwrap();
+        let forged = f.signer.lock().unwrap().sign_manifest(body).unwrap();
         let (forged_id, bytes) = forged.to_block().unwrap();
         f.store.blocks().put(forged_id.cid(), &bytes).unwrap();
         match f.read(&forged_id).unwrap_err() {
@@ -208,7 +209,7 @@ fn wrong_recipient_cannot_decrypt() {
 
 #[test]
 fn additional_recipient_can_decrypt() {
-    let mut f = fixture();
+    let f = fixture();
     let other = institution(1);
     let other_cert = other.certificate().unwrap();
     let data = b"shared with the lab".to_vec();
@@ -217,7 +218,7 @@ fn additional_recipient_can_decrypt() {
         .put_record(
             &mut &data[..],
             &request("text/plain", DEFAULT_CHUNK_SIZE),
-            &mut f.signer,
+            &f.signer,
             &f.cert,
             &[other_cert],
             &|_| {},
@@ -434,13 +435,13 @@ fn second_open_of_a_store_is_refused_clearly() {
 
 #[test]
 fn bad_chunk_size_changes_nothing() {
-    let mut f = fixture();
+    let f = fixture();
     let err = f
         .store
         .put_record(
             &mut &b"x"[..],
             &request("text/plain", 10),
-            &mut f.signer,
+            &f.signer,
             &f.cert,
             &[],
             &|_| {},

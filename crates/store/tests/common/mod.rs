@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use medmesh_core::{ContentType, RecordId};
 use medmesh_crypto::{Certificate, Passphrase, SecretKeys, UnlockedDecryptor, UnlockedSigner};
@@ -37,7 +37,7 @@ pub struct Fixture {
     pub dir: tempfile::TempDir,
     pub store: Store,
     pub cert: Certificate,
-    pub signer: UnlockedSigner,
+    pub signer: Mutex<UnlockedSigner>,
     pub decryptor: UnlockedDecryptor,
 }
 
@@ -47,7 +47,7 @@ pub fn fixture() -> Fixture {
     let keys = institution(0);
     Fixture {
         cert: keys.certificate().unwrap(),
-        signer: keys.unlock_signing(&pass()).unwrap(),
+        signer: Mutex::new(keys.unlock_signing(&pass()).unwrap()),
         decryptor: keys.unlock_decryption(&pass()).unwrap(),
         dir,
         store,
@@ -56,7 +56,7 @@ pub fn fixture() -> Fixture {
 
 pub fn request(content_type: &str, chunk_size: u32) -> PutRequest {
     PutRequest {
-        content_type: content_type.parse::<ContentType>().unwrap(),
+        content_type: Some(content_type.parse::<ContentType>().unwrap()),
         patient: None,
         chunk_size,
         actor: "test".into(),
@@ -76,7 +76,7 @@ impl Fixture {
             .put_record(
                 &mut &bytes[..],
                 &request,
-                &mut self.signer,
+                &self.signer,
                 &self.cert,
                 &[],
                 &|_| {},
