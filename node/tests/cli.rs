@@ -269,22 +269,14 @@ fn corrupt_block_is_reported_by_get_and_check() {
     let data = noise(3 << 20, 9);
     let id = node.put(&node.file("big.bin", &data), &[]);
     // Corrupt one chunk file on disk.
-    let blocks = node.data_dir().join("store/blocks");
-    let mut victim = None;
-    for shard in std::fs::read_dir(&blocks).unwrap() {
-        for f in std::fs::read_dir(shard.unwrap().path()).unwrap() {
-            let p = f.unwrap().path();
-            if p.file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with("bafkrei")
-            {
-                victim = Some(p);
-            }
-        }
-    }
-    let victim = victim.expect("a chunk block");
+    // A full 1 MiB chunk block (raw-codec CIDs start with bafkrei).
+    let victim = files_under(&node.data_dir().join("store/blocks"))
+        .into_iter()
+        .find(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            name.starts_with("bafkrei") && std::fs::metadata(p).unwrap().len() == 1 << 20
+        })
+        .expect("a full chunk block");
     let mut bytes = std::fs::read(&victim).unwrap();
     bytes[12345] ^= 0x80;
     std::fs::write(&victim, bytes).unwrap();
