@@ -12,8 +12,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use medmesh_core::{ContentType, PatientRef, RecordId};
-use medmesh_crypto::Keystore;
-use medmesh_store::{PutRequest, RecordQuery, Store, StoreError};
+use medmesh_crypto::{Keystore, Passphrase};
+use medmesh_store::{PutRequest, RecordQuery, Store, StoreError, TokenScope};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -21,19 +21,23 @@ use crate::config::{self, Config};
 use crate::passphrase::PassphraseSource;
 
 /// Who the CLI acts as in the audit log.
-const CLI_ACTOR: &str = "cli";
+pub const CLI_ACTOR: &str = "cli";
 /// Inputs at least this large get a progress bar (on a terminal).
 const PROGRESS_THRESHOLD: u64 = 16 << 20;
 
 /// An initialised data dir, opened.
-struct Node {
-    config: Config,
-    keystore: Keystore,
-    store: Store,
+pub struct Node {
+    /// `medmesh.toml`.
+    pub config: Config,
+    /// The institution's keys and the node identity.
+    pub keystore: Keystore,
+    /// Blocks and index.
+    pub store: Store,
 }
 
 impl Node {
-    fn open(data_dir: &Path) -> Result<Self> {
+    /// Opens config, keystore and store of `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self> {
         let config = Config::load(data_dir)?;
         let keystore = Keystore::open(&data_dir.join("keys"))?;
         let store = open_store(&data_dir.join("store"))?;
@@ -66,9 +70,13 @@ fn parse_id(id: &str) -> Result<RecordId> {
 }
 
 pub fn init(data_dir: &Path, institution: &str, source: &PassphraseSource) -> Result<()> {
-    let config_path = data_dir.join(config::FILE_NAME);
-    let keys_dir = data_dir.join("keys");
-    if config_path.exists() || keys_dir.exists() {
+    check_can_init(data_dir, institution)?;
+    init_with(data_dir, institution, &source.get(true)?)
+}
+
+/// Whether `data_dir` is free for a new node and the institution name is usable.
+pub fn check_can_init(data_dir: &Path, institution: &str) -> Result<()> {
+    if data_dir.join(config::FILE_NAME).exists() || data_dir.join("keys").exists() {
         bail!(
             "{} already holds a medmesh node; choose another --data-dir (nothing was changed)",
             data_dir.display()
@@ -78,12 +86,20 @@ pub fn init(data_dir: &Path, institution: &str, source: &PassphraseSource) -> Re
     if institution.is_empty() || institution.chars().any(char::is_control) {
         bail!("--institution must be a non-empty name without control characters");
     }
-    let passphrase = source.get(true)?;
+    Ok(())
+}
+
+/// Creates a node in `data_dir` with keys locked by `passphrase`.
+pub fn init_with(data_dir: &Path, institution: &str, passphrase: &Passphrase) -> Result<()> {
+    check_can_init(data_dir, institution)?;
+    let institution = institution.trim();
+    let config_path = data_dir.join(config::FILE_NAME);
+    let keys_dir = data_dir.join("keys");
     passphrase.check_new()?;
 
     let result = (|| -> Result<(String, String)> {
         fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-        let keystore = Keystore::create(&keys_dir, institution, &passphrase)?;
+        let keystore = Keystore::create(&keys_dir, institution, passphrase)?;
         open_store(&data_dir.join("store"))?;
         fs::OpenOptions::new()
             .write(true)
@@ -512,4 +528,61 @@ fn human_bytes(n: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
+}
+
+/// `medmesh token …`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an API token for the HTTP API; prints its secret once.
+    Create {
+        /// What the token is for.
+        #[arg(long, default_value = "operator")]
+        name: String,
+        /// read, write or admin.
+        #[arg(long, default_value = "read")]
+        scope: String,
+    },
+    /// List tokens (without secrets).
+    List,
+    /// Revoke a token by id.
+    Revoke {
+        /// The token id (as `token list` shows it).
+        id: String,
+    },
+}
+
+pub fn token(data_dir: &Path, cmd: TokenCommand) -> Result<()> {
+    // Validate before opening anything.
+    let scope = match &cmd {
+        TokenCommand::Create { scope, .. } => Some(scope.parse::<TokenScope>()?),
+        _ => None,
+    };
+    let node = Node::open(data_dir)?;
+    match cmd {
+        TokenCommand::Create { name, .. } => {
+            let scope = scope.expect("parsed above");
+            let (token, secret) = node.store.create_token(&name, scope, CLI_ACTOR)?;
+            eprintln!(
+                "created {scope} token {} ({}); it is shown only now:",
+                token.id, token.name
+            );
+            println!("{secret}");
+        }
+        TokenCommand::List => {
+            for t in node.store.list_tokens()? {
+                println!(
+                    "{}  {:<5}  {}  {}",
+                    t.id,
+                    t.scope,
+                    t.created.format(&Rfc3339)?,
+                    t.name
+                );
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            node.store.revoke_token(&id, CLI_ACTOR)?;
+            println!("revoked token {id}");
+        }
+    }
+    Ok(())
 }

@@ -1,5 +1,6 @@
 //! `medmesh.toml`: the node's configuration file, written with comments by `init`.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -18,6 +19,31 @@ pub struct Config {
     /// Storage settings.
     #[serde(default)]
     pub store: StoreConfig,
+    /// HTTP API settings.
+    #[serde(default)]
+    pub api: ApiSection,
+}
+
+/// `[api]` settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// Address the HTTP API listens on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+/// The API's default address: loopback only.
+pub fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8420))
 }
 
 /// `[store]` settings.
@@ -79,6 +105,12 @@ institution = {institution:?}
 # then at most 1 MiB, the largest block IPFS peers accept by default.
 # Allowed: {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}.
 chunk_size = {DEFAULT_CHUNK_SIZE}
+
+[api]
+# Where `medmesh node` serves the HTTP API (OpenAPI document at /openapi.json, docs
+# at /docs). Loopback only by default; a public address needs --allow-public and a TLS
+# reverse proxy in front, since the node does not terminate TLS itself.
+listen = "127.0.0.1:8420"
 "#
         )
     }

@@ -6,6 +6,7 @@
 mod commands;
 mod config;
 mod passphrase;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -37,6 +38,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the node: serve the HTTP API (creates the data dir on first run).
+    Node(serve::NodeArgs),
     /// Create a data dir: config file, institution keys, node identity, empty store.
     Init {
         /// Name of the institution this node acts for.
@@ -73,6 +76,9 @@ enum Command {
     /// The institution's keys.
     #[command(subcommand)]
     Keys(commands::KeysCommand),
+    /// API tokens for the HTTP API (while the node is stopped; or use /v1/admin/tokens).
+    #[command(subcommand)]
+    Token(commands::TokenCommand),
 }
 
 fn default_data_dir() -> PathBuf {
@@ -88,6 +94,7 @@ fn main() -> ExitCode {
         file: cli.passphrase_file.clone(),
     };
     let result = match cli.command {
+        Command::Node(args) => serve::run(&cli.data_dir, &passphrase, args),
         Command::Init { institution } => commands::init(&cli.data_dir, &institution, &passphrase),
         Command::Put(args) => commands::put(&cli.data_dir, &passphrase, args),
         Command::Get(args) => commands::get(&cli.data_dir, &passphrase, args),
@@ -98,6 +105,7 @@ fn main() -> ExitCode {
         Command::Check => commands::check(&cli.data_dir),
         Command::Audit(cmd) => commands::audit(&cli.data_dir, cmd),
         Command::Keys(cmd) => commands::keys(&cli.data_dir, cmd),
+        Command::Token(cmd) => commands::token(&cli.data_dir, cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

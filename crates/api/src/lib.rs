@@ -1,1 +1,156 @@
-//! placeholder
+//! medmesh's local HTTP API (axum): records, keys, audit log, wallet sign-in,
+//! administration, health and metrics, described by an OpenAPI 3.1 document served at
+//! `/openapi.json` with an interactive page at `/docs`.
+//!
+//! Every `/v1` request is authenticated (operator API token or wallet session) and
+//! authorised; denials are audited. Errors are RFC 9457 problem+json. Uploads and
+//! downloads stream: a record never sits whole in memory. Each client gets a token
+//! bucket (429 with `Retry-After` beyond it); requests that do not stream a record have a
+//! time limit.
+
+mod auth;
+mod error;
+mod metrics;
+mod openapi;
+mod ratelimit;
+mod routes;
+mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, MethodRouter};
+use axum::Router;
+use tokio::net::TcpListener;
+
+pub use auth::Principal;
+pub use error::{ApiError, Problem};
+pub use openapi::document_json;
+pub use routes::audit::{AuditEntryView, AuditPage, AuditVerification};
+pub use routes::auth::{NonceResponse, SessionResponse, SignInRequest, WhoAmI};
+pub use routes::records::{RecordEntry, RecordInfo, RecordPage, Removed};
+pub use routes::system::{CreatedToken, GcResult, Health, TokenRequest, TokenView};
+pub use state::{ApiConfig, AppState, NodeKeys};
+
+use routes::{audit, records, system};
+
+/// The whole API as an axum router.
+pub fn router(state: AppState) -> Router {
+    let bounded = |r: MethodRouter<AppState>| {
+        r.layer(middleware::from_fn_with_state(state.clone(), time_limit))
+    };
+    Router::new()
+        .route("/health", bounded(get(system::health)))
+        .route("/metrics", bounded(get(system::metrics)))
+        .route("/openapi.json", bounded(get(system::openapi)))
+        .route("/docs", bounded(get(system::docs)))
+        .route(
+            "/v1/records",
+            post(records::upload).merge(bounded(get(records::search))),
+        )
+        .route(
+            "/v1/records/{id}",
+            bounded(get(records::info).merge(delete(records::remove))),
+        )
+        .route("/v1/records/{id}/content", get(records::download))
+        .route(
+            "/v1/keys/institution",
+            bounded(get(system::institution_key)),
+        )
+        .route("/v1/audit", bounded(get(audit::page)))
+        .route("/v1/audit/verify", bounded(get(audit::verify)))
+        .route("/v1/auth/nonce", bounded(post(routes::auth::nonce)))
+        .route("/v1/auth/siwe", bounded(post(routes::auth::siwe)))
+        .route("/v1/auth/whoami", bounded(get(routes::auth::whoami)))
+        .route("/v1/admin/gc", bounded(post(system::gc)))
+        .route(
+            "/v1/admin/tokens",
+            bounded(post(system::create_token).merge(get(system::list_tokens))),
+        )
+        .route(
+            "/v1/admin/tokens/{id}",
+            bounded(delete(system::revoke_token)),
+        )
+        .fallback(|| async {
+            ApiError::not_found("no such endpoint; the API is described at /openapi.json and /docs")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "this endpoint does not take that method; see /openapi.json",
+            )
+        })
+        .layer(DefaultBodyLimit::max(state.config().max_json_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), rate_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Counts every answered request by route and status.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let start = Instant::now();
+    let response = next.run(request).await;
+    state
+        .inner
+        .metrics
+        .observe(&method, &route, response.status().as_u16(), start.elapsed());
+    response
+}
+
+/// One token bucket per bearer token, or per client address for anonymous calls.
+async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let key = match request.headers().get(AUTHORIZATION) {
+        Some(v) => format!(
+            "auth:{}",
+            hex::encode(ring::digest::digest(&ring::digest::SHA256, v.as_bytes()))
+        ),
+        None => match request.extensions().get::<ConnectInfo<SocketAddr>>() {
+            Some(ConnectInfo(addr)) => format!("ip:{}", addr.ip()),
+            None => "anonymous".into(),
+        },
+    };
+    match state.inner.limiter.check(&key) {
+        Ok(()) => next.run(request).await,
+        Err(retry_after) => ApiError::rate_limited(retry_after).into_response(),
+    }
+}
+
+/// Time limit for requests that do not stream a record.
+async fn time_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let limit = state.config().request_timeout;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!(
+                "the request took longer than {} s; try again",
+                limit.as_secs()
+            ),
+        )
+        .into_response(),
+    }
+}

@@ -78,6 +78,13 @@ impl Store {
         &self.blocks
     }
 
+    /// How many records the index holds.
+    pub fn record_count(&self) -> Result<u64, StoreError> {
+        use redb::ReadableTableMetadata;
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(index::RECORDS)?.len()?)
+    }
+
     /// Appends an entry to the audit log (durably) and returns it.
     pub fn audit(&self, event: AuditEvent) -> Result<AuditEntry, StoreError> {
         let txn = self.db.begin_write()?;

@@ -1,0 +1,76 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations.
+
+use std::sync::OnceLock;
+
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes::{audit, auth, records, system};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "medmesh node API",
+        description = "Local HTTP API of a medmesh node: encrypted medical records, keys, audit log, wallet sign-in. Errors are RFC 9457 problem+json.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        system::health,
+        system::metrics,
+        records::upload,
+        records::search,
+        records::info,
+        records::download,
+        records::remove,
+        system::institution_key,
+        audit::page,
+        audit::verify,
+        auth::nonce,
+        auth::siwe,
+        auth::whoami,
+        system::gc,
+        system::create_token,
+        system::list_tokens,
+        system::revoke_token,
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "records", description = "Encrypted records: upload, search, download, delete"),
+        (name = "keys", description = "The institution's post-quantum certificate"),
+        (name = "audit", description = "The hash-chained audit log"),
+        (name = "auth", description = "Sign-In with Ethereum (EIP-4361) and identity"),
+        (name = "admin", description = "Operator administration (admin tokens)"),
+        (name = "system", description = "Health and metrics"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An operator API token (`mm_…`, from `medmesh token create`) or a wallet session (`mms_…`, from POST /v1/auth/siwe)",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document as JSON (built once).
+pub fn document_json() -> &'static str {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut doc = ApiDoc::openapi();
+        doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+        doc.to_pretty_json()
+            .expect("the OpenAPI document serializes")
+    })
+}

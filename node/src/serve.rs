@@ -1,0 +1,124 @@
+//! `medmesh node`: runs the node on its embedded defaults: creates the data dir on first
+//! run, unlocks the institution keys once, and serves the HTTP API until interrupted.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use medmesh_api::{ApiConfig, AppState, NodeKeys};
+use medmesh_store::TokenScope;
+
+use crate::commands::{self, Node, CLI_ACTOR};
+use crate::config;
+use crate::passphrase::PassphraseSource;
+
+/// `medmesh node`.
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    /// Address of the HTTP API (default: `api.listen` of medmesh.toml, 127.0.0.1:8420).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Allow a non-loopback address. The node does not terminate TLS: put a TLS reverse
+    /// proxy in front of it.
+    #[arg(long)]
+    allow_public: bool,
+    /// The domain Sign-In with Ethereum messages must name (default: the listen address).
+    #[arg(long)]
+    siwe_domain: Option<String>,
+    /// Institution name, used only when the data dir is created on first run.
+    #[arg(long, default_value = "medmesh institution")]
+    institution: String,
+}
+
+pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result<()> {
+    if let Some(listen) = args.listen {
+        check_listen(listen, args.allow_public)?;
+    }
+    let passphrase = if data_dir.join(config::FILE_NAME).exists() {
+        source.get(false)?
+    } else {
+        eprintln!("no node in {}: creating one", data_dir.display());
+        commands::check_can_init(data_dir, &args.institution)?;
+        let passphrase = source.get(true)?;
+        commands::init_with(data_dir, &args.institution, &passphrase)?;
+        passphrase
+    };
+    let node = Node::open(data_dir)?;
+    let listen = args.listen.unwrap_or(node.config.api.listen);
+    check_listen(listen, args.allow_public)?;
+
+    let secret = node.keystore.secret_keys()?;
+    let keys = NodeKeys {
+        certificate: node.keystore.certificate()?,
+        signer: Mutex::new(secret.unlock_signing(&passphrase)?),
+        decryptor: Mutex::new(secret.unlock_decryption(&passphrase)?),
+    };
+    drop(passphrase);
+    let peer_id = node.keystore.node_identity()?.peer_id();
+    let store = Arc::new(node.store);
+    if store.list_tokens()?.is_empty() {
+        let (_, secret) = store.create_token("first admin", TokenScope::Admin, CLI_ACTOR)?;
+        println!(
+            "created the first admin API token (shown only now; more with `medmesh token create`):"
+        );
+        println!("  {secret}");
+    }
+    let config = ApiConfig {
+        siwe_domain: args.siwe_domain.unwrap_or_else(|| listen.to_string()),
+        chunk_size: node.config.store.chunk_size,
+        ..ApiConfig::default()
+    };
+    let institution = keys.certificate.id();
+    let state = AppState::new(store, Arc::new(keys), config);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen} (is another node running?)"))?;
+        println!("medmesh node {} running", env!("CARGO_PKG_VERSION"));
+        println!(
+            "  institution:  {} ({institution})",
+            node.config.institution
+        );
+        println!("  node peer id: {peer_id}");
+        println!("  HTTP API:     http://{listen}  (docs: http://{listen}/docs)");
+        println!("stop with Ctrl-C");
+        medmesh_api::serve(listener, state, shutdown_signal())
+            .await
+            .context("serving the HTTP API")
+    })?;
+    eprintln!("medmesh node stopped");
+    Ok(())
+}
+
+fn check_listen(listen: SocketAddr, allow_public: bool) -> Result<()> {
+    if !listen.ip().is_loopback() && !allow_public {
+        bail!(
+            "refusing to serve the API on {listen}: it is not a loopback address and the node \
+             does not terminate TLS. Put a TLS reverse proxy in front and pass --allow-public, \
+             or listen on 127.0.0.1"
+        );
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = ctrl_c.await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+}
