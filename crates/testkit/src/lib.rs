@@ -2,6 +2,37 @@
 //! patient data.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use medmesh_crypto::{Passphrase, SecretKeys};
+
+#[cfg(feature = "node")]
+pub mod node;
+
+/// The passphrase of [`institution`] keys.
+pub const PASSPHRASE: &str = "test passphrase 1";
+
+/// [`PASSPHRASE`] as a [`Passphrase`].
+pub fn passphrase() -> Passphrase {
+    Passphrase::new(PASSPHRASE.into()).expect("non-empty")
+}
+
+/// Secret keys of test institution `n` (0 or 1), generated once per test binary
+/// (post-quantum key generation is the slow part of a test's setup).
+pub fn institution(n: usize) -> SecretKeys {
+    static KEYS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
+    let keys = KEYS.get_or_init(|| {
+        ["Test Hospital", "Other Lab"]
+            .iter()
+            .map(|name| {
+                SecretKeys::generate(name, &passphrase())
+                    .and_then(|k| k.to_armored())
+                    .expect("test key generation")
+            })
+            .collect()
+    });
+    SecretKeys::from_bytes(&keys[n]).expect("test keys parse")
+}
 
 /// Deterministic pseudo-random bytes (xorshift64): incompressible like real images, and
 /// the same for the same seed so failures reproduce.

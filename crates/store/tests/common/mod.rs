@@ -3,35 +3,12 @@
 
 #![allow(dead_code)]
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use medmesh_core::{ContentType, RecordId};
-use medmesh_crypto::{Certificate, Passphrase, SecretKeys, UnlockedDecryptor, UnlockedSigner};
+use medmesh_crypto::{Certificate, UnlockedDecryptor, UnlockedSigner};
 use medmesh_store::{PutRequest, Store, DEFAULT_CHUNK_SIZE};
-pub use medmesh_testkit::{files_under, noise, shared_data};
-
-pub const PASSPHRASE: &str = "test passphrase 1";
-
-pub fn pass() -> Passphrase {
-    Passphrase::new(PASSPHRASE.into()).unwrap()
-}
-
-/// Armored secret keys of institution `n` (0 or 1), generated once per test binary.
-pub fn institution(n: usize) -> SecretKeys {
-    static KEYS: OnceLock<Vec<Vec<u8>>> = OnceLock::new();
-    let keys = KEYS.get_or_init(|| {
-        ["Test Hospital", "Other Lab"]
-            .iter()
-            .map(|name| {
-                SecretKeys::generate(name, &pass())
-                    .unwrap()
-                    .to_armored()
-                    .unwrap()
-            })
-            .collect()
-    });
-    SecretKeys::from_bytes(&keys[n]).unwrap()
-}
+pub use medmesh_testkit::{files_under, institution, noise, passphrase as pass, shared_data};
 
 pub struct Fixture {
     pub dir: tempfile::TempDir,

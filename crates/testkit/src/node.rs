@@ -1,0 +1,93 @@
+//! A real medmesh node for tests: a fresh store in a temp dir, test institution keys,
+//! and the HTTP API on a free 127.0.0.1 port, with operator tokens of each scope.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use medmesh_api::{ApiConfig, AppState, NodeKeys};
+use medmesh_store::{Store, TokenScope};
+use tokio::sync::oneshot;
+
+use crate::{institution, passphrase};
+
+/// A running node; stops when dropped.
+pub struct TestNode {
+    /// The node's data dir.
+    pub dir: tempfile::TempDir,
+    /// Where the API listens.
+    pub addr: SocketAddr,
+    /// The API state (store, keys, config).
+    pub state: AppState,
+    /// Bearer secrets of operator tokens with each scope.
+    pub read_token: String,
+    /// `write` scope.
+    pub write_token: String,
+    /// `admin` scope.
+    pub admin_token: String,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl TestNode {
+    /// Starts a node with the default API settings (SIWE domain = its address).
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a node after `adjust` changed its API settings.
+    pub async fn start_with(adjust: impl FnOnce(&mut ApiConfig)) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Arc::new(Store::open(&dir.path().join("store")).expect("store"));
+        let secret = institution(0);
+        let keys = NodeKeys {
+            certificate: secret.certificate().expect("certificate"),
+            signer: Mutex::new(secret.unlock_signing(&passphrase()).expect("unlock")),
+            decryptor: Mutex::new(secret.unlock_decryption(&passphrase()).expect("unlock")),
+        };
+        let token = |scope| store.create_token("test", scope, "test").expect("token").1;
+        let (read_token, write_token, admin_token) = (
+            token(TokenScope::Read),
+            token(TokenScope::Write),
+            token(TokenScope::Admin),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let mut config = ApiConfig {
+            siwe_domain: addr.to_string(),
+            ..ApiConfig::default()
+        };
+        adjust(&mut config);
+        let state = AppState::new(store, Arc::new(keys), config);
+        let (tx, rx) = oneshot::channel();
+        let served = state.clone();
+        tokio::spawn(async move {
+            let _ = medmesh_api::serve(listener, served, async {
+                let _ = rx.await;
+            })
+            .await;
+        });
+        Self {
+            dir,
+            addr,
+            state,
+            read_token,
+            write_token,
+            admin_token,
+            shutdown: Some(tx),
+        }
+    }
+
+    /// `http://ADDR` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
