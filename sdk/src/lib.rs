@@ -1,1 +1,28 @@
-//! placeholder
+//! Rust client of the medmesh node's HTTP API, with wallet helpers.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), medmesh_sdk::Error> {
+//! use medmesh_sdk::{Client, UploadOptions};
+//!
+//! let node = Client::new("http://127.0.0.1:8420")?.with_token("mm_…");
+//! let record = node
+//!     .upload_file("bundle.json".as_ref(), UploadOptions { patient: Some("MRN-42".into()), ..Default::default() })
+//!     .await?;
+//! let bytes = node.download(&record.id.to_string()).await?;
+//! # let _ = bytes; Ok(()) }
+//! ```
+//!
+//! Every method maps to one endpoint of the OpenAPI document (`/openapi.json`); errors
+//! carry the server's RFC 9457 problem details. Response types are the API crate's own,
+//! so client and server cannot drift apart.
+
+mod client;
+mod error;
+pub mod wallet;
+
+pub use client::{Client, SearchQuery, UploadOptions};
+pub use error::Error;
+pub use medmesh_api::{
+    AuditPage, AuditVerification, CreatedToken, GcResult, Health, NonceResponse, Problem,
+    RecordEntry, RecordInfo, RecordPage, Removed, SessionResponse, TokenView, WhoAmI,
+};

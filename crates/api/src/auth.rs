@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use alloy_primitives::{Address, Signature};
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use medmesh_core::siwe::SiweMessage;
+use medmesh_crypto::eth::{recover_personal_sign, Address, WalletSignatureError};
 use medmesh_store::{AuditAction, TokenScope};
 use ring::rand::{SecureRandom, SystemRandom};
 use time::OffsetDateTime;
@@ -215,14 +215,10 @@ pub(crate) fn sign_in(
     if expires <= now {
         return Err(ApiError::unauthenticated("the message has expired"));
     }
-    let signature = signature.trim();
-    let bytes = hex::decode(signature.strip_prefix("0x").unwrap_or(signature))
-        .map_err(|_| ApiError::bad_request("the signature must be 65 bytes of hex"))?;
-    let sig = Signature::try_from(bytes.as_slice())
-        .map_err(|_| ApiError::bad_request("the signature must be 65 bytes of hex (r, s, v)"))?;
-    let signer = sig
-        .recover_address_from_msg(message.as_bytes())
-        .map_err(|_| ApiError::unauthenticated("the signature does not recover to any address"))?;
+    let signer = recover_personal_sign(message.as_bytes(), signature).map_err(|e| match e {
+        WalletSignatureError::Malformed => ApiError::bad_request(e.to_string()),
+        WalletSignatureError::Unrecoverable => ApiError::unauthenticated(e.to_string()),
+    })?;
     if signer != address {
         return Err(ApiError::unauthenticated(format!(
             "the message was signed by {signer}, not by {address}"

@@ -6,11 +6,11 @@ use axum::response::{IntoResponse, Response};
 use medmesh_core::CoreError;
 use medmesh_crypto::CryptoError;
 use medmesh_store::StoreError;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// A problem details object (RFC 9457).
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Problem {
     /// A URI naming the kind of problem (`urn:medmesh:problem:<slug>`).
     #[serde(rename = "type")]

@@ -9,12 +9,15 @@
 //!   ML-DSA-65+Ed25519 signing, ML-KEM-768+X25519 encryption). Data keys are wrapped
 //!   for recipients as OpenPGP messages; manifests are signed.
 //! - [`keystore`]: the on-disk home of those keys, secrets protected by a passphrase.
+//! - [`eth`]: Ethereum wallet signatures (EIP-191 `personal_sign`) of patients and
+//!   researchers.
 //!
 //! Bulk data never goes through OpenPGP (about 0.1 GB/s): OpenPGP wraps keys, `ring`
 //! encrypts data.
 
 pub mod envelope;
 mod error;
+pub mod eth;
 pub mod keys;
 pub mod keystore;
 

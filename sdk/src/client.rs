@@ -1,0 +1,353 @@
+//! The typed client: one method per endpoint.
+
+use std::path::Path;
+
+use alloy_signer::Signer;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use medmesh_api::{
+    AuditPage, AuditVerification, CreatedToken, GcResult, Health, NonceResponse, Problem,
+    RecordEntry, RecordInfo, RecordPage, Removed, SessionResponse, SignInRequest, TokenRequest,
+    TokenView, WhoAmI,
+};
+use reqwest::{Method, RequestBuilder, Response};
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::{wallet, Error};
+
+/// A connection to one node, optionally with a bearer token.
+#[derive(Clone, Debug)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+/// Options of an upload.
+#[derive(Clone, Debug, Default)]
+pub struct UploadOptions {
+    /// Media type; the node guesses it (FHIR, HL7 v2, DICOM) when `None`.
+    pub content_type: Option<String>,
+    /// Patient reference the record is about.
+    pub patient: Option<String>,
+}
+
+/// Record search filters (all optional).
+#[derive(Clone, Debug, Default)]
+pub struct SearchQuery {
+    /// Patient reference.
+    pub patient: Option<String>,
+    /// Media type.
+    pub content_type: Option<String>,
+    /// Created at or after (RFC 3339).
+    pub since: Option<String>,
+    /// Created before (RFC 3339).
+    pub until: Option<String>,
+    /// Page size (1–1000).
+    pub limit: Option<usize>,
+}
+
+impl SearchQuery {
+    fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut q = Vec::new();
+        let mut push = |k, v: &Option<String>| {
+            if let Some(v) = v {
+                q.push((k, v.clone()));
+            }
+        };
+        push("patient", &self.patient);
+        push("type", &self.content_type);
+        push("since", &self.since);
+        push("until", &self.until);
+        if let Some(l) = self.limit {
+            q.push(("limit", l.to_string()));
+        }
+        q
+    }
+}
+
+impl Client {
+    /// A client of the node at `base_url` (e.g. `http://127.0.0.1:8420`).
+    pub fn new(base_url: &str) -> Result<Self, Error> {
+        let base = base_url.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() < 8 {
+            return Err(Error::InvalidUrl(base_url.to_string()));
+        }
+        Ok(Self {
+            base,
+            http: reqwest::Client::new(),
+            token: None,
+        })
+    }
+
+    /// The same client with a bearer token (operator `mm_…` or session `mms_…`).
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// The node's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let req = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    async fn send(req: RequestBuilder) -> Result<Response, Error> {
+        let resp = req.send().await?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let problem = serde_json::from_str::<Problem>(&text).unwrap_or_else(|_| Problem {
+            kind: "about:blank".into(),
+            title: status.canonical_reason().unwrap_or("Error").into(),
+            status: status.as_u16(),
+            detail: text,
+        });
+        Err(Error::Api { problem })
+    }
+
+    async fn json<T: DeserializeOwned>(req: RequestBuilder) -> Result<T, Error> {
+        Ok(Self::send(req).await?.json().await?)
+    }
+
+    /// `GET /health`.
+    pub async fn health(&self) -> Result<Health, Error> {
+        Self::json(self.request(Method::GET, "/health")).await
+    }
+
+    /// `GET /openapi.json`, as text.
+    pub async fn openapi(&self) -> Result<String, Error> {
+        Ok(Self::send(self.request(Method::GET, "/openapi.json"))
+            .await?
+            .text()
+            .await?)
+    }
+
+    /// `POST /v1/records`: uploads a body (bytes, or a stream for large records).
+    pub async fn upload(
+        &self,
+        body: impl Into<reqwest::Body>,
+        options: UploadOptions,
+    ) -> Result<RecordEntry, Error> {
+        let mut req = self.request(Method::POST, "/v1/records").body(body);
+        if let Some(p) = &options.patient {
+            req = req.query(&[("patient", p)]);
+        }
+        if let Some(ct) = &options.content_type {
+            req = req.header(reqwest::header::CONTENT_TYPE, ct);
+        }
+        Self::json(req).await
+    }
+
+    /// Uploads a file, streaming it (memory use does not grow with its size).
+    pub async fn upload_file(
+        &self,
+        path: &Path,
+        options: UploadOptions,
+    ) -> Result<RecordEntry, Error> {
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|source| Error::Io {
+                context: format!("cannot open {}", path.display()),
+                source,
+            })?;
+        let stream = futures_util::stream::unfold(file, |mut file| async move {
+            let mut buf = vec![0u8; 256 << 10];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok::<_, std::io::Error>(Bytes::from(buf)), file))
+                }
+                Err(e) => Some((Err(e), file)),
+            }
+        });
+        self.upload(reqwest::Body::wrap_stream(stream), options)
+            .await
+    }
+
+    /// `GET /v1/records/{id}/content` as a stream of verified plaintext pieces, with
+    /// the announced length. Check the total against it (or use [`Client::download_to`]).
+    pub async fn download_stream(
+        &self,
+        id: &str,
+    ) -> Result<(u64, impl Stream<Item = Result<Bytes, Error>>), Error> {
+        let resp =
+            Self::send(self.request(Method::GET, &format!("/v1/records/{id}/content"))).await?;
+        let length = resp.content_length().unwrap_or(0);
+        Ok((length, resp.bytes_stream().map(|r| r.map_err(Error::from))))
+    }
+
+    /// Downloads a record into `out`; fails with [`Error::Truncated`] if the node cut
+    /// the transfer (e.g. a chunk failed verification). Returns the size.
+    pub async fn download_to(
+        &self,
+        id: &str,
+        out: &mut (impl AsyncWrite + Unpin),
+    ) -> Result<u64, Error> {
+        let (expected, stream) = self.download_stream(id).await?;
+        let mut stream = std::pin::pin!(stream);
+        let mut got = 0u64;
+        while let Some(piece) = stream.next().await {
+            let piece = match piece {
+                Ok(p) => p,
+                Err(_) => return Err(Error::Truncated { expected, got }),
+            };
+            got += piece.len() as u64;
+            out.write_all(&piece).await.map_err(|source| Error::Io {
+                context: "writing the download".into(),
+                source,
+            })?;
+        }
+        out.flush().await.map_err(|source| Error::Io {
+            context: "writing the download".into(),
+            source,
+        })?;
+        if got != expected {
+            return Err(Error::Truncated { expected, got });
+        }
+        Ok(got)
+    }
+
+    /// Downloads a record into memory (for small records).
+    pub async fn download(&self, id: &str) -> Result<Vec<u8>, Error> {
+        let mut out = Vec::new();
+        self.download_to(id, &mut out).await?;
+        Ok(out)
+    }
+
+    /// `GET /v1/records/{id}`.
+    pub async fn record(&self, id: &str) -> Result<RecordInfo, Error> {
+        Self::json(self.request(Method::GET, &format!("/v1/records/{id}"))).await
+    }
+
+    /// `GET /v1/records`: one page.
+    pub async fn search(&self, query: &SearchQuery) -> Result<RecordPage, Error> {
+        Self::json(
+            self.request(Method::GET, "/v1/records")
+                .query(&query.pairs()),
+        )
+        .await
+    }
+
+    /// Every record matching `query`, following the pages.
+    pub async fn search_all(&self, query: &SearchQuery) -> Result<Vec<RecordEntry>, Error> {
+        let mut query = query.clone();
+        let mut all = Vec::new();
+        loop {
+            let page = self.search(&query).await?;
+            all.extend(page.records);
+            match page.next_since {
+                Some(next) => query.since = Some(next),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// `DELETE /v1/records/{id}`.
+    pub async fn delete(&self, id: &str) -> Result<Removed, Error> {
+        Self::json(self.request(Method::DELETE, &format!("/v1/records/{id}"))).await
+    }
+
+    /// `GET /v1/keys/institution`: the armored certificate.
+    pub async fn institution_certificate(&self) -> Result<String, Error> {
+        Ok(
+            Self::send(self.request(Method::GET, "/v1/keys/institution"))
+                .await?
+                .text()
+                .await?,
+        )
+    }
+
+    /// `GET /v1/audit`.
+    pub async fn audit(&self, from: u64, limit: usize) -> Result<AuditPage, Error> {
+        Self::json(
+            self.request(Method::GET, "/v1/audit")
+                .query(&[("from", from), ("limit", limit as u64)]),
+        )
+        .await
+    }
+
+    /// `GET /v1/audit/verify`.
+    pub async fn audit_verify(&self) -> Result<AuditVerification, Error> {
+        Self::json(self.request(Method::GET, "/v1/audit/verify")).await
+    }
+
+    /// `GET /v1/auth/whoami`.
+    pub async fn whoami(&self) -> Result<WhoAmI, Error> {
+        Self::json(self.request(Method::GET, "/v1/auth/whoami")).await
+    }
+
+    /// `POST /v1/auth/nonce`.
+    pub async fn nonce(&self) -> Result<NonceResponse, Error> {
+        Self::json(self.request(Method::POST, "/v1/auth/nonce")).await
+    }
+
+    /// `POST /v1/auth/siwe` with an already signed message.
+    pub async fn sign_in_with(
+        &self,
+        message: &str,
+        signature: &str,
+    ) -> Result<SessionResponse, Error> {
+        let body = SignInRequest {
+            message: message.to_string(),
+            signature: signature.to_string(),
+        };
+        Self::json(self.request(Method::POST, "/v1/auth/siwe").json(&body)).await
+    }
+
+    /// Signs in with a wallet: fetches a nonce, builds and signs the SIWE message, and
+    /// returns a client holding the session token.
+    pub async fn sign_in(
+        &self,
+        signer: &(impl Signer + Sync),
+    ) -> Result<(Client, SessionResponse), Error> {
+        let nonce = self.nonce().await?;
+        let message = wallet::siwe_message(
+            &nonce.domain,
+            &self.base,
+            signer.address(),
+            nonce.chain_id,
+            &nonce.nonce,
+            time::Duration::hours(1),
+        );
+        let signature = wallet::sign_siwe(signer, &message).await?;
+        let session = self.sign_in_with(&message.to_string(), &signature).await?;
+        Ok((self.clone().with_token(session.token.clone()), session))
+    }
+
+    /// `POST /v1/admin/tokens`.
+    pub async fn create_token(&self, name: &str, scope: &str) -> Result<CreatedToken, Error> {
+        let body = TokenRequest {
+            name: name.into(),
+            scope: scope.into(),
+        };
+        Self::json(self.request(Method::POST, "/v1/admin/tokens").json(&body)).await
+    }
+
+    /// `GET /v1/admin/tokens`.
+    pub async fn list_tokens(&self) -> Result<Vec<TokenView>, Error> {
+        Self::json(self.request(Method::GET, "/v1/admin/tokens")).await
+    }
+
+    /// `DELETE /v1/admin/tokens/{id}`.
+    pub async fn revoke_token(&self, id: &str) -> Result<(), Error> {
+        Self::send(self.request(Method::DELETE, &format!("/v1/admin/tokens/{id}"))).await?;
+        Ok(())
+    }
+
+    /// `POST /v1/admin/gc`.
+    pub async fn gc(&self) -> Result<GcResult, Error> {
+        Self::json(self.request(Method::POST, "/v1/admin/gc")).await
+    }
+}
