@@ -20,21 +20,37 @@ async fn main() -> Result<()> {
     };
     let patient = args.next();
     let url = std::env::var("MEDMESH_URL").unwrap_or_else(|_| "http://127.0.0.1:8420".into());
-    let token = std::env::var("MEDMESH_TOKEN").context("set MEDMESH_TOKEN to an operator token with the write scope")?;
+    let token = std::env::var("MEDMESH_TOKEN")
+        .context("set MEDMESH_TOKEN to an operator token with the write scope")?;
     let node = Client::new(&url)?.with_token(token);
 
     let created = node
-        .upload_file(file.as_ref(), UploadOptions { patient: patient.clone(), ..Default::default() })
+        .upload_file(
+            file.as_ref(),
+            UploadOptions {
+                patient: patient.clone(),
+                ..Default::default()
+            },
+        )
         .await?;
-    println!("stored {} ({}, {} bytes)", created.id, created.meta.content_type, created.meta.size);
+    println!(
+        "stored {} ({}, {} bytes)",
+        created.id, created.meta.content_type, created.meta.size
+    );
 
     let back = node.download(&created.id.to_string()).await?;
-    anyhow::ensure!(back == std::fs::read(&file)?, "downloaded bytes differ from {file}");
+    anyhow::ensure!(
+        back == std::fs::read(&file)?,
+        "downloaded bytes differ from {file}"
+    );
     println!("read back: identical");
 
     if let Some(patient) = patient {
         let records = node
-            .search_all(&SearchQuery { patient: Some(patient.clone()), ..Default::default() })
+            .search_all(&SearchQuery {
+                patient: Some(patient.clone()),
+                ..Default::default()
+            })
             .await?;
         println!("{} record(s) about {patient}:", records.len());
         for r in records {

@@ -27,12 +27,18 @@ pub struct NodeArgs {
     /// The domain Sign-In with Ethereum messages must name (default: the listen address).
     #[arg(long)]
     siwe_domain: Option<String>,
+    /// Sustained requests per second allowed per API token (burst: twice as many).
+    #[arg(long, default_value_t = 100.0)]
+    rate_limit: f64,
     /// Institution name, used only when the data dir is created on first run.
     #[arg(long, default_value = "medmesh institution")]
     institution: String,
 }
 
 pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result<()> {
+    if !(args.rate_limit.is_finite() && args.rate_limit > 0.0) {
+        bail!("--rate-limit must be a positive number of requests per second");
+    }
     if let Some(listen) = args.listen {
         check_listen(listen, args.allow_public)?;
     }
@@ -68,6 +74,8 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
     let config = ApiConfig {
         siwe_domain: args.siwe_domain.unwrap_or_else(|| listen.to_string()),
         chunk_size: node.config.store.chunk_size,
+        rate_per_second: args.rate_limit,
+        rate_burst: 2.0 * args.rate_limit,
         ..ApiConfig::default()
     };
     let institution = keys.certificate.id();

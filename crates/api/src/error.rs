@@ -174,7 +174,9 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
                 e.body_text(),
             );
         }
-        Self::new(e.status(), "bad-request", e.body_text())
+        // One status for every other malformed body (syntax, shape, missing JSON
+        // content type), so clients handle 400 and 413 only.
+        Self::bad_request(e.body_text())
     }
 }
 

@@ -508,7 +508,7 @@ async fn malformed_unknown_and_oversized_inputs() {
         post_json("/v1/admin/tokens", json!({"name": "x"}).to_string())
             .await
             .unwrap(),
-        StatusCode::UNPROCESSABLE_ENTITY,
+        StatusCode::BAD_REQUEST,
         "scope",
     )
     .await;

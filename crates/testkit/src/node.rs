@@ -35,7 +35,13 @@ impl TestNode {
 
     /// Starts a node after `adjust` changed its API settings.
     pub async fn start_with(adjust: impl FnOnce(&mut ApiConfig)) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(&std::env::temp_dir(), adjust).await
+    }
+
+    /// Starts a node whose data dir is a fresh directory under `base` (e.g. a tmpfs
+    /// for benchmarks).
+    pub async fn start_in(base: &std::path::Path, adjust: impl FnOnce(&mut ApiConfig)) -> Self {
+        let dir = tempfile::tempdir_in(base).expect("temp dir");
         let store = Arc::new(Store::open(&dir.path().join("store")).expect("store"));
         let secret = institution(0);
         let keys = NodeKeys {

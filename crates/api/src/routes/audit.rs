@@ -73,9 +73,9 @@ pub struct AuditVerification {
     params(AuditParams),
     responses(
         (status = 200, body = AuditPage),
-        (status = 400, description = "Malformed paging", body = Problem),
-        (status = 401, description = "Not authenticated", body = Problem),
-        (status = 403, description = "Token lacks `read`", body = Problem),
+        (status = 400, description = "Malformed paging", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token lacks `read`", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -115,8 +115,8 @@ pub async fn page(
     tag = "audit",
     responses(
         (status = 200, body = AuditVerification),
-        (status = 401, description = "Not authenticated", body = Problem),
-        (status = 403, description = "Token lacks `read`", body = Problem),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token lacks `read`", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

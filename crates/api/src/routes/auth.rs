@@ -60,7 +60,7 @@ pub struct WhoAmI {
     post,
     path = "/v1/auth/nonce",
     tag = "auth",
-    responses((status = 200, body = NonceResponse), (status = 429, description = "Rate limited", body = Problem))
+    responses((status = 200, body = NonceResponse), (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"))
 )]
 pub async fn nonce(State(state): State<AppState>) -> Result<axum::Json<NonceResponse>, ApiError> {
     let (nonce, expires) = issue_nonce(&state)?;
@@ -82,9 +82,9 @@ pub async fn nonce(State(state): State<AppState>) -> Result<axum::Json<NonceResp
     request_body = SignInRequest,
     responses(
         (status = 200, body = SessionResponse),
-        (status = 400, description = "Malformed message or signature", body = Problem),
-        (status = 401, description = "Wrong domain or chain, expired, bad signature, or unknown/used nonce", body = Problem),
-        (status = 413, description = "Too large", body = Problem),
+        (status = 400, description = "Malformed message or signature", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Wrong domain or chain, expired, bad signature, or unknown/used nonce", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn siwe(
@@ -130,7 +130,7 @@ pub async fn siwe(
     get,
     path = "/v1/auth/whoami",
     tag = "auth",
-    responses((status = 200, body = WhoAmI), (status = 401, description = "Not authenticated", body = Problem)),
+    responses((status = 200, body = WhoAmI), (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json")),
     security(("bearer" = []))
 )]
 pub async fn whoami(principal: Principal) -> axum::Json<WhoAmI> {

@@ -121,10 +121,10 @@ fn parse_id(id: &str) -> Result<RecordId, ApiError> {
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The record's bytes"),
     responses(
         (status = 201, description = "Stored", body = RecordEntry),
-        (status = 400, description = "Malformed input", body = Problem),
-        (status = 401, description = "Not authenticated", body = Problem),
-        (status = 403, description = "Token lacks `write`", body = Problem),
-        (status = 413, description = "Too large", body = Problem),
+        (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token lacks `write`", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -159,11 +159,15 @@ pub async fn upload(
     }
 
     // The body flows to the ingest thread through a small channel: bounded memory,
-    // and the store sees an ordinary `Read`.
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(8);
+    // and the store sees an ordinary `Read`. Frames are batched (without copying) to
+    // about a chunk per message, so the ingest thread wakes once per chunk, not once
+    // per socket read.
+    let (tx, rx) = mpsc::channel::<io::Result<Vec<Bytes>>>(4);
     let forward = async move {
         let mut stream = body.into_data_stream();
         let mut total = 0u64;
+        let mut batch = Vec::new();
+        let mut batched = 0usize;
         while let Some(frame) = stream.next().await {
             match frame {
                 Ok(bytes) => {
@@ -172,8 +176,13 @@ pub async fn upload(
                         let _ = tx.send(Err(io::Error::other("upload too large"))).await;
                         return Err(ApiError::too_large(limit));
                     }
-                    if tx.send(Ok(bytes)).await.is_err() {
-                        return Ok(()); // ingest stopped; its error is the answer
+                    batched += bytes.len();
+                    batch.push(bytes);
+                    if batched >= FORWARD_BATCH {
+                        batched = 0;
+                        if tx.send(Ok(std::mem::take(&mut batch))).await.is_err() {
+                            return Ok(()); // ingest stopped; its error is the answer
+                        }
                     }
                 }
                 Err(e) => {
@@ -183,6 +192,9 @@ pub async fn upload(
                     )));
                 }
             }
+        }
+        if !batch.is_empty() {
+            let _ = tx.send(Ok(batch)).await;
         }
         Ok(())
     };
@@ -197,7 +209,7 @@ pub async fn upload(
     let ingest = blocking("record upload", move || {
         let mut reader = ChannelReader {
             rx,
-            current: Bytes::new(),
+            pending: std::collections::VecDeque::new(),
         };
         let id = store.put_record(
             &mut reader,
@@ -215,24 +227,34 @@ pub async fn upload(
     Ok((StatusCode::CREATED, axum::Json(RecordEntry { id, meta })))
 }
 
-/// A blocking `Read` over the body chunks the async side forwards.
+/// Body bytes batched per channel message: about one chunk.
+const FORWARD_BATCH: usize = 1 << 20;
+
+/// A blocking `Read` over the body frames the async side forwards.
 struct ChannelReader {
-    rx: mpsc::Receiver<io::Result<Bytes>>,
-    current: Bytes,
+    rx: mpsc::Receiver<io::Result<Vec<Bytes>>>,
+    pending: std::collections::VecDeque<Bytes>,
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                None => return Ok(0),
-                Some(Err(e)) => return Err(e),
-                Some(Ok(bytes)) => self.current = bytes,
+        loop {
+            match self.pending.front_mut() {
+                Some(front) if !front.is_empty() => {
+                    let n = buf.len().min(front.len());
+                    buf[..n].copy_from_slice(&front.split_to(n));
+                    return Ok(n);
+                }
+                Some(_) => {
+                    self.pending.pop_front();
+                }
+                None => match self.rx.blocking_recv() {
+                    None => return Ok(0),
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(batch)) => self.pending.extend(batch),
+                },
             }
         }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
     }
 }
 
@@ -266,12 +288,12 @@ impl Write for ChannelWriter {
     tag = "records",
     params(("id" = String, Path, description = "Record id")),
     responses(
-        (status = 200, description = "The plaintext", content_type = "application/octet-stream", body = Vec<u8>),
-        (status = 400, description = "Malformed id", body = Problem),
-        (status = 401, description = "Not authenticated", body = Problem),
-        (status = 403, description = "Not allowed", body = Problem),
-        (status = 404, description = "Unknown record", body = Problem),
-        (status = 422, description = "Record failed verification", body = Problem),
+        (status = 200, description = "The plaintext, with the record's media type", content_type = "*/*", body = Vec<u8>),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown record", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Record failed verification", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -331,10 +353,10 @@ pub async fn download(
     params(("id" = String, Path, description = "Record id")),
     responses(
         (status = 200, body = RecordInfo),
-        (status = 400, description = "Malformed id", body = Problem),
-        (status = 401, description = "Not authenticated", body = Problem),
-        (status = 403, description = "Not allowed", body = Problem),
-        (status = 404, description = "Unknown record", body = Problem),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown record", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -377,9 +399,9 @@ pub async fn info(
     params(SearchParams),
     responses(
         (status = 200, body = RecordPage),
-        (status = 400, description = "Malformed filter", body = Problem),
-        (status = 401, description = "Not authenticated", body = Problem),
-        (status = 403, description = "Not allowed", body = Problem),
+        (status = 400, description = "Malformed filter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not allowed", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -436,10 +458,10 @@ pub async fn search(
     params(("id" = String, Path, description = "Record id")),
     responses(
         (status = 200, body = Removed),
-        (status = 400, description = "Malformed id", body = Problem),
-        (status = 401, description = "Not authenticated", body = Problem),
-        (status = 403, description = "Token lacks `write`", body = Problem),
-        (status = 404, description = "Unknown record", body = Problem),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token lacks `write`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown record", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

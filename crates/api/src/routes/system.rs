@@ -67,7 +67,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
     tag = "keys",
     responses(
         (status = 200, description = "Armored certificate", content_type = "application/pgp-keys", body = String),
-        (status = 401, description = "Not authenticated", body = Problem),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -102,8 +102,8 @@ pub struct GcResult {
     tag = "admin",
     responses(
         (status = 200, body = GcResult),
-        (status = 401, description = "Not authenticated", body = Problem),
-        (status = 403, description = "Token lacks `admin`", body = Problem),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token lacks `admin`", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -176,9 +176,10 @@ fn view(t: &medmesh_store::ApiToken) -> Result<TokenView, ApiError> {
     request_body = TokenRequest,
     responses(
         (status = 201, body = CreatedToken),
-        (status = 400, description = "Bad name or scope", body = Problem),
-        (status = 401, description = "Not authenticated", body = Problem),
-        (status = 403, description = "Token lacks `admin`", body = Problem),
+        (status = 400, description = "Malformed body, bad name or scope", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token lacks `admin`", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -213,8 +214,8 @@ pub async fn create_token(
     tag = "admin",
     responses(
         (status = 200, body = Vec<TokenView>),
-        (status = 401, description = "Not authenticated", body = Problem),
-        (status = 403, description = "Token lacks `admin`", body = Problem),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token lacks `admin`", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -240,9 +241,9 @@ pub async fn list_tokens(
     params(("id" = String, Path, description = "Token id")),
     responses(
         (status = 204, description = "Revoked"),
-        (status = 401, description = "Not authenticated", body = Problem),
-        (status = 403, description = "Token lacks `admin`", body = Problem),
-        (status = 404, description = "Unknown token", body = Problem),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token lacks `admin`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown token", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
