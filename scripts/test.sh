@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Runs every test: the workspace's unit and integration tests (real files, real crypto,
-# real HTTP on 127.0.0.1), then the OpenAPI-driven fuzzing of the HTTP API.
+# real HTTP on 127.0.0.1), then the OpenAPI-driven fuzzing of the HTTP API. Ends with
+# one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo test --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
+passed=$(awk '/^test result:/ {for (i = 1; i <= NF; i++) if ($i == "passed;") s += $(i-1)} END {print s + 0}' "$log")
 
 if ! command -v schemathesis >/dev/null; then
   echo "installing schemathesis (PyPI) for the API fuzzing"
   python3 -m pip install --quiet "schemathesis==4.32.5"
 fi
 scripts/fuzz-api.sh 40
+
+echo "tests: $((passed + 1)) passed, 0 failed"
