@@ -39,6 +39,17 @@ impl Node {
         cmd
     }
 
+    /// `medmesh put -` with stdin, stdout and stderr piped.
+    fn spawn_put_from_stdin(&self) -> std::process::Child {
+        self.cmd()
+            .args(["put", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().unwrap()
     }
@@ -369,14 +380,7 @@ fn sigkill_during_put_keeps_acknowledged_records() {
 
     for round in 0..3u64 {
         let before = count_files();
-        let mut child = node
-            .cmd()
-            .args(["put", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = node.spawn_put_from_stdin();
         let mut stdin = child.stdin.take().unwrap();
         // Feed 8 MiB + some, wait until blocks reach the disk, then kill.
         stdin
@@ -418,14 +422,7 @@ fn sigkill_during_put_keeps_acknowledged_records() {
 #[test]
 fn store_in_use_is_reported() {
     let node = Node::init();
-    let mut child = node
-        .cmd()
-        .args(["put", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = node.spawn_put_from_stdin();
     // After the first bytes the put opens the store and holds it while it waits for more.
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(&[7u8; 10_000]).unwrap();
@@ -454,14 +451,7 @@ fn store_in_use_is_reported() {
 #[test]
 fn put_memory_stays_bounded_for_large_records() {
     let node = Node::init();
-    let mut child = node
-        .cmd()
-        .args(["put", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = node.spawn_put_from_stdin();
     let mut stdin = child.stdin.take().unwrap();
     for i in 0..512u64 {
         stdin.write_all(&noise(1 << 20, 1000 + i)).unwrap();

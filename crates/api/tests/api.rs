@@ -16,6 +16,26 @@ fn client() -> Client {
     Client::new()
 }
 
+async fn get_json(node: &TestNode, path: &str, token: &str) -> Value {
+    call(node, Method::GET, path, Some(token))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Audit entries with `action`, read through the API.
+async fn audited(node: &TestNode, action: &str) -> Vec<Value> {
+    let audit = get_json(node, "/v1/audit?limit=1000", &node.read_token).await;
+    audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == action)
+        .cloned()
+        .collect()
+}
+
 async fn call(node: &TestNode, method: Method, path: &str, token: Option<&str>) -> Response {
     let mut req = client().request(method, node.url(path));
     if let Some(t) = token {
@@ -138,16 +158,7 @@ async fn upload_search_info_download_delete_round_trip() {
     let hl7 = std::fs::read(shared_data("hl7v2/adt.hl7")).unwrap();
     let hl7_id = upload_ok(&node, hl7, "", Some("application/hl7-v2")).await["id"].clone();
 
-    let info: Value = call(
-        &node,
-        Method::GET,
-        &format!("/v1/records/{id}"),
-        Some(&node.read_token),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let info: Value = get_json(&node, &format!("/v1/records/{id}"), &node.read_token).await;
     assert_eq!(info["meta"]["patient"], "MRN-42");
     assert_eq!(info["chunks"], 1);
     assert_eq!(info["recipients"].as_array().unwrap().len(), 1);
@@ -167,50 +178,24 @@ async fn upload_search_info_download_delete_round_trip() {
     );
     assert_eq!(resp.bytes().await.unwrap().to_vec(), fhir);
 
-    let page: Value = call(
-        &node,
-        Method::GET,
-        "/v1/records?patient=MRN-42",
-        Some(&node.read_token),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let page: Value = get_json(&node, "/v1/records?patient=MRN-42", &node.read_token).await;
     assert_eq!(page["records"].as_array().unwrap().len(), 1);
-    let page: Value = call(
+    let page: Value = get_json(
         &node,
-        Method::GET,
         "/v1/records?type=application/hl7-v2",
-        Some(&node.read_token),
+        &node.read_token,
     )
-    .await
-    .json()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(page["records"][0]["id"], hl7_id);
     // Paging: one per page, the cursor leads to the second and last page.
-    let first: Value = call(
-        &node,
-        Method::GET,
-        "/v1/records?limit=1",
-        Some(&node.read_token),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let first: Value = get_json(&node, "/v1/records?limit=1", &node.read_token).await;
     let next = first["next_since"].as_str().unwrap();
-    let second: Value = call(
+    let second: Value = get_json(
         &node,
-        Method::GET,
         &format!("/v1/records?limit=1&since={next}"),
-        Some(&node.read_token),
+        &node.read_token,
     )
-    .await
-    .json()
-    .await
-    .unwrap();
+    .await;
     assert_eq!(second["records"][0]["id"], hl7_id);
     assert!(second["next_since"].is_null());
 
@@ -293,22 +278,7 @@ async fn every_protected_endpoint_refuses_missing_and_bad_tokens() {
         assert_problem(resp, StatusCode::UNAUTHORIZED, "unknown session").await;
     }
     // Denials are audited.
-    let audit: Value = call(
-        &node,
-        Method::GET,
-        "/v1/audit?limit=1000",
-        Some(&node.read_token),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
-    let denied = audit["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == "access_denied")
-        .count();
+    let denied = audited(&node, "access_denied").await.len();
     assert!(
         denied >= endpoints.len() * 3,
         "only {denied} denials audited"
@@ -360,17 +330,7 @@ async fn scopes_are_enforced_and_audited() {
         .await
         .unwrap();
     assert_eq!(gc["blocks_removed"], 0);
-    let audit: Value = call(&node, Method::GET, "/v1/audit?limit=1000", read)
-        .await
-        .json()
-        .await
-        .unwrap();
-    let denials: Vec<&Value> = audit["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == "access_denied")
-        .collect();
+    let denials = audited(&node, "access_denied").await;
     assert_eq!(denials.len(), 4, "{denials:?}");
     assert!(denials
         .iter()
@@ -546,17 +506,9 @@ async fn malformed_unknown_and_oversized_inputs() {
     .await;
 
     // Nothing was stored by any of it, and the audit log still verifies.
-    let page: Value = call(&node, Method::GET, "/v1/records", read)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let page: Value = get_json(&node, "/v1/records", read.unwrap()).await;
     assert!(page["records"].as_array().unwrap().is_empty());
-    let verify: Value = call(&node, Method::GET, "/v1/audit/verify", read)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let verify: Value = get_json(&node, "/v1/audit/verify", read.unwrap()).await;
     assert_eq!(verify["ok"], true);
 }
 
@@ -573,25 +525,12 @@ async fn tokens_can_be_created_used_and_revoked_over_the_api() {
     assert_eq!(resp.status(), StatusCode::CREATED);
     let created: Value = resp.json().await.unwrap();
     let secret = created["secret"].as_str().unwrap().to_string();
-    let who: Value = call(&node, Method::GET, "/v1/auth/whoami", Some(&secret))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let who: Value = get_json(&node, "/v1/auth/whoami", &secret).await;
     assert_eq!(
         (who["kind"].as_str(), who["scope"].as_str()),
         (Some("operator"), Some("write"))
     );
-    let list: Value = call(
-        &node,
-        Method::GET,
-        "/v1/admin/tokens",
-        Some(&node.admin_token),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
+    let list: Value = get_json(&node, "/v1/admin/tokens", &node.admin_token).await;
     assert!(list
         .as_array()
         .unwrap()
@@ -762,11 +701,7 @@ async fn siwe_sign_in_and_its_failures() {
     let session: Value = resp.json().await.unwrap();
     let token = session["token"].as_str().unwrap().to_string();
     assert_eq!(session["address"], wallet.address().to_checksum(None));
-    let who: Value = call(&node, Method::GET, "/v1/auth/whoami", Some(&token))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let who: Value = get_json(&node, "/v1/auth/whoami", &token).await;
     assert_eq!(who["kind"], "wallet");
     // A wallet session has no operator rights: records need on-chain grants.
     assert_problem(
@@ -879,21 +814,6 @@ async fn siwe_sign_in_and_its_failures() {
         .unwrap();
     assert_problem(resp, StatusCode::BAD_REQUEST, "65 bytes").await;
 
-    let audit: Value = call(
-        &node,
-        Method::GET,
-        "/v1/audit?limit=1000",
-        Some(&node.read_token),
-    )
-    .await
-    .json()
-    .await
-    .unwrap();
-    let sign_ins = audit["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["action"] == "sign_in")
-        .count();
+    let sign_ins = audited(&node, "sign_in").await.len();
     assert_eq!(sign_ins, 2);
 }
