@@ -506,9 +506,9 @@ async fn malformed_unknown_and_oversized_inputs() {
     .await;
 
     // Nothing was stored by any of it, and the audit log still verifies.
-    let page: Value = get_json(&node, "/v1/records", read.unwrap()).await;
+    let page: Value = get_json(&node, "/v1/records", &node.read_token).await;
     assert!(page["records"].as_array().unwrap().is_empty());
-    let verify: Value = get_json(&node, "/v1/audit/verify", read.unwrap()).await;
+    let verify: Value = get_json(&node, "/v1/audit/verify", &node.read_token).await;
     assert_eq!(verify["ok"], true);
 }
 
