@@ -24,6 +24,9 @@ contract NodeRegistry {
     /// @notice Institutions approved by the admins.
     mapping(address => bool) public isApproved;
     mapping(address => Node) private nodes;
+    /// @notice Fingerprint of the v6 OpenPGP certificate each account receives data keys
+    ///         with (researchers and patients publish their own; zero when none).
+    mapping(address => bytes32) public keyOf;
 
     /// @notice Longest accepted PeerId (multihash bytes) and name.
     uint256 public constant MAX_PEER_ID_LENGTH = 128;
@@ -34,6 +37,7 @@ contract NodeRegistry {
     event InstitutionApproved(address indexed institution, address indexed by);
     event InstitutionRevoked(address indexed institution, address indexed by);
     event NodeRegistered(address indexed institution, bytes peerId, bytes32 certFingerprint, string name);
+    event KeyPublished(address indexed account, bytes32 certFingerprint);
 
     /// @notice The caller is not an admin.
     error NotAdmin(address caller);
@@ -103,7 +107,15 @@ contract NodeRegistry {
         if (certFingerprint == bytes32(0)) revert InvalidFingerprint();
         if (bytes(name).length == 0 || bytes(name).length > MAX_NAME_LENGTH) revert InvalidName();
         nodes[msg.sender] = Node(peerId, certFingerprint, name, uint64(block.timestamp), true);
+        keyOf[msg.sender] = certFingerprint;
         emit NodeRegistered(msg.sender, peerId, certFingerprint, name);
+    }
+
+    /// @notice Publishes the fingerprint of the certificate the caller receives data keys
+    ///         with. Any account may do so for itself; zero withdraws it.
+    function publishKey(bytes32 certFingerprint) external {
+        keyOf[msg.sender] = certFingerprint;
+        emit KeyPublished(msg.sender, certFingerprint);
     }
 
     /// @notice The node registered by `institution` (empty if none).

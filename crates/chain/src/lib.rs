@@ -10,10 +10,12 @@ pub mod anvil;
 mod cache;
 mod deploy;
 mod error;
+pub mod release;
 
 pub use cache::{Access, AccessQuery, Denial, GrantCache};
 pub use deploy::{deploy, Deployment};
 pub use error::ChainError;
+pub use release::{record_scope, KeyReleaser, KeyRequest, ReleaseError, Released};
 
 /// Rust bindings generated from the committed artifacts in `contracts/artifacts/`.
 pub mod bindings {

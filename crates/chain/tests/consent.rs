@@ -1,153 +1,17 @@
 //! The consent contracts on a real EVM (anvil from the pinned npm package), driven
 //! through the generated bindings, with the grant cache fed by their events.
 
-use alloy::network::EthereumWallet;
-use alloy::node_bindings::AnvilInstance;
+mod common;
+
 use alloy::primitives::{B256, U256};
-use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::signers::Signer;
 use alloy::sol_types::SolStruct;
+use common::{grant, revert, Chain, RECORD};
 use medmesh_chain::bindings::{
     AuditAnchor, ConsentRegistry, GrantConsent, NodeRegistry, RevokeConsent,
 };
-use medmesh_chain::{
-    consent_domain, deploy, duo, Access, AccessQuery, Denial, Deployment, GrantCache,
-};
-
-const RECORD: u8 = 0;
-
-struct Chain {
-    anvil: AnvilInstance,
-    deployment: Deployment,
-    admin: PrivateKeySigner,
-    hospital: PrivateKeySigner,
-    patient: PrivateKeySigner,
-    researcher: PrivateKeySigner,
-    relayer: PrivateKeySigner,
-    guardian: PrivateKeySigner,
-    stranger: PrivateKeySigner,
-}
-
-impl Chain {
-    async fn start() -> Self {
-        let anvil = medmesh_chain::anvil::spawn().expect("anvil (run `npm ci` in contracts/)");
-        let key = |i: usize| PrivateKeySigner::from(anvil.keys()[i].clone());
-        let (admin, hospital, patient, researcher, relayer, guardian, stranger) =
-            (key(0), key(1), key(2), key(3), key(4), key(5), key(6));
-        let provider = provider_for(&anvil, &admin);
-        let deployment = deploy(&provider, vec![]).await.unwrap();
-        let chain = Self {
-            anvil,
-            deployment,
-            admin,
-            hospital,
-            patient,
-            researcher,
-            relayer,
-            guardian,
-            stranger,
-        };
-        // Governance approves the hospital, which registers its node.
-        let registry = chain.registry(&chain.admin);
-        registry
-            .approveInstitution(chain.hospital.address())
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
-        chain
-            .registry(&chain.hospital)
-            .registerNode(
-                b"\x00\x24peer".to_vec().into(),
-                B256::repeat_byte(7),
-                "Test Hospital".into(),
-            )
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
-        chain
-    }
-
-    fn provider(&self, who: &PrivateKeySigner) -> DynProvider {
-        provider_for(&self.anvil, who)
-    }
-
-    fn registry(&self, who: &PrivateKeySigner) -> NodeRegistry::NodeRegistryInstance<DynProvider> {
-        NodeRegistry::new(self.deployment.node_registry, self.provider(who))
-    }
-
-    fn consent(
-        &self,
-        who: &PrivateKeySigner,
-    ) -> ConsentRegistry::ConsentRegistryInstance<DynProvider> {
-        ConsentRegistry::new(self.deployment.consent_registry, self.provider(who))
-    }
-
-    fn cache(&self) -> GrantCache {
-        GrantCache::new(self.deployment.consent_registry, self.deployment.from_block)
-    }
-
-    async fn now(&self) -> u64 {
-        let p = self.provider(&self.admin);
-        let block = p
-            .get_block_by_number(alloy::eips::BlockNumberOrTag::Latest)
-            .await
-            .unwrap()
-            .unwrap();
-        block.header.timestamp
-    }
-
-    fn query(&self, scope: B256, purpose: u32) -> AccessQuery {
-        AccessQuery {
-            patient: self.patient.address(),
-            grantee: self.researcher.address(),
-            kind: RECORD,
-            scope,
-            purpose,
-        }
-    }
-}
-
-fn provider_for(anvil: &AnvilInstance, who: &PrivateKeySigner) -> DynProvider {
-    ProviderBuilder::new()
-        .wallet(EthereumWallet::from(who.clone()))
-        .connect_http(anvil.endpoint_url())
-        .erased()
-}
-
-/// The contract's custom error from a failed call.
-fn revert<T: std::fmt::Debug>(
-    result: Result<T, alloy::contract::Error>,
-) -> ConsentRegistry::ConsentRegistryErrors {
-    let err = result.expect_err("the call must revert");
-    err.as_decoded_interface_error::<ConsentRegistry::ConsentRegistryErrors>()
-        .unwrap_or_else(|| panic!("not a ConsentRegistry error: {err}"))
-}
-
-async fn grant(chain: &Chain, who: &PrivateKeySigner, scope: B256, purpose: u32, expiry: u64) {
-    chain
-        .consent(who)
-        .grant(
-            chain.patient.address(),
-            chain.researcher.address(),
-            RECORD,
-            scope,
-            purpose,
-            expiry,
-        )
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
-}
+use medmesh_chain::{consent_domain, duo, Access, AccessQuery, Denial, GrantCache};
 
 #[tokio::test]
 async fn grant_then_revoke_takes_effect_in_the_next_block() {

@@ -47,6 +47,10 @@ pub enum AuditAction {
     SignIn,
     /// A request was refused for lack of authorisation.
     AccessDenied,
+    /// A record was linked to the patient wallet that consents for it.
+    ConsentLink,
+    /// A key request was refused (the reason is in the detail).
+    KeyReleaseDenied,
 }
 
 /// What a caller asks to log.

@@ -36,6 +36,7 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(REFS)?;
     txn.open_table(crate::audit::AUDIT)?;
     txn.open_table(crate::tokens::API_TOKENS)?;
+    txn.open_table(crate::links::CONSENT_LINKS)?;
     Ok(())
 }
 
@@ -79,6 +80,8 @@ pub(crate) fn remove_record(
     let key = id.to_string();
     let ms = time_key(&meta.created);
     txn.open_table(RECORDS)?.remove(key.as_str())?;
+    txn.open_table(crate::links::CONSENT_LINKS)?
+        .remove(key.as_str())?;
     txn.open_table(BY_TIME)?.remove((ms, key.as_str()))?;
     txn.open_table(BY_OWNER)?
         .remove((meta.owner.as_str(), ms, key.as_str()))?;

@@ -12,6 +12,7 @@ mod audit;
 mod blocks;
 mod error;
 mod index;
+mod links;
 mod records;
 mod tokens;
 
@@ -23,6 +24,7 @@ use redb::{Database, ReadableDatabase};
 pub use audit::{AuditAction, AuditBreak, AuditEntry, AuditEvent, AuditSummary, GENESIS};
 pub use blocks::{BlockScan, Blockstore};
 pub use error::StoreError;
+pub use links::ConsentLink;
 pub use records::{
     CheckReport, GcReport, OpenRecord, PutRequest, ReadProgress, RecordQuery, RemoveReport,
     DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,

@@ -1,0 +1,303 @@
+//! Key release: the owner node's answer to a grantee asking for a record's data key.
+//!
+//! The checks, in order, each refusing with a reason and an audit entry:
+//! 1. the challenge was issued by this node, is unexpired and unused;
+//! 2. the request is signed (EIP-191) by the grantee address it names;
+//! 3. the record is stored here and linked to the patient wallet that consents for it;
+//! 4. the certificate sent is the one the grantee published on chain (`NodeRegistry.keyOf`);
+//! 5. the grant cache, synced to the latest block first, allows (patient, grantee,
+//!    record scope, purpose) now: a live grant or an open break-glass access.
+//!
+//! Only then is the data key unwrapped and re-wrapped for the grantee's post-quantum
+//! certificate, and the release audited. The same code serves every transport (HTTP
+//! now, the libp2p request/response protocol later).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use alloy::primitives::{keccak256, Address, B256};
+use alloy::providers::DynProvider;
+use medmesh_core::{KeyWrap, RecordId};
+use medmesh_crypto::eth::recover_personal_sign;
+use medmesh_crypto::{Certificate, UnlockedDecryptor};
+use medmesh_store::{AuditAction, AuditEvent, Store, StoreError};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::bindings::NodeRegistry;
+use crate::cache::{Access, AccessQuery, Denial, GrantCache};
+use crate::ChainError;
+
+/// `ScopeKind.Record` of the contract.
+pub const SCOPE_RECORD: u8 = 0;
+/// How long a challenge can be answered.
+pub const CHALLENGE_TTL: Duration = Duration::from_secs(300);
+
+/// The on-chain consent scope of a record: keccak256 of a domain tag, the link's salt
+/// and the record id. Without the salt nobody can tell which record a grant covers.
+pub fn record_scope(record: &RecordId, salt_hex: &str) -> Result<B256, ReleaseError> {
+    let salt = hex::decode(salt_hex)
+        .map_err(|_| ReleaseError::Internal("consent link salt is not hex".into()))?;
+    let mut input = b"medmesh/record-scope/v1".to_vec();
+    input.extend_from_slice(&salt);
+    input.extend_from_slice(&record.cid().to_bytes());
+    Ok(keccak256(input))
+}
+
+/// Whether a challenge issued at `issued` can still be answered.
+fn is_fresh(issued: SystemTime) -> bool {
+    SystemTime::now()
+        .duration_since(issued)
+        .is_ok_and(|age| age < CHALLENGE_TTL)
+}
+
+/// A grantee's request for a record's key.
+#[derive(Debug, Clone)]
+pub struct KeyRequest {
+    /// The record.
+    pub record: RecordId,
+    /// The address asking (must have signed the request).
+    pub grantee: Address,
+    /// DUO purpose term number.
+    pub purpose: u32,
+    /// The grantee's certificate (armored or binary), to wrap the key for.
+    pub certificate: Vec<u8>,
+    /// A challenge from [`KeyReleaser::challenge`].
+    pub challenge: String,
+    /// EIP-191 signature of [`KeyRequest::message`] by the grantee, hex.
+    pub signature: String,
+}
+
+impl KeyRequest {
+    /// The exact text the grantee signs.
+    pub fn message(record: &RecordId, grantee: Address, purpose: u32, challenge: &str) -> String {
+        format!(
+            "medmesh key request\nrecord: {record}\ngrantee: {}\npurpose: DUO:{purpose:07}\nchallenge: {challenge}",
+            grantee.to_checksum(None)
+        )
+    }
+}
+
+/// Why a key was not released.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    /// The challenge is unknown, expired or used.
+    #[error("bad challenge: unknown, expired or already used; ask for a fresh one")]
+    BadChallenge,
+    /// The signature is not the grantee's.
+    #[error("the request is not signed by the grantee {0}")]
+    NotGrantee(Address),
+    /// The record is not stored here.
+    #[error("unknown record {0}")]
+    UnknownRecord(String),
+    /// The record is not linked to a consenting patient wallet.
+    #[error("record {0} is not linked to a patient wallet, so no grant can cover it")]
+    NotLinked(String),
+    /// The certificate is not the one the grantee published on chain.
+    #[error("the certificate {given} is not the one {grantee} published on chain ({published})")]
+    CertificateMismatch {
+        /// The grantee.
+        grantee: Address,
+        /// Fingerprint of the certificate sent.
+        given: String,
+        /// Fingerprint published (zero if none).
+        published: String,
+    },
+    /// The certificate cannot receive keys.
+    #[error("unusable certificate: {0}")]
+    BadCertificate(String),
+    /// The chain does not allow it.
+    #[error("denied by consent: {0}")]
+    Denied(#[from] Denial),
+    /// Talking to the chain failed.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// Something failed on this node.
+    #[error("key release failed on the node: {0}")]
+    Internal(String),
+}
+
+/// A released key.
+#[derive(Debug, Clone)]
+pub struct Released {
+    /// The data key wrapped for the grantee's certificate.
+    pub key_wrap: KeyWrap,
+    /// Why it was allowed.
+    pub access: Access,
+}
+
+/// The owner node's key-release service.
+pub struct KeyReleaser {
+    store: Arc<Store>,
+    owner_certificate: Certificate,
+    decryptor: Arc<Mutex<UnlockedDecryptor>>,
+    cache: Arc<GrantCache>,
+    provider: DynProvider,
+    node_registry: Address,
+    challenges: Mutex<HashMap<String, SystemTime>>,
+}
+
+impl KeyReleaser {
+    /// A releaser for the records of `store`, owned by `owner_certificate`.
+    pub fn new(
+        store: Arc<Store>,
+        owner_certificate: Certificate,
+        decryptor: Arc<Mutex<UnlockedDecryptor>>,
+        cache: Arc<GrantCache>,
+        provider: DynProvider,
+        node_registry: Address,
+    ) -> Self {
+        Self {
+            store,
+            owner_certificate,
+            decryptor,
+            cache,
+            provider,
+            node_registry,
+            challenges: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A fresh single-use challenge.
+    pub fn challenge(&self) -> Result<String, ReleaseError> {
+        let mut bytes = [0u8; 16];
+        SystemRandom::new()
+            .fill(&mut bytes)
+            .map_err(|_| ReleaseError::Internal("random generator failed".into()))?;
+        let challenge = hex::encode(bytes);
+        let mut map = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, issued| is_fresh(*issued));
+        map.insert(challenge.clone(), SystemTime::now());
+        Ok(challenge)
+    }
+
+    /// Checks a request and, if everything allows it, releases the key. Every outcome is
+    /// audited.
+    pub async fn release(&self, request: &KeyRequest) -> Result<Released, ReleaseError> {
+        let result = self.check_and_wrap(request).await;
+        let (action, mut detail) = match &result {
+            Ok(r) => (
+                AuditAction::KeyRelease,
+                BTreeMap::from([(
+                    "access".to_string(),
+                    match r.access {
+                        Access::Granted { grant_id, .. } => format!("grant {grant_id}"),
+                        Access::Emergency { emergency_id, .. } => {
+                            format!("emergency {emergency_id}")
+                        }
+                    },
+                )]),
+            ),
+            Err(e) => (
+                AuditAction::KeyReleaseDenied,
+                BTreeMap::from([("reason".to_string(), e.to_string())]),
+            ),
+        };
+        detail.insert("purpose".into(), format!("DUO:{:07}", request.purpose));
+        let event = AuditEvent {
+            action,
+            actor: format!("wallet:{}", request.grantee),
+            subject: request.record.to_string(),
+            detail,
+        };
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.audit(event))
+            .await
+            .map_err(|e| ReleaseError::Internal(e.to_string()))?
+            .map_err(|e| ReleaseError::Internal(e.to_string()))?;
+        result
+    }
+
+    async fn check_and_wrap(&self, request: &KeyRequest) -> Result<Released, ReleaseError> {
+        // 1. Challenge: ours, fresh, single use.
+        let issued = self
+            .challenges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&request.challenge);
+        let fresh = issued.is_some_and(is_fresh);
+        if !fresh {
+            return Err(ReleaseError::BadChallenge);
+        }
+        // 2. Signed by the grantee.
+        let message = KeyRequest::message(
+            &request.record,
+            request.grantee,
+            request.purpose,
+            &request.challenge,
+        );
+        let signer = recover_personal_sign(message.as_bytes(), &request.signature)
+            .map_err(|_| ReleaseError::NotGrantee(request.grantee))?;
+        if signer != request.grantee {
+            return Err(ReleaseError::NotGrantee(request.grantee));
+        }
+        // 3. The record and its consenting patient.
+        let store = self.store.clone();
+        let record = request.record;
+        let (link, manifest) = tokio::task::spawn_blocking(move || {
+            let link = store.consent_link(&record)?;
+            let manifest = store.manifest(&record)?;
+            Ok::<_, StoreError>((link, manifest))
+        })
+        .await
+        .map_err(|e| ReleaseError::Internal(e.to_string()))?
+        .map_err(|e| match e {
+            StoreError::UnknownRecord(id) => ReleaseError::UnknownRecord(id),
+            other => ReleaseError::Internal(other.to_string()),
+        })?;
+        let link = link.ok_or_else(|| ReleaseError::NotLinked(record.to_string()))?;
+        let patient: Address = link
+            .patient
+            .parse()
+            .map_err(|_| ReleaseError::Internal("consent link holds a bad address".into()))?;
+        // 4. The certificate the grantee published.
+        let certificate = Certificate::from_bytes(&request.certificate)
+            .map_err(|e| ReleaseError::BadCertificate(e.to_string()))?;
+        let registry = NodeRegistry::new(self.node_registry, self.provider.clone());
+        let published = registry
+            .keyOf(request.grantee)
+            .call()
+            .await
+            .map_err(ChainError::rpc)?;
+        let given = certificate.id();
+        if published
+            .to_string()
+            .trim_start_matches("0x")
+            .to_ascii_uppercase()
+            != given.as_str()
+        {
+            return Err(ReleaseError::CertificateMismatch {
+                grantee: request.grantee,
+                given: given.to_string(),
+                published: published.to_string(),
+            });
+        }
+        // 5. Consent, as of the latest block.
+        self.cache.sync(&self.provider).await?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let query = AccessQuery {
+            patient,
+            grantee: request.grantee,
+            kind: SCOPE_RECORD,
+            scope: record_scope(&record, &link.salt)?,
+            purpose: request.purpose,
+        };
+        let access = self.cache.check(&query, now)?;
+        // Allowed: unwrap with our key, wrap for theirs.
+        self.owner_certificate
+            .verify_manifest(&manifest)
+            .map_err(|e| ReleaseError::Internal(e.to_string()))?;
+        let key = self
+            .decryptor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_key(&manifest.body)
+            .map_err(|e| ReleaseError::Internal(e.to_string()))?;
+        let key_wrap = certificate
+            .wrap(&key)
+            .map_err(|e| ReleaseError::BadCertificate(e.to_string()))?;
+        Ok(Released { key_wrap, access })
+    }
+}
