@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Fuzzes the HTTP API from its own OpenAPI document with schemathesis: starts a node on a
-# free local port with a fresh data dir and an admin token, sends generated requests to
-# every operation (valid and invalid), and fails on any 5xx answer, crash or response
-# that does not match the document. Needs `pip install schemathesis`.
+# Fuzzes the HTTP API from its own OpenAPI document with schemathesis: starts anvil with
+# the contracts deployed and a node on free local ports (fresh data dir, admin token,
+# key release enabled), sends generated requests to every operation (valid and
+# invalid), and fails on any 5xx answer, crash or response that does not match the
+# document. Needs `pip install schemathesis` and `npm ci` in contracts/ (for anvil).
 #
 #   scripts/fuzz-api.sh [MAX_EXAMPLES]    (default 60 per operation)
 set -euo pipefail
@@ -13,11 +14,27 @@ command -v schemathesis >/dev/null || { echo "schemathesis is missing: pip insta
 target="${CARGO_TARGET_DIR:-target}"
 cargo build --quiet -p medmesh
 work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port)
+chain_port=$(free_port)
+anvil="${MEDMESH_ANVIL:-contracts/node_modules/.bin/anvil}"
+[ -x "$anvil" ] || { echo "anvil is missing: run \`npm ci\` in contracts/" >&2; exit 1; }
+"$anvil" --port "$chain_port" >"$work/anvil.log" 2>&1 &
+anvil_pid=$!
+trap 'kill $anvil_pid $node_pid 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+for _ in $(seq 50); do
+  curl -sf -X POST -H 'Content-Type: application/json' -d '{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}' \
+    "http://127.0.0.1:$chain_port" >/dev/null && break
+  sleep 0.2
+done
+# anvil's first dev account deploys the contracts.
+echo 0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80 >"$work/deployer.key"
+"$target/debug/medmesh" chain deploy --chain-rpc "http://127.0.0.1:$chain_port" \
+  --key-file "$work/deployer.key" --output "$work/deployment.json" >/dev/null
 export MEDMESH_PASSPHRASE="fuzzing passphrase"
-"$target/debug/medmesh" --data-dir "$work/node" node --listen "127.0.0.1:$port" --rate-limit 100000 >"$work/node.log" 2>&1 &
+"$target/debug/medmesh" --data-dir "$work/node" node --listen "127.0.0.1:$port" --rate-limit 100000 \
+  --chain-rpc "http://127.0.0.1:$chain_port" --chain-deployment "$work/deployment.json" >"$work/node.log" 2>&1 &
 node_pid=$!
-trap 'kill $node_pid 2>/dev/null; wait $node_pid 2>/dev/null; rm -rf "$work"' EXIT
 for _ in $(seq 100); do
   token=$(grep -o 'mm_[0-9a-f_]*' "$work/node.log" || true)
   [ -n "$token" ] && curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
@@ -35,5 +52,5 @@ schemathesis run "http://127.0.0.1:$port/openapi.json" \
   --max-examples "$max_examples" \
   --seed 42 \
   --generation-deterministic
-kill -0 $node_pid 2>/dev/null || { echo "the node died during fuzzing" >&2; cat "$work/node.log"; exit 1; }
+kill -0 "$node_pid" 2>/dev/null || { echo "the node died during fuzzing" >&2; cat "$work/node.log"; exit 1; }
 echo "fuzzing passed: no 5xx, no crash, answers match the OpenAPI document"

@@ -3,6 +3,7 @@
 // A command-line tool speaks on stdout.
 #![allow(clippy::print_stdout)]
 
+mod chain;
 mod commands;
 mod config;
 mod passphrase;
@@ -76,6 +77,9 @@ enum Command {
     /// The institution's keys.
     #[command(subcommand)]
     Keys(commands::KeysCommand),
+    /// The consent contracts on an EVM chain.
+    #[command(subcommand)]
+    Chain(chain::ChainCommand),
     /// API tokens for the HTTP API (while the node is stopped; or use /v1/admin/tokens).
     #[command(subcommand)]
     Token(commands::TokenCommand),
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
         Command::Audit(cmd) => commands::audit(&cli.data_dir, cmd),
         Command::Keys(cmd) => commands::keys(&cli.data_dir, cmd),
         Command::Token(cmd) => commands::token(&cli.data_dir, cmd),
+        Command::Chain(cmd) => chain::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

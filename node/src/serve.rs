@@ -2,7 +2,7 @@
 //! run, unlocks the institution keys once, and serves the HTTP API until interrupted.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
@@ -10,6 +10,7 @@ use clap::Args;
 use medmesh_api::{ApiConfig, AppState, NodeKeys};
 use medmesh_store::TokenScope;
 
+use crate::chain;
 use crate::commands::{self, Node, CLI_ACTOR};
 use crate::config;
 use crate::passphrase::PassphraseSource;
@@ -30,6 +31,14 @@ pub struct NodeArgs {
     /// Sustained requests per second allowed per API token (burst: twice as many).
     #[arg(long, default_value_t = 100.0)]
     rate_limit: f64,
+    /// JSON-RPC URL of the EVM chain holding the consent contracts (enables consent
+    /// links and key release).
+    #[arg(long, requires = "chain_deployment")]
+    chain_rpc: Option<String>,
+    /// The deployment file (`medmesh chain deploy` writes it): contract addresses and
+    /// the block to scan events from.
+    #[arg(long, requires = "chain_rpc")]
+    chain_deployment: Option<PathBuf>,
     /// Institution name, used only when the data dir is created on first run.
     #[arg(long, default_value = "medmesh institution")]
     institution: String,
@@ -59,7 +68,7 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
     let keys = NodeKeys {
         certificate: node.keystore.certificate()?,
         signer: Mutex::new(secret.unlock_signing(&passphrase)?),
-        decryptor: Mutex::new(secret.unlock_decryption(&passphrase)?),
+        decryptor: Arc::new(Mutex::new(secret.unlock_decryption(&passphrase)?)),
     };
     drop(passphrase);
     let peer_id = node.keystore.node_identity()?.peer_id();
@@ -79,13 +88,23 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
         ..ApiConfig::default()
     };
     let institution = keys.certificate.id();
-    let state = AppState::new(store, Arc::new(keys), config);
+    let certificate = keys.certificate.clone();
+    let decryptor = keys.decryptor.clone();
+    let state = AppState::new(store.clone(), Arc::new(keys), config);
+    let chain = match (&args.chain_rpc, &args.chain_deployment) {
+        (Some(rpc), Some(deployment)) => Some(chain::connect(rpc, deployment, data_dir)?),
+        _ => None,
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        if let Some(chain) = chain {
+            let releaser = chain.releaser(store, certificate, decryptor).await?;
+            state.enable_key_release(Arc::new(releaser));
+        }
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen} (is another node running?)"))?;

@@ -24,20 +24,23 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, MethodRouter};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
 use tokio::net::TcpListener;
 
 pub use auth::Principal;
 pub use error::{ApiError, Problem};
 pub use openapi::document_json;
+pub use routes::access::{
+    ChallengeResponse, ConsentLinkRequest, ConsentLinkResponse, KeyRequestBody, KeyResponse,
+};
 pub use routes::audit::{AuditEntryView, AuditPage, AuditVerification};
 pub use routes::auth::{NonceResponse, SessionResponse, SignInRequest, WhoAmI};
 pub use routes::records::{RecordEntry, RecordInfo, RecordPage, Removed};
 pub use routes::system::{CreatedToken, GcResult, Health, TokenRequest, TokenView};
 pub use state::{ApiConfig, AppState, NodeKeys};
 
-use routes::{audit, records, system};
+use routes::{access, audit, records, system};
 
 /// The whole API as an axum router.
 pub fn router(state: AppState) -> Router {
@@ -58,6 +61,9 @@ pub fn router(state: AppState) -> Router {
             bounded(get(records::info).merge(delete(records::remove))),
         )
         .route("/v1/records/{id}/content", get(records::download))
+        .route("/v1/records/{id}/consent-link", bounded(put(access::link)))
+        .route("/v1/records/{id}/key", bounded(post(access::request_key)))
+        .route("/v1/access/challenge", bounded(post(access::challenge)))
         .route(
             "/v1/keys/institution",
             bounded(get(system::institution_key)),

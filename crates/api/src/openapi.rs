@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{audit, auth, records, system};
+use crate::routes::{access, audit, auth, records, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,6 +22,9 @@ use crate::routes::{audit, auth, records, system};
         records::info,
         records::download,
         records::remove,
+        access::link,
+        access::challenge,
+        access::request_key,
         system::institution_key,
         audit::page,
         audit::verify,
@@ -36,6 +39,7 @@ use crate::routes::{audit, auth, records, system};
     modifiers(&BearerAuth),
     tags(
         (name = "records", description = "Encrypted records: upload, search, download, delete"),
+        (name = "access", description = "Consent links and key release under on-chain grants"),
         (name = "keys", description = "The institution's post-quantum certificate"),
         (name = "audit", description = "The hash-chained audit log"),
         (name = "auth", description = "Sign-In with Ethereum (EIP-4361) and identity"),

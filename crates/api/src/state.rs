@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use medmesh_chain::KeyReleaser;
 use medmesh_crypto::{Certificate, UnlockedDecryptor, UnlockedSigner};
 use medmesh_store::{AuditAction, AuditEvent, Store, DEFAULT_CHUNK_SIZE};
 use time::OffsetDateTime;
@@ -18,8 +19,8 @@ pub struct NodeKeys {
     pub certificate: Certificate,
     /// Signs manifests; locked only for the signature itself.
     pub signer: Mutex<UnlockedSigner>,
-    /// Unwraps data keys; locked only while a record is opened.
-    pub decryptor: Mutex<UnlockedDecryptor>,
+    /// Unwraps data keys; locked only while a record is opened (shared with key release).
+    pub decryptor: Arc<Mutex<UnlockedDecryptor>>,
 }
 
 /// API settings; [`ApiConfig::default`] is what `medmesh node` uses unless told otherwise.
@@ -79,6 +80,7 @@ pub(crate) struct Inner {
     pub limiter: RateLimiter,
     pub metrics: Metrics,
     pub started: Instant,
+    pub key_release: std::sync::OnceLock<Arc<KeyReleaser>>,
 }
 
 impl AppState {
@@ -94,8 +96,15 @@ impl AppState {
                 nonces: Mutex::new(HashMap::new()),
                 metrics: Metrics::default(),
                 started: Instant::now(),
+                key_release: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Backs key release (and consent links) by a chain. Set once; later calls keep
+    /// the first releaser and return `false`.
+    pub fn enable_key_release(&self, releaser: Arc<KeyReleaser>) -> bool {
+        self.inner.key_release.set(releaser).is_ok()
     }
 
     /// The store.

@@ -1,17 +1,15 @@
 //! The consent contracts on a real EVM (anvil from the pinned npm package), driven
 //! through the generated bindings, with the grant cache fed by their events.
 
-mod common;
-
 use alloy::primitives::{B256, U256};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::signers::Signer;
 use alloy::sol_types::SolStruct;
-use common::{grant, revert, Chain, RECORD};
 use medmesh_chain::bindings::{
     AuditAnchor, ConsentRegistry, GrantConsent, NodeRegistry, RevokeConsent,
 };
 use medmesh_chain::{consent_domain, duo, Access, AccessQuery, Denial, GrantCache};
+use medmesh_testkit::chain::{grant, revert, Chain, RECORD};
 
 #[tokio::test]
 async fn grant_then_revoke_takes_effect_in_the_next_block() {

@@ -2,19 +2,17 @@
 //! key directory and consent, answered with the data key wrapped for the grantee's
 //! post-quantum certificate. Every refusal says why and is audited.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
 use alloy::primitives::B256;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::signers::Signer;
-use common::{grant_scope, Chain};
 use medmesh_chain::bindings::NodeRegistry;
 use medmesh_chain::{duo, record_scope, Denial, KeyReleaser, KeyRequest, ReleaseError};
 use medmesh_core::{ContentType, RecordId};
 use medmesh_crypto::{Certificate, RecordCipher};
 use medmesh_store::{AuditAction, PutRequest, Store, DEFAULT_CHUNK_SIZE};
+use medmesh_testkit::chain::{grant_scope, Chain};
 use medmesh_testkit::{institution, passphrase};
 
 struct Setup {

@@ -6,6 +6,8 @@ use std::sync::OnceLock;
 
 use medmesh_crypto::{Passphrase, SecretKeys};
 
+#[cfg(feature = "chain")]
+pub mod chain;
 #[cfg(feature = "node")]
 pub mod node;
 

@@ -47,7 +47,9 @@ impl TestNode {
         let keys = NodeKeys {
             certificate: secret.certificate().expect("certificate"),
             signer: Mutex::new(secret.unlock_signing(&passphrase()).expect("unlock")),
-            decryptor: Mutex::new(secret.unlock_decryption(&passphrase()).expect("unlock")),
+            decryptor: Arc::new(Mutex::new(
+                secret.unlock_decryption(&passphrase()).expect("unlock"),
+            )),
         };
         let token = |scope| store.create_token("test", scope, "test").expect("token").1;
         let (read_token, write_token, admin_token) = (

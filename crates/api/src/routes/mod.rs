@@ -1,5 +1,6 @@
 //! Handlers, thin: parse, authorise, call the store off the async executor, answer.
 
+pub mod access;
 pub mod audit;
 pub mod auth;
 pub mod records;

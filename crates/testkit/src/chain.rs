@@ -1,8 +1,6 @@
 //! A fresh anvil chain with the contracts deployed, an approved and registered
 //! hospital, and named dev accounts.
 
-#![allow(dead_code)]
-
 use alloy::network::EthereumWallet;
 use alloy::node_bindings::AnvilInstance;
 use alloy::primitives::B256;
@@ -11,21 +9,33 @@ use alloy::signers::local::PrivateKeySigner;
 use medmesh_chain::bindings::{ConsentRegistry, NodeRegistry};
 use medmesh_chain::{deploy, AccessQuery, Deployment, GrantCache};
 
+/// `ScopeKind.Record`.
 pub const RECORD: u8 = 0;
 
+/// A running anvil with a deployment and named dev accounts.
 pub struct Chain {
+    /// anvil.
     pub anvil: AnvilInstance,
+    /// deployment.
     pub deployment: Deployment,
+    /// admin.
     pub admin: PrivateKeySigner,
+    /// hospital.
     pub hospital: PrivateKeySigner,
+    /// patient.
     pub patient: PrivateKeySigner,
+    /// researcher.
     pub researcher: PrivateKeySigner,
+    /// relayer.
     pub relayer: PrivateKeySigner,
+    /// guardian.
     pub guardian: PrivateKeySigner,
+    /// stranger.
     pub stranger: PrivateKeySigner,
 }
 
 impl Chain {
+    /// Starts anvil, deploys, approves and registers the hospital.
     pub async fn start() -> Self {
         let anvil = medmesh_chain::anvil::spawn().expect("anvil (run `npm ci` in contracts/)");
         let key = |i: usize| PrivateKeySigner::from(anvil.keys()[i].clone());
@@ -70,10 +80,12 @@ impl Chain {
         chain
     }
 
+    /// A provider sending as `who`.
     pub fn provider(&self, who: &PrivateKeySigner) -> DynProvider {
         provider_for(&self.anvil, who)
     }
 
+    /// `NodeRegistry` as `who`.
     pub fn registry(
         &self,
         who: &PrivateKeySigner,
@@ -81,6 +93,7 @@ impl Chain {
         NodeRegistry::new(self.deployment.node_registry, self.provider(who))
     }
 
+    /// `ConsentRegistry` as `who`.
     pub fn consent(
         &self,
         who: &PrivateKeySigner,
@@ -88,10 +101,12 @@ impl Chain {
         ConsentRegistry::new(self.deployment.consent_registry, self.provider(who))
     }
 
+    /// An empty grant cache for this deployment.
     pub fn cache(&self) -> GrantCache {
         GrantCache::new(self.deployment.consent_registry, self.deployment.from_block)
     }
 
+    /// The latest block's timestamp.
     pub async fn now(&self) -> u64 {
         let p = self.provider(&self.admin);
         let block = p
@@ -102,6 +117,7 @@ impl Chain {
         block.header.timestamp
     }
 
+    /// The patient → researcher record query for `scope` and `purpose`.
     pub fn query(&self, scope: B256, purpose: u32) -> AccessQuery {
         AccessQuery {
             patient: self.patient.address(),
@@ -113,6 +129,7 @@ impl Chain {
     }
 }
 
+/// A provider on `anvil` sending as `who`.
 pub fn provider_for(anvil: &AnvilInstance, who: &PrivateKeySigner) -> DynProvider {
     ProviderBuilder::new()
         .wallet(EthereumWallet::from(who.clone()))
@@ -121,6 +138,7 @@ pub fn provider_for(anvil: &AnvilInstance, who: &PrivateKeySigner) -> DynProvide
 }
 
 /// The contract's custom error from a failed call.
+/// The `ConsentRegistry` custom error of a call that must revert.
 pub fn revert<T: std::fmt::Debug>(
     result: Result<T, alloy::contract::Error>,
 ) -> ConsentRegistry::ConsentRegistryErrors {
@@ -129,6 +147,7 @@ pub fn revert<T: std::fmt::Debug>(
         .unwrap_or_else(|| panic!("not a ConsentRegistry error: {err}"))
 }
 
+/// `who` grants the researcher `scope` for `purpose` on the patient's behalf.
 pub async fn grant(chain: &Chain, who: &PrivateKeySigner, scope: B256, purpose: u32, expiry: u64) {
     chain
         .consent(who)
