@@ -13,7 +13,7 @@ use medmesh_chain::bindings::{
     AuditAnchor, ConsentRegistry, GrantConsent, NodeRegistry, RevokeConsent,
 };
 use medmesh_chain::consent_domain;
-use medmesh_testkit::chain::{provider_for, Chain};
+use medmesh_testkit::chain::Chain;
 
 fn gas(r: &TransactionReceipt) -> u64 {
     assert!(r.status(), "transaction reverted");
@@ -115,7 +115,7 @@ async fn main() {
         consent(&chain.patient).revokeDelegate(guardian)
     );
 
-    let domain = consent_domain(chain.anvil.chain_id(), chain.deployment.consent_registry);
+    let domain = consent_domain(chain.chain_id, chain.deployment.consent_registry);
     let deadline = U256::from(now + 600);
     let g = GrantConsent {
         patient,

@@ -9,6 +9,7 @@
 pub mod anvil;
 mod cache;
 mod deploy;
+pub mod devchain;
 mod error;
 pub mod release;
 

@@ -12,7 +12,7 @@ use medmesh_chain::{duo, record_scope, Denial, KeyReleaser, KeyRequest, ReleaseE
 use medmesh_core::{ContentType, RecordId};
 use medmesh_crypto::{Certificate, RecordCipher};
 use medmesh_store::{AuditAction, PutRequest, Store, DEFAULT_CHUNK_SIZE};
-use medmesh_testkit::chain::{grant_scope, Chain};
+use medmesh_testkit::chain::{grant_scope, Backend, Chain, BACKENDS};
 use medmesh_testkit::{institution, passphrase};
 
 struct Setup {
@@ -26,8 +26,8 @@ struct Setup {
     researcher_cert: Certificate,
 }
 
-async fn setup() -> Setup {
-    let chain = Chain::start().await;
+async fn setup(backend: Backend) -> Setup {
+    let chain = Chain::start_on(backend).await;
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
     let owner = institution(0);
@@ -121,179 +121,187 @@ impl Setup {
 
 #[tokio::test]
 async fn granted_key_opens_the_record_and_revocation_stops_the_next_release() {
-    let s = setup().await;
-    assert!(matches!(
-        s.ask(42).await,
-        Err(ReleaseError::Denied(Denial::NoGrant))
-    ));
+    for backend in BACKENDS {
+        let s = setup(backend).await;
+        assert!(matches!(
+            s.ask(42).await,
+            Err(ReleaseError::Denied(Denial::NoGrant))
+        ));
 
-    let expiry = s.chain.now().await + 3600;
-    grant_scope(&s.chain, s.scope, duo::GENERAL_RESEARCH_USE, expiry).await;
-    let released = s.ask(42).await.unwrap();
+        let expiry = s.chain.now().await + 3600;
+        grant_scope(&s.chain, s.scope, duo::GENERAL_RESEARCH_USE, expiry).await;
+        let released = s.ask(42).await.unwrap();
 
-    // The researcher unwraps the key with its own secret key and decrypts the record.
-    let mut body = s.store.manifest(&s.record).unwrap().body;
-    body.key_wraps = vec![released.key_wrap.clone()];
-    let key = institution(1)
-        .unlock_decryption(&passphrase())
-        .unwrap()
-        .unwrap_key(&body)
-        .unwrap();
-    let cipher = RecordCipher::new(&key, &body.envelope).unwrap();
-    let mut chunk = s.store.blocks().get(&body.chunks[0]).unwrap();
-    assert_eq!(
-        cipher.open_chunk(0, true, &mut chunk).unwrap(),
-        s.plaintext.as_slice()
-    );
+        // The researcher unwraps the key with its own secret key and decrypts the record.
+        let mut body = s.store.manifest(&s.record).unwrap().body;
+        body.key_wraps = vec![released.key_wrap.clone()];
+        let key = institution(1)
+            .unlock_decryption(&passphrase())
+            .unwrap()
+            .unwrap_key(&body)
+            .unwrap();
+        let cipher = RecordCipher::new(&key, &body.envelope).unwrap();
+        let mut chunk = s.store.blocks().get(&body.chunks[0]).unwrap();
+        assert_eq!(
+            cipher.open_chunk(0, true, &mut chunk).unwrap(),
+            s.plaintext.as_slice()
+        );
 
-    // Revoke: the very next request is refused (the releaser syncs to the latest block).
-    let grant_id = s
-        .chain
-        .consent(&s.chain.admin)
-        .grantIdOf(
-            s.chain.patient.address(),
-            s.chain.researcher.address(),
-            0,
-            s.scope,
-            42,
-        )
-        .call()
-        .await
-        .unwrap();
-    s.chain
-        .consent(&s.chain.patient)
-        .revoke(grant_id)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
-    assert!(matches!(
-        s.ask(42).await,
-        Err(ReleaseError::Denied(Denial::Revoked))
-    ));
+        // Revoke: the very next request is refused (the releaser syncs to the latest block).
+        let grant_id = s
+            .chain
+            .consent(&s.chain.admin)
+            .grantIdOf(
+                s.chain.patient.address(),
+                s.chain.researcher.address(),
+                0,
+                s.scope,
+                42,
+            )
+            .call()
+            .await
+            .unwrap();
+        s.chain
+            .consent(&s.chain.patient)
+            .revoke(grant_id)
+            .send()
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap();
+        assert!(matches!(
+            s.ask(42).await,
+            Err(ReleaseError::Denied(Denial::Revoked))
+        ));
 
-    let audit = s.store.audit_page(0, 100).unwrap();
-    let releases = audit
-        .iter()
-        .filter(|e| e.action == AuditAction::KeyRelease)
-        .count();
-    let denials: Vec<_> = audit
-        .iter()
-        .filter(|e| e.action == AuditAction::KeyReleaseDenied)
-        .collect();
-    assert_eq!(releases, 1);
-    assert_eq!(denials.len(), 2);
-    assert!(
-        denials[1].detail["reason"].contains("revoked"),
-        "{:?}",
-        denials[1].detail
-    );
+        let audit = s.store.audit_page(0, 100).unwrap();
+        let releases = audit
+            .iter()
+            .filter(|e| e.action == AuditAction::KeyRelease)
+            .count();
+        let denials: Vec<_> = audit
+            .iter()
+            .filter(|e| e.action == AuditAction::KeyReleaseDenied)
+            .collect();
+        assert_eq!(releases, 1);
+        assert_eq!(denials.len(), 2);
+        assert!(
+            denials[1].detail["reason"].contains("revoked"),
+            "{:?}",
+            denials[1].detail
+        );
+    }
 }
 
 #[tokio::test]
 async fn expired_and_wrong_purpose_are_refused() {
-    let s = setup().await;
-    let expiry = s.chain.now().await + 2;
-    grant_scope(&s.chain, s.scope, duo::HEALTH_MEDICAL_BIOMEDICAL, expiry).await;
-    assert!(matches!(
-        s.ask(duo::GENERAL_RESEARCH_USE).await,
-        Err(ReleaseError::Denied(Denial::WrongPurpose { asked: 42, .. }))
-    ));
-    tokio::time::sleep(std::time::Duration::from_millis(3200)).await;
-    assert!(matches!(
-        s.ask(duo::HEALTH_MEDICAL_BIOMEDICAL).await,
-        Err(ReleaseError::Denied(Denial::Expired { .. }))
-    ));
+    for backend in BACKENDS {
+        let s = setup(backend).await;
+        let expiry = s.chain.now().await + 2;
+        grant_scope(&s.chain, s.scope, duo::HEALTH_MEDICAL_BIOMEDICAL, expiry).await;
+        assert!(matches!(
+            s.ask(duo::GENERAL_RESEARCH_USE).await,
+            Err(ReleaseError::Denied(Denial::WrongPurpose { asked: 42, .. }))
+        ));
+        tokio::time::sleep(std::time::Duration::from_millis(3200)).await;
+        assert!(matches!(
+            s.ask(duo::HEALTH_MEDICAL_BIOMEDICAL).await,
+            Err(ReleaseError::Denied(Denial::Expired { .. }))
+        ));
+    }
 }
 
 #[tokio::test]
 async fn forged_replayed_and_mismatched_requests_are_refused() {
-    let s = setup().await;
-    grant_scope(&s.chain, s.scope, 42, s.chain.now().await + 3600).await;
+    for backend in BACKENDS {
+        let s = setup(backend).await;
+        grant_scope(&s.chain, s.scope, 42, s.chain.now().await + 3600).await;
 
-    // Signed by someone else.
-    let forged = s.request(&s.chain.stranger, 42, &s.researcher_cert).await;
-    assert!(matches!(
-        s.releaser.release(&forged).await,
-        Err(ReleaseError::NotGrantee(_))
-    ));
-    // A valid request works once; its challenge cannot be replayed.
-    let good = s.request(&s.chain.researcher, 42, &s.researcher_cert).await;
-    s.releaser.release(&good).await.unwrap();
-    assert!(matches!(
-        s.releaser.release(&good).await,
-        Err(ReleaseError::BadChallenge)
-    ));
-    // A challenge this node never issued.
-    let mut invented = s.request(&s.chain.researcher, 42, &s.researcher_cert).await;
-    invented.challenge = "00".repeat(16);
-    assert!(matches!(
-        s.releaser.release(&invented).await,
-        Err(ReleaseError::BadChallenge)
-    ));
-    // A certificate other than the published one (here: the hospital's own).
-    let other = institution(0).certificate().unwrap();
-    let mismatched = s.request(&s.chain.researcher, 42, &other).await;
-    assert!(matches!(
-        s.releaser.release(&mismatched).await,
-        Err(ReleaseError::CertificateMismatch { .. })
-    ));
-    // Garbage certificate.
-    let mut garbage = s.request(&s.chain.researcher, 42, &s.researcher_cert).await;
-    garbage.certificate = b"not a certificate".to_vec();
-    assert!(matches!(
-        s.releaser.release(&garbage).await,
-        Err(ReleaseError::BadCertificate(_))
-    ));
+        // Signed by someone else.
+        let forged = s.request(&s.chain.stranger, 42, &s.researcher_cert).await;
+        assert!(matches!(
+            s.releaser.release(&forged).await,
+            Err(ReleaseError::NotGrantee(_))
+        ));
+        // A valid request works once; its challenge cannot be replayed.
+        let good = s.request(&s.chain.researcher, 42, &s.researcher_cert).await;
+        s.releaser.release(&good).await.unwrap();
+        assert!(matches!(
+            s.releaser.release(&good).await,
+            Err(ReleaseError::BadChallenge)
+        ));
+        // A challenge this node never issued.
+        let mut invented = s.request(&s.chain.researcher, 42, &s.researcher_cert).await;
+        invented.challenge = "00".repeat(16);
+        assert!(matches!(
+            s.releaser.release(&invented).await,
+            Err(ReleaseError::BadChallenge)
+        ));
+        // A certificate other than the published one (here: the hospital's own).
+        let other = institution(0).certificate().unwrap();
+        let mismatched = s.request(&s.chain.researcher, 42, &other).await;
+        assert!(matches!(
+            s.releaser.release(&mismatched).await,
+            Err(ReleaseError::CertificateMismatch { .. })
+        ));
+        // Garbage certificate.
+        let mut garbage = s.request(&s.chain.researcher, 42, &s.researcher_cert).await;
+        garbage.certificate = b"not a certificate".to_vec();
+        assert!(matches!(
+            s.releaser.release(&garbage).await,
+            Err(ReleaseError::BadCertificate(_))
+        ));
+    }
 }
 
 #[tokio::test]
 async fn unlinked_records_have_no_consent_to_check() {
-    let s = setup().await;
-    let owner = institution(0);
-    let signer = Mutex::new(owner.unlock_signing(&passphrase()).unwrap());
-    let request = PutRequest {
-        content_type: None,
-        patient: None,
-        chunk_size: DEFAULT_CHUNK_SIZE,
-        actor: "test".into(),
-    };
-    let unlinked = s
-        .store
-        .put_record(
-            &mut &b"x"[..],
-            &request,
-            &signer,
-            &owner.certificate().unwrap(),
-            &[],
-            &|_| {},
-        )
-        .unwrap();
-    let mut req = s.request(&s.chain.researcher, 42, &s.researcher_cert).await;
-    let grantee = s.chain.researcher.address();
-    req.record = unlinked;
-    let msg = KeyRequest::message(&unlinked, grantee, 42, &req.challenge);
-    req.signature = format!(
-        "0x{}",
-        hex::encode(
-            s.chain
-                .researcher
-                .sign_message(msg.as_bytes())
-                .await
-                .unwrap()
-                .as_bytes()
-        )
-    );
-    assert!(matches!(
-        s.releaser.release(&req).await,
-        Err(ReleaseError::NotLinked(_))
-    ));
-    // Linking to another wallet later is refused; the existing link stands.
-    assert!(s
-        .store
-        .link_patient(&s.record, &s.chain.stranger.address().to_string(), "test")
-        .is_err());
-    assert!(s.store.link_patient(&s.record, "0x1234", "test").is_err());
+    for backend in BACKENDS {
+        let s = setup(backend).await;
+        let owner = institution(0);
+        let signer = Mutex::new(owner.unlock_signing(&passphrase()).unwrap());
+        let request = PutRequest {
+            content_type: None,
+            patient: None,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            actor: "test".into(),
+        };
+        let unlinked = s
+            .store
+            .put_record(
+                &mut &b"x"[..],
+                &request,
+                &signer,
+                &owner.certificate().unwrap(),
+                &[],
+                &|_| {},
+            )
+            .unwrap();
+        let mut req = s.request(&s.chain.researcher, 42, &s.researcher_cert).await;
+        let grantee = s.chain.researcher.address();
+        req.record = unlinked;
+        let msg = KeyRequest::message(&unlinked, grantee, 42, &req.challenge);
+        req.signature = format!(
+            "0x{}",
+            hex::encode(
+                s.chain
+                    .researcher
+                    .sign_message(msg.as_bytes())
+                    .await
+                    .unwrap()
+                    .as_bytes()
+            )
+        );
+        assert!(matches!(
+            s.releaser.release(&req).await,
+            Err(ReleaseError::NotLinked(_))
+        ));
+        // Linking to another wallet later is refused; the existing link stands.
+        assert!(s
+            .store
+            .link_patient(&s.record, &s.chain.stranger.address().to_string(), "test")
+            .is_err());
+        assert!(s.store.link_patient(&s.record, "0x1234", "test").is_err());
+    }
 }

@@ -1,21 +1,55 @@
-//! A fresh anvil chain with the contracts deployed, an approved and registered
-//! hospital, and named dev accounts.
+//! A fresh chain with the contracts deployed, an approved and registered hospital, and
+//! named dev accounts, on either backend: anvil (a separate EVM process, from npm) or
+//! the node's embedded dev chain (revm in-process). Tests run their scenario on both.
 
 use alloy::network::EthereumWallet;
 use alloy::node_bindings::AnvilInstance;
 use alloy::primitives::B256;
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
+use alloy::transports::http::reqwest::Url;
 use medmesh_chain::bindings::{ConsentRegistry, NodeRegistry};
 use medmesh_chain::{deploy, AccessQuery, Deployment, GrantCache};
 
 /// `ScopeKind.Record`.
 pub const RECORD: u8 = 0;
 
-/// A running anvil with a deployment and named dev accounts.
+/// Where the contracts run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// anvil from the pinned npm package.
+    Anvil,
+    /// medmesh's embedded dev chain (revm).
+    Embedded,
+}
+
+/// Both backends, for tests that must pass on each.
+pub const BACKENDS: [Backend; 2] = [Backend::Anvil, Backend::Embedded];
+
+enum Running {
+    // Held for its Drop, which stops the anvil process.
+    #[allow(dead_code)]
+    Anvil(AnvilInstance),
+    Embedded(tokio::task::JoinHandle<()>),
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Running::Embedded(task) = self {
+            task.abort();
+        }
+    }
+}
+
+/// A running chain with a deployment and named dev accounts.
 pub struct Chain {
-    /// anvil.
-    pub anvil: AnvilInstance,
+    _running: Running,
+    /// Which backend runs it.
+    pub backend: Backend,
+    /// JSON-RPC URL.
+    pub endpoint: Url,
+    /// EIP-155 chain id.
+    pub chain_id: u64,
     /// deployment.
     pub deployment: Deployment,
     /// admin.
@@ -37,14 +71,43 @@ pub struct Chain {
 impl Chain {
     /// Starts anvil, deploys, approves and registers the hospital.
     pub async fn start() -> Self {
-        let anvil = medmesh_chain::anvil::spawn().expect("anvil (run `npm ci` in contracts/)");
-        let key = |i: usize| PrivateKeySigner::from(anvil.keys()[i].clone());
+        Self::start_on(Backend::Anvil).await
+    }
+
+    /// Starts `backend` with the contracts deployed; approves and registers the hospital.
+    pub async fn start_on(backend: Backend) -> Self {
+        let keys = medmesh_chain::devchain::dev_signers();
+        let key = |i: usize| keys[i].clone();
         let (admin, hospital, patient, researcher, relayer, guardian, stranger) =
             (key(0), key(1), key(2), key(3), key(4), key(5), key(6));
-        let provider = provider_for(&anvil, &admin);
-        let deployment = deploy(&provider, vec![]).await.unwrap();
+        let (running, endpoint, chain_id, deployment) = match backend {
+            Backend::Anvil => {
+                let anvil =
+                    medmesh_chain::anvil::spawn().expect("anvil (run `npm ci` in contracts/)");
+                let endpoint = anvil.endpoint_url();
+                let chain_id = anvil.chain_id();
+                let deployment = deploy(&provider_at(&endpoint, &admin), vec![])
+                    .await
+                    .unwrap();
+                (Running::Anvil(anvil), endpoint, chain_id, deployment)
+            }
+            Backend::Embedded => {
+                let dev = medmesh_chain::devchain::DevChain::open(None).await.unwrap();
+                let (url, task) = dev.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+                let deployment = dev.deployment();
+                (
+                    Running::Embedded(task),
+                    url.parse().unwrap(),
+                    medmesh_chain::devchain::CHAIN_ID,
+                    deployment,
+                )
+            }
+        };
         let chain = Self {
-            anvil,
+            _running: running,
+            backend,
+            endpoint,
+            chain_id,
             deployment,
             admin,
             hospital,
@@ -82,7 +145,7 @@ impl Chain {
 
     /// A provider sending as `who`.
     pub fn provider(&self, who: &PrivateKeySigner) -> DynProvider {
-        provider_for(&self.anvil, who)
+        provider_at(&self.endpoint, who)
     }
 
     /// `NodeRegistry` as `who`.
@@ -129,11 +192,11 @@ impl Chain {
     }
 }
 
-/// A provider on `anvil` sending as `who`.
-pub fn provider_for(anvil: &AnvilInstance, who: &PrivateKeySigner) -> DynProvider {
+/// A provider on `endpoint` sending as `who`.
+pub fn provider_at(endpoint: &Url, who: &PrivateKeySigner) -> DynProvider {
     ProviderBuilder::new()
         .wallet(EthereumWallet::from(who.clone()))
-        .connect_http(anvil.endpoint_url())
+        .connect_http(endpoint.clone())
         .erased()
 }
 
