@@ -200,7 +200,7 @@ async fn main() {
 
     let anchor = AuditAnchor::new(
         chain.deployment.audit_anchor,
-        provider_for(&chain.anvil, &chain.hospital),
+        chain.provider(&chain.hospital),
     );
     measure!(
         "AuditAnchor.anchor (first)",
