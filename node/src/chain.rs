@@ -9,6 +9,7 @@ use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
+use medmesh_chain::devchain::DevChain;
 use medmesh_chain::{Deployment, GrantCache, KeyReleaser};
 use medmesh_crypto::{Certificate, UnlockedDecryptor};
 use medmesh_store::Store;
@@ -68,33 +69,73 @@ pub fn run(cmd: ChainCommand) -> Result<()> {
     Ok(())
 }
 
+/// Which chain the node reads consent from.
+pub enum Source {
+    /// No chain: consent links work, key release answers 503.
+    None,
+    /// Any EVM chain over JSON-RPC, with the contracts deployed as the file says.
+    External {
+        /// JSON-RPC URL.
+        rpc: String,
+        /// The deployment file.
+        deployment: PathBuf,
+    },
+    /// The embedded dev chain, persisted in the data dir and served on `listen`.
+    Embedded {
+        /// Where its JSON-RPC listens.
+        listen: std::net::SocketAddr,
+    },
+}
+
 /// A configured chain the node reads consent from.
 pub struct ChainLink {
     provider: DynProvider,
     deployment: Deployment,
     snapshot: PathBuf,
+    // Keeps the embedded chain's JSON-RPC server alive as long as the node.
+    _embedded: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// Reads the deployment file and prepares a read-only connection.
-pub fn connect(rpc: &str, deployment_file: &Path, data_dir: &Path) -> Result<ChainLink> {
-    let text = std::fs::read(deployment_file)
-        .with_context(|| format!("reading {}", deployment_file.display()))?;
-    let deployment: Deployment = serde_json::from_slice(&text).with_context(|| {
-        format!(
-            "{} is not a deployment file (write one with `medmesh chain deploy`)",
-            deployment_file.display()
-        )
-    })?;
+/// Connects to the configured chain (starting the embedded one if so configured).
+pub async fn open(source: Source, data_dir: &Path) -> Result<Option<ChainLink>> {
+    let dir = data_dir.join("chain");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (rpc, deployment, embedded) = match source {
+        Source::None => return Ok(None),
+        Source::External { rpc, deployment } => {
+            let text = std::fs::read(&deployment)
+                .with_context(|| format!("reading {}", deployment.display()))?;
+            let parsed: Deployment = serde_json::from_slice(&text).with_context(|| {
+                format!(
+                    "{} is not a deployment file (write one with `medmesh chain deploy`)",
+                    deployment.display()
+                )
+            })?;
+            (rpc, parsed, None)
+        }
+        Source::Embedded { listen } => {
+            let dev = DevChain::open(Some(&dir.join("devchain.json")))
+                .await
+                .context("starting the embedded dev chain")?;
+            let (url, task) = dev.serve(listen).await.with_context(|| {
+                format!("the embedded dev chain cannot listen on {listen}; pass --dev-chain-listen")
+            })?;
+            println!(
+                "  dev chain:    {url} (embedded, chain id {}, contracts at genesis)",
+                medmesh_chain::devchain::CHAIN_ID
+            );
+            (url, dev.deployment(), Some(task))
+        }
+    };
     let url = rpc
         .parse()
         .with_context(|| format!("`{rpc}` is not a URL"))?;
-    let dir = data_dir.join("chain");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(ChainLink {
+    Ok(Some(ChainLink {
         provider: ProviderBuilder::new().connect_http(url).erased(),
         snapshot: dir.join(format!("grants-{}.json", deployment.consent_registry)),
         deployment,
-    })
+        _embedded: embedded,
+    }))
 }
 
 impl ChainLink {

@@ -31,7 +31,8 @@ pub struct NodeArgs {
     /// Sustained requests per second allowed per API token (burst: twice as many).
     #[arg(long, default_value_t = 100.0)]
     rate_limit: f64,
-    /// JSON-RPC URL of the EVM chain holding the consent contracts (enables consent
+    /// JSON-RPC URL of an EVM chain holding the consent contracts, instead of the
+    /// embedded dev chain
     /// links and key release).
     #[arg(long, requires = "chain_deployment")]
     chain_rpc: Option<String>,
@@ -39,6 +40,13 @@ pub struct NodeArgs {
     /// the block to scan events from.
     #[arg(long, requires = "chain_rpc")]
     chain_deployment: Option<PathBuf>,
+    /// Where the embedded dev chain (used when no --chain-rpc is given) serves its
+    /// JSON-RPC, for wallets and tools.
+    #[arg(long, default_value = "127.0.0.1:8545")]
+    dev_chain_listen: SocketAddr,
+    /// Run without any chain: no consent checks, no key release.
+    #[arg(long, conflicts_with_all = ["chain_rpc", "chain_deployment"])]
+    no_chain: bool,
     /// Institution name, used only when the data dir is created on first run.
     #[arg(long, default_value = "medmesh institution")]
     institution: String,
@@ -91,9 +99,18 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
     let certificate = keys.certificate.clone();
     let decryptor = keys.decryptor.clone();
     let state = AppState::new(store.clone(), Arc::new(keys), config);
-    let chain = match (&args.chain_rpc, &args.chain_deployment) {
-        (Some(rpc), Some(deployment)) => Some(chain::connect(rpc, deployment, data_dir)?),
-        _ => None,
+    let chain_source = match (&args.chain_rpc, &args.chain_deployment) {
+        _ if args.no_chain => chain::Source::None,
+        (Some(rpc), Some(deployment)) => chain::Source::External {
+            rpc: rpc.clone(),
+            deployment: deployment.clone(),
+        },
+        _ => {
+            check_listen(args.dev_chain_listen, args.allow_public)?;
+            chain::Source::Embedded {
+                listen: args.dev_chain_listen,
+            }
+        }
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -101,7 +118,7 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        if let Some(chain) = chain {
+        if let Some(chain) = chain::open(chain_source, data_dir).await? {
             let releaser = chain.releaser(store, certificate, decryptor).await?;
             state.enable_key_release(Arc::new(releaser));
         }

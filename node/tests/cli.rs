@@ -477,3 +477,92 @@ fn put_memory_stays_bounded_for_large_records() {
         serde_json::from_slice(&node.run(&["info", &id, "--json"]).stdout).unwrap();
     assert_eq!(info["meta"]["size"], 512u64 << 20);
 }
+
+/// A free local port (bound and released; fine for tests on one machine).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 request over a plain socket; returns (status, body).
+fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    (status, body)
+}
+
+/// `medmesh node` on its embedded defaults: creates the node, starts the embedded dev
+/// chain, prints an admin token, serves the API with key release enabled; stops on
+/// SIGTERM. Refuses a public address without --allow-public.
+#[test]
+fn node_runs_on_embedded_defaults() {
+    let node = Node {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let refused = node.run(&["node", "--listen", "0.0.0.0:0"]);
+    assert_fails(&refused, "not a loopback address");
+
+    let (api, chain) = (free_port(), free_port());
+    let mut child = node
+        .cmd()
+        .args([
+            "node",
+            "--listen",
+            &format!("127.0.0.1:{api}"),
+            "--dev-chain-listen",
+            &format!("127.0.0.1:{chain}"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut token = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "node did not start");
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() == 0 {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            panic!("node exited: {err}");
+        }
+        if let Some(t) = line.split_whitespace().find(|w| w.starts_with("mm_")) {
+            token = Some(t.to_string());
+        }
+        if line.contains("stop with Ctrl-C") {
+            break;
+        }
+    }
+    let token = token.expect("the first run prints an admin token");
+    assert_eq!(http(api, "GET", "/health", None).0, 200);
+    let (status, body) = http(api, "POST", "/v1/access/challenge", Some(&token));
+    assert_eq!(
+        status, 200,
+        "key release is on with the embedded chain: {body}"
+    );
+    assert!(node.data_dir().join("chain/devchain.json").exists());
+
+    // SIGTERM: a clean stop.
+    std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "node exit status {status}");
+}

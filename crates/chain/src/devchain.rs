@@ -290,9 +290,7 @@ impl DevChain {
                 let call = call_from_request(&param(0))?;
                 let result = state.execute(call, false)?;
                 match result {
-                    ExecutionResult::Success { output, .. } => {
-                        Ok(json!(output.into_data()))
-                    }
+                    ExecutionResult::Success { output, .. } => Ok(json!(output.into_data())),
                     ExecutionResult::Revert { output, .. } => Err(RpcError::revert(output)),
                     ExecutionResult::Halt { reason, .. } => Err(RpcError::new(
                         -32000,
