@@ -3,7 +3,7 @@
 # the contracts deployed and a node on free local ports (fresh data dir, admin token,
 # key release enabled), sends generated requests to every operation (valid and
 # invalid), and fails on any 5xx answer, crash or response that does not match the
-# document. Needs `pip install schemathesis` and `npm ci` in contracts/ (for anvil).
+# document. Needs `pip install schemathesis` and `npm install` in contracts/ (for anvil).
 #
 #   scripts/fuzz-api.sh [MAX_EXAMPLES]    (default 60 per operation)
 set -euo pipefail
@@ -18,7 +18,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 port=$(free_port)
 chain_port=$(free_port)
 anvil="${MEDMESH_ANVIL:-contracts/node_modules/.bin/anvil}"
-[ -x "$anvil" ] || { echo "anvil is missing: run \`npm ci\` in contracts/" >&2; exit 1; }
+[ -x "$anvil" ] || { echo "anvil is missing: run \`npm install\` in contracts/" >&2; exit 1; }
 "$anvil" --port "$chain_port" >"$work/anvil.log" 2>&1 &
 anvil_pid=$!
 trap 'kill $anvil_pid $node_pid 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT

@@ -5,6 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Contracts: the pinned solc-js and anvil (npm; exact versions in package.json; `npm ci`
+# refuses the lockfile because anvil lists per-platform optional packages without
+# versions). The committed artifacts must match the Solidity sources.
+if [ ! -x contracts/node_modules/.bin/anvil ] || [ ! -d contracts/node_modules/solc ]; then
+  (cd contracts && npm install --no-audit --no-fund --loglevel=error)
+fi
+(cd contracts && node scripts/build.mjs --check)
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"

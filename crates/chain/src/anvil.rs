@@ -1,7 +1,7 @@
 //! Finding and starting anvil (Foundry's local EVM chain) from the pinned npm package.
 //!
 //! Order: `$MEDMESH_ANVIL`, then `contracts/node_modules/.bin/anvil` in this repository
-//! (installed by `npm ci` in `contracts/`, which `.ci/run` does), then `anvil` on PATH.
+//! (installed by `npm install` in `contracts/`, which `.ci/run` does), then `anvil` on PATH.
 
 use std::path::PathBuf;
 
@@ -26,7 +26,7 @@ pub fn binary() -> Result<PathBuf, ChainError> {
         .find(|p| p.is_file());
     on_path.ok_or_else(|| {
         ChainError::Anvil(
-            "not found: run `npm ci` in contracts/ (it installs @foundry-rs/anvil), \
+            "not found: run `npm install` in contracts/ (it installs @foundry-rs/anvil), \
              or set MEDMESH_ANVIL to the binary"
                 .into(),
         )

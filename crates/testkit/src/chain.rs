@@ -83,7 +83,7 @@ impl Chain {
         let (running, endpoint, chain_id, deployment) = match backend {
             Backend::Anvil => {
                 let anvil =
-                    medmesh_chain::anvil::spawn().expect("anvil (run `npm ci` in contracts/)");
+                    medmesh_chain::anvil::spawn().expect("anvil (run `npm install` in contracts/)");
                 let endpoint = anvil.endpoint_url();
                 let chain_id = anvil.chain_id();
                 let deployment = deploy(&provider_at(&endpoint, &admin), vec![])
