@@ -177,7 +177,11 @@ impl KeyReleaser {
         let result = self.check_and_wrap(request).await;
         let (action, mut detail) = match &result {
             Ok(r) => (
-                AuditAction::KeyRelease,
+                // Break-glass releases are their own kind of entry, so they stand out.
+                match r.access {
+                    Access::Granted { .. } => AuditAction::KeyRelease,
+                    Access::Emergency { .. } => AuditAction::EmergencyAccess,
+                },
                 BTreeMap::from([(
                     "access".to_string(),
                     match r.access {

@@ -91,14 +91,30 @@ async fn setup(backend: Backend) -> Setup {
 }
 
 impl Setup {
+    /// A request naming the researcher as grantee, signed by `wallet`.
     async fn request(
         &self,
         wallet: &PrivateKeySigner,
         purpose: u32,
         certificate: &Certificate,
     ) -> KeyRequest {
+        self.request_as(
+            self.chain.researcher.address(),
+            wallet,
+            purpose,
+            certificate,
+        )
+        .await
+    }
+
+    async fn request_as(
+        &self,
+        grantee: alloy::primitives::Address,
+        wallet: &PrivateKeySigner,
+        purpose: u32,
+        certificate: &Certificate,
+    ) -> KeyRequest {
         let challenge = self.releaser.challenge().unwrap();
-        let grantee = self.chain.researcher.address();
         let message = KeyRequest::message(&self.record, grantee, purpose, &challenge);
         let signature = wallet.sign_message(message.as_bytes()).await.unwrap();
         KeyRequest {
@@ -303,5 +319,88 @@ async fn unlinked_records_have_no_consent_to_check() {
             .link_patient(&s.record, &s.chain.stranger.address().to_string(), "test")
             .is_err());
         assert!(s.store.link_patient(&s.record, "0x1234", "test").is_err());
+    }
+}
+
+#[tokio::test]
+async fn break_glass_release_is_audited_as_emergency_access() {
+    for backend in BACKENDS {
+        let s = setup(backend).await;
+        let hospital = s.chain.hospital.clone();
+        // The hospital receives keys with the second test certificate.
+        let fingerprint: B256 = format!("0x{}", s.researcher_cert.id()).parse().unwrap();
+        NodeRegistry::new(
+            s.chain.deployment.node_registry,
+            s.chain.provider(&hospital),
+        )
+        .publishKey(fingerprint)
+        .send()
+        .await
+        .unwrap()
+        .get_receipt()
+        .await
+        .unwrap();
+        let ask = || async {
+            let req = s
+                .request_as(hospital.address(), &hospital, 42, &s.researcher_cert)
+                .await;
+            s.releaser.release(&req).await
+        };
+        assert!(matches!(
+            ask().await,
+            Err(ReleaseError::Denied(Denial::NoGrant))
+        ));
+
+        let receipt = s
+            .chain
+            .consent(&hospital)
+            .openEmergency(
+                s.chain.patient.address(),
+                s.scope,
+                600,
+                "cardiac arrest, patient unconscious".into(),
+            )
+            .send()
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap();
+        let opened = receipt
+            .inner
+            .logs()
+            .iter()
+            .find_map(|l| {
+                l.log_decode::<medmesh_chain::bindings::ConsentRegistry::EmergencyOpened>()
+                    .ok()
+            })
+            .unwrap();
+        let released = ask().await.unwrap();
+        assert!(matches!(
+            released.access,
+            medmesh_chain::Access::Emergency { .. }
+        ));
+        let audit = s.store.audit_page(0, 100).unwrap();
+        let emergency: Vec<_> = audit
+            .iter()
+            .filter(|e| e.action == AuditAction::EmergencyAccess)
+            .collect();
+        assert_eq!(emergency.len(), 1, "{audit:?}");
+        assert!(emergency[0].detail["access"].contains(&opened.inner.data.emergencyId.to_string()));
+
+        // The patient closes it: the next request is refused again.
+        s.chain
+            .consent(&s.chain.patient)
+            .closeEmergency(opened.inner.data.emergencyId)
+            .send()
+            .await
+            .unwrap()
+            .get_receipt()
+            .await
+            .unwrap();
+        assert!(matches!(
+            ask().await,
+            Err(ReleaseError::Denied(Denial::NoGrant))
+        ));
     }
 }
