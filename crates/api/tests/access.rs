@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use alloy::primitives::B256;
 use alloy::signers::Signer;
-use medmesh_chain::bindings::NodeRegistry;
 use medmesh_chain::{KeyReleaser, KeyRequest};
 use medmesh_core::{KeyWrap, KeyWrapAlgorithm, RecordId};
 use medmesh_crypto::RecordCipher;
@@ -111,20 +110,9 @@ async fn researcher_gets_the_key_only_under_a_grant() {
         let scope: B256 = link["scope"].as_str().unwrap().parse().unwrap();
 
         // The researcher publishes its certificate; without a grant: no key.
-        let fingerprint: B256 = format!("0x{}", institution(1).certificate().unwrap().id())
-            .parse()
-            .unwrap();
-        NodeRegistry::new(
-            chain.deployment.node_registry,
-            chain.provider(&chain.researcher),
-        )
-        .publishKey(fingerprint)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+        chain
+            .publish_key(&chain.researcher, &institution(1).certificate().unwrap())
+            .await;
         let resp = key_request(&node, &chain, &id, 42).await;
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
         assert!(resp.text().await.unwrap().contains("no grant"));

@@ -13,7 +13,7 @@ use medmesh_chain::bindings::{
     AuditAnchor, ConsentRegistry, GrantConsent, NodeRegistry, RevokeConsent,
 };
 use medmesh_chain::consent_domain;
-use medmesh_testkit::chain::Chain;
+use medmesh_testkit::chain::{Chain, Mined};
 
 fn gas(r: &TransactionReceipt) -> u64 {
     assert!(r.status(), "transaction reverted");
@@ -27,33 +27,21 @@ async fn main() {
     let mut rows: Vec<(&str, u64)> = Vec::new();
 
     let r = NodeRegistry::deploy_builder(admin.clone(), vec![])
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+        .mined()
+        .await;
     rows.push(("NodeRegistry: deploy", gas(&r)));
     let r = ConsentRegistry::deploy_builder(admin.clone(), chain.deployment.node_registry)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+        .mined()
+        .await;
     rows.push(("ConsentRegistry: deploy", gas(&r)));
     let r = AuditAnchor::deploy_builder(admin.clone(), chain.deployment.node_registry)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+        .mined()
+        .await;
     rows.push(("AuditAnchor: deploy", gas(&r)));
 
     macro_rules! measure {
         ($name:expr, $call:expr) => {{
-            let r = $call.send().await.unwrap().get_receipt().await.unwrap();
+            let r = $call.mined().await;
             rows.push(($name, gas(&r)));
         }};
     }
@@ -180,12 +168,8 @@ async fn main() {
             3600,
             "unconscious patient in the emergency room".into(),
         )
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+        .mined()
+        .await;
     rows.push(("ConsentRegistry.openEmergency", gas(&r)));
     let opened = r
         .inner

@@ -9,7 +9,7 @@ use medmesh_chain::bindings::{
     AuditAnchor, ConsentRegistry, GrantConsent, NodeRegistry, RevokeConsent,
 };
 use medmesh_chain::{consent_domain, duo, Access, AccessQuery, Denial, GrantCache};
-use medmesh_testkit::chain::{grant, revert, Chain, BACKENDS, RECORD};
+use medmesh_testkit::chain::{grant, revert, Chain, Mined, BACKENDS, RECORD};
 
 #[tokio::test]
 async fn grant_then_revoke_takes_effect_in_the_next_block() {
@@ -48,15 +48,7 @@ async fn grant_then_revoke_takes_effect_in_the_next_block() {
             .call()
             .await
             .unwrap();
-        let receipt = chain
-            .consent(&chain.patient)
-            .revoke(grant_id)
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
+        let receipt = chain.consent(&chain.patient).revoke(grant_id).mined().await;
         assert_eq!(
             receipt.block_number,
             Some(synced + 1),
@@ -161,12 +153,8 @@ async fn delegate_can_grant_until_revoked() {
         chain
             .consent(&chain.patient)
             .setDelegate(chain.guardian.address(), until)
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
+            .mined()
+            .await;
         grant(&chain, &chain.guardian, scope, 42, until).await;
         let cache = chain.cache();
         cache.sync(&chain.provider(&chain.admin)).await.unwrap();
@@ -177,12 +165,8 @@ async fn delegate_can_grant_until_revoked() {
         chain
             .consent(&chain.patient)
             .revokeDelegate(chain.guardian.address())
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
+            .mined()
+            .await;
         let err = revert(
             chain
                 .consent(&chain.guardian)
@@ -337,12 +321,8 @@ async fn eip712_signed_grants_are_relayed_once_before_the_deadline() {
                 revoke.deadline,
                 sig.as_bytes().to_vec().into(),
             )
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
+            .mined()
+            .await;
         cache.sync(&chain.provider(&chain.admin)).await.unwrap();
         assert_eq!(
             cache.check(&chain.query(scope, 42), chain.now().await),
@@ -401,12 +381,8 @@ async fn break_glass_is_for_registered_institutions_visible_and_closable() {
                 3600,
                 "unconscious patient in ER".into(),
             )
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
+            .mined()
+            .await;
         let opened = receipt
             .inner
             .logs()
@@ -446,12 +422,8 @@ async fn break_glass_is_for_registered_institutions_visible_and_closable() {
         chain
             .consent(&chain.patient)
             .closeEmergency(id)
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
+            .mined()
+            .await;
         cache.sync(&chain.provider(&chain.admin)).await.unwrap();
         assert_eq!(cache.check(&q, now), Err(Denial::NoGrant));
     }
@@ -489,15 +461,7 @@ async fn restarted_cache_catches_up_from_its_snapshot() {
             .call()
             .await
             .unwrap();
-        chain
-            .consent(&chain.patient)
-            .revoke(id_a)
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
+        chain.consent(&chain.patient).revoke(id_a).mined().await;
 
         let restarted = GrantCache::with_snapshot(
             chain.deployment.consent_registry,
@@ -539,12 +503,8 @@ async fn audit_anchor_accepts_growing_heads_from_registered_institutions() {
         };
         anchor(&chain.hospital)
             .anchor(B256::repeat_byte(1), 10)
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
+            .mined()
+            .await;
         let err = anchor(&chain.hospital)
             .anchor(B256::repeat_byte(2), 9)
             .send()

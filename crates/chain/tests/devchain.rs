@@ -6,6 +6,7 @@ use alloy::providers::{Provider, ProviderBuilder};
 use medmesh_chain::bindings::ConsentRegistry;
 use medmesh_chain::devchain::{dev_signers, DevChain};
 use medmesh_chain::{AccessQuery, GrantCache};
+use medmesh_testkit::chain::Mined;
 
 #[tokio::test]
 async fn state_and_history_survive_a_restart() {
@@ -34,12 +35,8 @@ async fn state_and_history_survive_a_restart() {
             42,
             expiry,
         )
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+        .mined()
+        .await;
     let height = provider.get_block_number().await.unwrap();
     task.abort();
     drop(chain);

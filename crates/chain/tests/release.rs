@@ -7,12 +7,11 @@ use std::sync::{Arc, Mutex};
 use alloy::primitives::B256;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::signers::Signer;
-use medmesh_chain::bindings::NodeRegistry;
 use medmesh_chain::{duo, record_scope, Denial, KeyReleaser, KeyRequest, ReleaseError};
 use medmesh_core::{ContentType, RecordId};
 use medmesh_crypto::{Certificate, RecordCipher};
 use medmesh_store::{AuditAction, PutRequest, Store, DEFAULT_CHUNK_SIZE};
-use medmesh_testkit::chain::{grant_scope, Backend, Chain, BACKENDS};
+use medmesh_testkit::chain::{grant_scope, Backend, Chain, Mined, BACKENDS};
 use medmesh_testkit::{institution, passphrase};
 
 struct Setup {
@@ -57,18 +56,7 @@ async fn setup(backend: Backend) -> Setup {
 
     // The researcher publishes the certificate it receives keys with.
     let researcher_cert = institution(1).certificate().unwrap();
-    let fingerprint: B256 = format!("0x{}", researcher_cert.id()).parse().unwrap();
-    NodeRegistry::new(
-        chain.deployment.node_registry,
-        chain.provider(&chain.researcher),
-    )
-    .publishKey(fingerprint)
-    .send()
-    .await
-    .unwrap()
-    .get_receipt()
-    .await
-    .unwrap();
+    chain.publish_key(&chain.researcher, &researcher_cert).await;
 
     let releaser = KeyReleaser::new(
         store.clone(),
@@ -180,12 +168,8 @@ async fn granted_key_opens_the_record_and_revocation_stops_the_next_release() {
         s.chain
             .consent(&s.chain.patient)
             .revoke(grant_id)
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
+            .mined()
+            .await;
         assert!(matches!(
             s.ask(42).await,
             Err(ReleaseError::Denied(Denial::Revoked))
@@ -328,18 +312,7 @@ async fn break_glass_release_is_audited_as_emergency_access() {
         let s = setup(backend).await;
         let hospital = s.chain.hospital.clone();
         // The hospital receives keys with the second test certificate.
-        let fingerprint: B256 = format!("0x{}", s.researcher_cert.id()).parse().unwrap();
-        NodeRegistry::new(
-            s.chain.deployment.node_registry,
-            s.chain.provider(&hospital),
-        )
-        .publishKey(fingerprint)
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+        s.chain.publish_key(&hospital, &s.researcher_cert).await;
         let ask = || async {
             let req = s
                 .request_as(hospital.address(), &hospital, 42, &s.researcher_cert)
@@ -360,12 +333,8 @@ async fn break_glass_release_is_audited_as_emergency_access() {
                 600,
                 "cardiac arrest, patient unconscious".into(),
             )
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
+            .mined()
+            .await;
         let opened = receipt
             .inner
             .logs()
@@ -392,12 +361,8 @@ async fn break_glass_release_is_audited_as_emergency_access() {
         s.chain
             .consent(&s.chain.patient)
             .closeEmergency(opened.inner.data.emergencyId)
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
+            .mined()
+            .await;
         assert!(matches!(
             ask().await,
             Err(ReleaseError::Denied(Denial::NoGrant))

@@ -2,10 +2,12 @@
 //! named dev accounts, on either backend: anvil (a separate EVM process, from npm) or
 //! the node's embedded dev chain (revm in-process). Tests run their scenario on both.
 
+use alloy::contract::{CallBuilder, CallDecoder};
 use alloy::network::EthereumWallet;
 use alloy::node_bindings::AnvilInstance;
 use alloy::primitives::B256;
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::TransactionReceipt;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::transports::http::reqwest::Url;
 use medmesh_chain::bindings::{ConsentRegistry, NodeRegistry};
@@ -121,12 +123,8 @@ impl Chain {
         let registry = chain.registry(&chain.admin);
         registry
             .approveInstitution(chain.hospital.address())
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
+            .mined()
+            .await;
         chain
             .registry(&chain.hospital)
             .registerNode(
@@ -134,12 +132,8 @@ impl Chain {
                 B256::repeat_byte(7),
                 "Test Hospital".into(),
             )
-            .send()
-            .await
-            .unwrap()
-            .get_receipt()
-            .await
-            .unwrap();
+            .mined()
+            .await;
         chain
     }
 
@@ -222,15 +216,38 @@ pub async fn grant(chain: &Chain, who: &PrivateKeySigner, scope: B256, purpose: 
             purpose,
             expiry,
         )
-        .send()
-        .await
-        .unwrap()
-        .get_receipt()
-        .await
-        .unwrap();
+        .mined()
+        .await;
 }
 
 /// The patient grants the researcher `scope` (a record scope) for `purpose`.
 pub async fn grant_scope(chain: &Chain, scope: B256, purpose: u32, expiry: u64) {
     grant(chain, &chain.patient, scope, purpose, expiry).await;
+}
+
+impl Chain {
+    /// `who` publishes `certificate` as the one it receives data keys with.
+    pub async fn publish_key(
+        &self,
+        who: &PrivateKeySigner,
+        certificate: &medmesh_crypto::Certificate,
+    ) {
+        let fingerprint: B256 = format!("0x{}", certificate.id())
+            .parse()
+            .expect("hex fingerprint");
+        self.registry(who).publishKey(fingerprint).mined().await;
+    }
+}
+
+/// Sends a contract call and waits for its receipt, failing the test on any error.
+#[allow(async_fn_in_trait)]
+pub trait Mined {
+    /// The receipt of the mined transaction.
+    async fn mined(self) -> TransactionReceipt;
+}
+
+impl<P: Provider, D: CallDecoder> Mined for CallBuilder<P, D> {
+    async fn mined(self) -> TransactionReceipt {
+        self.send().await.unwrap().get_receipt().await.unwrap()
+    }
 }
