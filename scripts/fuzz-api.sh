@@ -29,11 +29,14 @@ for _ in $(seq 50); do
 done
 # anvil's first dev account deploys the contracts.
 echo 0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80 >"$work/deployer.key"
+# and the last one is the node's account, which pays for relayed grants.
+echo 0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6 >"$work/node-account.key"
 "$target/debug/medmesh" chain deploy --chain-rpc "http://127.0.0.1:$chain_port" \
   --key-file "$work/deployer.key" --output "$work/deployment.json" >/dev/null
 export MEDMESH_PASSPHRASE="fuzzing passphrase"
 "$target/debug/medmesh" --data-dir "$work/node" node --listen "127.0.0.1:$port" --rate-limit 100000 \
-  --chain-rpc "http://127.0.0.1:$chain_port" --chain-deployment "$work/deployment.json" >"$work/node.log" 2>&1 &
+  --chain-rpc "http://127.0.0.1:$chain_port" --chain-deployment "$work/deployment.json" \
+  --chain-key-file "$work/node-account.key" >"$work/node.log" 2>&1 &
 node_pid=$!
 for _ in $(seq 100); do
   token=$(grep -o 'mm_[0-9a-f_]*' "$work/node.log" || true)

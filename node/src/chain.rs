@@ -9,8 +9,9 @@ use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
+use medmesh_api::ChainServices;
 use medmesh_chain::devchain::DevChain;
-use medmesh_chain::{Deployment, GrantCache, KeyReleaser};
+use medmesh_chain::{Deployment, GrantCache, KeyReleaser, Relayer};
 use medmesh_crypto::{Certificate, UnlockedDecryptor};
 use medmesh_store::Store;
 
@@ -79,6 +80,8 @@ pub enum Source {
         rpc: String,
         /// The deployment file.
         deployment: PathBuf,
+        /// The node's account (hex private key file), to relay signed grants.
+        key_file: Option<PathBuf>,
     },
     /// The embedded dev chain, persisted in the data dir and served on `listen`.
     Embedded {
@@ -92,17 +95,35 @@ pub struct ChainLink {
     provider: DynProvider,
     deployment: Deployment,
     snapshot: PathBuf,
+    /// The node's account on this chain, which pays for relayed grants.
+    account: Option<PrivateKeySigner>,
+    chain_id: u64,
+    url: alloy::transports::http::reqwest::Url,
     // Keeps the embedded chain's JSON-RPC server alive as long as the node.
     _embedded: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The node account's key from a file holding it as hex.
+fn read_account(path: &Path) -> Result<PrivateKeySigner> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{} does not hold a hex private key", path.display()))
 }
 
 /// Connects to the configured chain (starting the embedded one if so configured).
 pub async fn open(source: Source, data_dir: &Path) -> Result<Option<ChainLink>> {
     let dir = data_dir.join("chain");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let (rpc, deployment, embedded) = match source {
+    let (rpc, deployment, embedded, account) = match source {
         Source::None => return Ok(None),
-        Source::External { rpc, deployment } => {
+        Source::External {
+            rpc,
+            deployment,
+            key_file,
+        } => {
+            let account = key_file.as_deref().map(read_account).transpose()?;
             let text = std::fs::read(&deployment)
                 .with_context(|| format!("reading {}", deployment.display()))?;
             let parsed: Deployment = serde_json::from_slice(&text).with_context(|| {
@@ -111,7 +132,7 @@ pub async fn open(source: Source, data_dir: &Path) -> Result<Option<ChainLink>> 
                     deployment.display()
                 )
             })?;
-            (rpc, parsed, None)
+            (rpc, parsed, None, account)
         }
         Source::Embedded { listen } => {
             let dev = DevChain::open(Some(&dir.join("devchain.json")))
@@ -124,28 +145,39 @@ pub async fn open(source: Source, data_dir: &Path) -> Result<Option<ChainLink>> 
                 "  dev chain:    {url} (embedded, chain id {}, contracts at genesis)",
                 medmesh_chain::devchain::CHAIN_ID
             );
-            (url, dev.deployment(), Some(task))
+            // The last dev account relays on the dev chain.
+            let account = medmesh_chain::devchain::dev_signers().pop();
+            (url, dev.deployment(), Some(task), account)
         }
     };
-    let url = rpc
+    let url: alloy::transports::http::reqwest::Url = rpc
         .parse()
         .with_context(|| format!("`{rpc}` is not a URL"))?;
+    let provider = ProviderBuilder::new().connect_http(url.clone()).erased();
+    let chain_id = provider
+        .get_chain_id()
+        .await
+        .with_context(|| format!("cannot reach the chain at {rpc}"))?;
     Ok(Some(ChainLink {
-        provider: ProviderBuilder::new().connect_http(url).erased(),
+        provider,
         snapshot: dir.join(format!("grants-{}.json", deployment.consent_registry)),
         deployment,
+        account,
+        chain_id,
+        url,
         _embedded: embedded,
     }))
 }
 
 impl ChainLink {
-    /// Catches the grant cache up (from its snapshot) and builds the key releaser.
-    pub async fn releaser(
+    /// Catches the grant cache up (from its snapshot) and builds key release and
+    /// relaying for the API.
+    pub async fn services(
         self,
         store: Arc<Store>,
         certificate: Certificate,
         decryptor: Arc<Mutex<UnlockedDecryptor>>,
-    ) -> Result<KeyReleaser> {
+    ) -> Result<ChainServices> {
         let cache = GrantCache::with_snapshot(
             self.deployment.consent_registry,
             self.deployment.from_block,
@@ -159,13 +191,27 @@ impl ChainLink {
             "  chain:        consent synced to block {block} (ConsentRegistry {})",
             self.deployment.consent_registry
         );
-        Ok(KeyReleaser::new(
+        let relayer = self.account.map(|account| {
+            println!("  relaying as:  {}", account.address());
+            let wallet = ProviderBuilder::new()
+                .wallet(EthereumWallet::from(account))
+                .connect_http(self.url.clone())
+                .erased();
+            Arc::new(Relayer::new(wallet, self.deployment.consent_registry))
+        });
+        let releaser = KeyReleaser::new(
             store,
             certificate,
             decryptor,
             Arc::new(cache),
             self.provider,
             self.deployment.node_registry,
-        ))
+        );
+        Ok(ChainServices {
+            chain_id: self.chain_id,
+            deployment: self.deployment,
+            releaser: Arc::new(releaser),
+            relayer,
+        })
     }
 }

@@ -40,6 +40,10 @@ pub struct NodeArgs {
     /// the block to scan events from.
     #[arg(long, requires = "chain_rpc")]
     chain_deployment: Option<PathBuf>,
+    /// The node's account on the --chain-rpc chain (file holding a hex private key):
+    /// it pays the gas of grants and revocations relayed for patients.
+    #[arg(long, requires = "chain_rpc")]
+    chain_key_file: Option<PathBuf>,
     /// Where the embedded dev chain (used when no --chain-rpc is given) serves its
     /// JSON-RPC, for wallets and tools.
     #[arg(long, default_value = "127.0.0.1:8545")]
@@ -104,6 +108,7 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
         (Some(rpc), Some(deployment)) => chain::Source::External {
             rpc: rpc.clone(),
             deployment: deployment.clone(),
+            key_file: args.chain_key_file.clone(),
         },
         _ => {
             check_listen(args.dev_chain_listen, args.allow_public)?;
@@ -119,8 +124,8 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         if let Some(chain) = chain::open(chain_source, data_dir).await? {
-            let releaser = chain.releaser(store, certificate, decryptor).await?;
-            state.enable_key_release(Arc::new(releaser));
+            let services = chain.services(store, certificate, decryptor).await?;
+            state.enable_chain(services);
         }
         let listener = tokio::net::TcpListener::bind(listen)
             .await

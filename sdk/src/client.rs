@@ -6,9 +6,10 @@ use alloy_signer::Signer;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use medmesh_api::{
-    AuditPage, AuditVerification, CreatedToken, GcResult, Health, NonceResponse, Problem,
-    RecordEntry, RecordInfo, RecordPage, Removed, SessionResponse, SignInRequest, TokenRequest,
-    TokenView, WhoAmI,
+    AuditPage, AuditVerification, ChainInfo, ChallengeResponse, ConsentLinkRequest,
+    ConsentLinkResponse, CreatedToken, GcResult, GrantEntry, Health, KeyRequestBody, KeyResponse,
+    NonceResponse, Problem, RecordEntry, RecordInfo, RecordPage, RelayResponse, Removed,
+    SessionResponse, SignInRequest, SignedGrant, SignedRevocation, TokenRequest, TokenView, WhoAmI,
 };
 use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
@@ -344,6 +345,107 @@ impl Client {
     pub async fn revoke_token(&self, id: &str) -> Result<(), Error> {
         Self::send(self.request(Method::DELETE, &format!("/v1/admin/tokens/{id}"))).await?;
         Ok(())
+    }
+
+    /// `PUT /v1/records/{id}/consent-link`: links a record to the patient wallet that
+    /// consents for it; the answer holds the scope the patient signs grants for.
+    pub async fn link_patient(
+        &self,
+        id: &str,
+        patient: &str,
+    ) -> Result<ConsentLinkResponse, Error> {
+        let body = ConsentLinkRequest {
+            patient: patient.to_string(),
+        };
+        Self::json(
+            self.request(Method::PUT, &format!("/v1/records/{id}/consent-link"))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// Asks the owner node for a record's data key as `grantee` (the signer), for a DUO
+    /// `purpose`, to be wrapped for `certificate` (armored, as published on chain):
+    /// fetches a challenge, signs the key request and sends it.
+    pub async fn request_key(
+        &self,
+        id: &str,
+        purpose: u32,
+        certificate: &str,
+        grantee: &(impl Signer + Sync),
+    ) -> Result<KeyResponse, Error> {
+        let challenge: ChallengeResponse =
+            Self::json(self.request(Method::POST, "/v1/access/challenge")).await?;
+        let record: medmesh_core::RecordId = id
+            .parse()
+            .map_err(|e: medmesh_core::CoreError| Error::Wallet(e.to_string()))?;
+        let message = medmesh_chain::KeyRequest::message(
+            &record,
+            grantee.address(),
+            purpose,
+            &challenge.challenge,
+        );
+        let signature = grantee
+            .sign_message(message.as_bytes())
+            .await
+            .map_err(|e| Error::Wallet(e.to_string()))?;
+        let body = KeyRequestBody {
+            grantee: grantee.address().to_string(),
+            purpose,
+            certificate: certificate.to_string(),
+            challenge: challenge.challenge,
+            signature: format!(
+                "0x{}",
+                signature
+                    .as_bytes()
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            ),
+        };
+        Self::json(
+            self.request(Method::POST, &format!("/v1/records/{id}/key"))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// `GET /v1/chain`: chain id and contract addresses (for EIP-712 domains).
+    pub async fn chain_info(&self) -> Result<ChainInfo, Error> {
+        Self::json(self.request(Method::GET, "/v1/chain")).await
+    }
+
+    /// `GET /v1/grants`, filtered by patient and/or grantee address.
+    pub async fn grants(
+        &self,
+        patient: Option<&str>,
+        grantee: Option<&str>,
+    ) -> Result<Vec<GrantEntry>, Error> {
+        let mut query = Vec::new();
+        if let Some(p) = patient {
+            query.push(("patient", p));
+        }
+        if let Some(g) = grantee {
+            query.push(("grantee", g));
+        }
+        Self::json(self.request(Method::GET, "/v1/grants").query(&query)).await
+    }
+
+    /// `POST /v1/grants`: relays a grant the patient signed ([`crate::wallet::sign_grant`]).
+    pub async fn relay_grant(&self, grant: &SignedGrant) -> Result<RelayResponse, Error> {
+        Self::json(self.request(Method::POST, "/v1/grants").json(grant)).await
+    }
+
+    /// `POST /v1/grants/revoke`: relays a signed revocation.
+    pub async fn relay_revoke(
+        &self,
+        revocation: &SignedRevocation,
+    ) -> Result<RelayResponse, Error> {
+        Self::json(
+            self.request(Method::POST, "/v1/grants/revoke")
+                .json(revocation),
+        )
+        .await
     }
 
     /// `POST /v1/admin/gc`.

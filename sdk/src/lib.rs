@@ -23,6 +23,7 @@ pub mod wallet;
 pub use client::{Client, SearchQuery, UploadOptions};
 pub use error::Error;
 pub use medmesh_api::{
-    AuditPage, AuditVerification, CreatedToken, GcResult, Health, NonceResponse, Problem,
-    RecordEntry, RecordInfo, RecordPage, Removed, SessionResponse, TokenView, WhoAmI,
+    AuditPage, AuditVerification, ChainInfo, ConsentLinkResponse, CreatedToken, GcResult,
+    GrantEntry, Health, KeyResponse, NonceResponse, Problem, RecordEntry, RecordInfo, RecordPage,
+    RelayResponse, Removed, SessionResponse, SignedGrant, SignedRevocation, TokenView, WhoAmI,
 };

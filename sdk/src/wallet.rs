@@ -1,5 +1,5 @@
-//! Wallet helpers: build and sign Sign-In with Ethereum (EIP-4361) messages with any
-//! alloy signer, and verify such signatures.
+//! Wallet helpers: build and sign Sign-In with Ethereum (EIP-4361) messages and EIP-712
+//! consent grants and revocations with any alloy signer, and verify SIWE signatures.
 
 use alloy_signer::Signer;
 pub use medmesh_core::siwe::SiweMessage;
@@ -63,4 +63,115 @@ pub fn verify_siwe(message: &SiweMessage, signature: &str) -> Result<Address, Er
         )));
     }
     Ok(signer)
+}
+
+/// What a patient consents to, before signing.
+#[derive(Debug, Clone)]
+pub struct Consent {
+    /// The patient's address (the signer).
+    pub patient: Address,
+    /// Who gets access.
+    pub grantee: Address,
+    /// `ScopeKind`: 0 record, 1 patient at institution, 2 dataset.
+    pub kind: u8,
+    /// The scope (for a record: from the institution's consent link).
+    pub scope: medmesh_chain::alloy_primitives::B256,
+    /// GA4GH DUO purpose term number (42 for DUO:0000042).
+    pub purpose: u32,
+    /// The patient's next nonce on the ConsentRegistry (`nonces(patient)`).
+    pub nonce: u64,
+    /// Unix seconds after which a relayer can no longer submit the signature.
+    pub deadline: u64,
+}
+
+fn signature_hex(signature: &alloy_signer::Signature) -> String {
+    format!(
+        "0x{}",
+        signature
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+/// Signs an EIP-712 `GrantConsent` (valid until `expiry`, Unix seconds) for the
+/// node's chain (`info` from [`crate::Client::chain_info`]); relay it with
+/// [`crate::Client::relay_grant`].
+pub async fn sign_grant(
+    signer: &(impl Signer + Sync),
+    info: &crate::ChainInfo,
+    consent: &Consent,
+    expiry: u64,
+) -> Result<crate::SignedGrant, Error> {
+    use medmesh_chain::alloy_primitives::U256;
+    use medmesh_chain::sol_types::SolStruct;
+    let registry = info
+        .consent_registry
+        .parse()
+        .map_err(|_| Error::Wallet("the node sent a malformed contract address".into()))?;
+    let domain = medmesh_chain::consent_domain(info.chain_id, registry);
+    let message = medmesh_chain::bindings::GrantConsent {
+        patient: consent.patient,
+        grantee: consent.grantee,
+        kind: consent.kind,
+        scope: consent.scope,
+        purpose: consent.purpose,
+        expiry,
+        nonce: U256::from(consent.nonce),
+        deadline: U256::from(consent.deadline),
+    };
+    let signature = signer
+        .sign_hash(&message.eip712_signing_hash(&domain))
+        .await
+        .map_err(|e| Error::Wallet(e.to_string()))?;
+    Ok(crate::SignedGrant {
+        patient: consent.patient.to_string(),
+        grantee: consent.grantee.to_string(),
+        kind: consent.kind,
+        scope: consent.scope.to_string(),
+        purpose: consent.purpose,
+        expiry,
+        nonce: consent.nonce,
+        deadline: consent.deadline,
+        signature: signature_hex(&signature),
+    })
+}
+
+/// Signs an EIP-712 `RevokeConsent`; relay it with [`crate::Client::relay_revoke`].
+pub async fn sign_revocation(
+    signer: &(impl Signer + Sync),
+    info: &crate::ChainInfo,
+    consent: &Consent,
+) -> Result<crate::SignedRevocation, Error> {
+    use medmesh_chain::alloy_primitives::U256;
+    use medmesh_chain::sol_types::SolStruct;
+    let registry = info
+        .consent_registry
+        .parse()
+        .map_err(|_| Error::Wallet("the node sent a malformed contract address".into()))?;
+    let domain = medmesh_chain::consent_domain(info.chain_id, registry);
+    let message = medmesh_chain::bindings::RevokeConsent {
+        patient: consent.patient,
+        grantee: consent.grantee,
+        kind: consent.kind,
+        scope: consent.scope,
+        purpose: consent.purpose,
+        nonce: U256::from(consent.nonce),
+        deadline: U256::from(consent.deadline),
+    };
+    let signature = signer
+        .sign_hash(&message.eip712_signing_hash(&domain))
+        .await
+        .map_err(|e| Error::Wallet(e.to_string()))?;
+    Ok(crate::SignedRevocation {
+        patient: consent.patient.to_string(),
+        grantee: consent.grantee.to_string(),
+        kind: consent.kind,
+        scope: consent.scope.to_string(),
+        purpose: consent.purpose,
+        nonce: consent.nonce,
+        deadline: consent.deadline,
+        signature: signature_hex(&signature),
+    })
 }

@@ -36,11 +36,12 @@ pub use routes::access::{
 };
 pub use routes::audit::{AuditEntryView, AuditPage, AuditVerification};
 pub use routes::auth::{NonceResponse, SessionResponse, SignInRequest, WhoAmI};
+pub use routes::grants::{ChainInfo, GrantEntry, RelayResponse, SignedGrant, SignedRevocation};
 pub use routes::records::{RecordEntry, RecordInfo, RecordPage, Removed};
 pub use routes::system::{CreatedToken, GcResult, Health, TokenRequest, TokenView};
-pub use state::{ApiConfig, AppState, NodeKeys};
+pub use state::{ApiConfig, AppState, ChainServices, NodeKeys};
 
-use routes::{access, audit, records, system};
+use routes::{access, audit, grants, records, system};
 
 /// The whole API as an axum router.
 pub fn router(state: AppState) -> Router {
@@ -64,6 +65,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/records/{id}/consent-link", bounded(put(access::link)))
         .route("/v1/records/{id}/key", bounded(post(access::request_key)))
         .route("/v1/access/challenge", bounded(post(access::challenge)))
+        .route("/v1/chain", bounded(get(grants::chain_info)))
+        .route(
+            "/v1/grants",
+            bounded(get(grants::list).merge(post(grants::relay_grant))),
+        )
+        .route("/v1/grants/revoke", bounded(post(grants::relay_revoke)))
         .route(
             "/v1/keys/institution",
             bounded(get(system::institution_key)),

@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{access, audit, auth, records, system};
+use crate::routes::{access, audit, auth, grants, records, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -25,6 +25,10 @@ use crate::routes::{access, audit, auth, records, system};
         access::link,
         access::challenge,
         access::request_key,
+        grants::chain_info,
+        grants::list,
+        grants::relay_grant,
+        grants::relay_revoke,
         system::institution_key,
         audit::page,
         audit::verify,
@@ -39,6 +43,7 @@ use crate::routes::{access, audit, auth, records, system};
     modifiers(&BearerAuth),
     tags(
         (name = "records", description = "Encrypted records: upload, search, download, delete"),
+        (name = "grants", description = "Consent grants seen on chain; relaying signed grants and revocations"),
         (name = "access", description = "Consent links and key release under on-chain grants"),
         (name = "keys", description = "The institution's post-quantum certificate"),
         (name = "audit", description = "The hash-chained audit log"),

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use medmesh_chain::KeyReleaser;
+use medmesh_chain::{Deployment, KeyReleaser, Relayer};
 use medmesh_crypto::{Certificate, UnlockedDecryptor, UnlockedSigner};
 use medmesh_store::{AuditAction, AuditEvent, Store, DEFAULT_CHUNK_SIZE};
 use time::OffsetDateTime;
@@ -21,6 +21,19 @@ pub struct NodeKeys {
     pub signer: Mutex<UnlockedSigner>,
     /// Unwraps data keys; locked only while a record is opened (shared with key release).
     pub decryptor: Arc<Mutex<UnlockedDecryptor>>,
+}
+
+/// What the API uses of a chain.
+pub struct ChainServices {
+    /// EIP-155 chain id (for EIP-712 domains).
+    pub chain_id: u64,
+    /// Contract addresses.
+    pub deployment: Deployment,
+    /// Key release (with the grant cache).
+    pub releaser: Arc<KeyReleaser>,
+    /// Relays signed grants from the node's account; `None` when the node has no
+    /// account on this chain.
+    pub relayer: Option<Arc<Relayer>>,
 }
 
 /// API settings; [`ApiConfig::default`] is what `medmesh node` uses unless told otherwise.
@@ -80,7 +93,7 @@ pub(crate) struct Inner {
     pub limiter: RateLimiter,
     pub metrics: Metrics,
     pub started: Instant,
-    pub key_release: std::sync::OnceLock<Arc<KeyReleaser>>,
+    pub chain: std::sync::OnceLock<ChainServices>,
 }
 
 impl AppState {
@@ -96,15 +109,15 @@ impl AppState {
                 nonces: Mutex::new(HashMap::new()),
                 metrics: Metrics::default(),
                 started: Instant::now(),
-                key_release: std::sync::OnceLock::new(),
+                chain: std::sync::OnceLock::new(),
             }),
         }
     }
 
-    /// Backs key release (and consent links) by a chain. Set once; later calls keep
-    /// the first releaser and return `false`.
-    pub fn enable_key_release(&self, releaser: Arc<KeyReleaser>) -> bool {
-        self.inner.key_release.set(releaser).is_ok()
+    /// Connects the API to a chain: key release, grants and relaying. Set once; later
+    /// calls keep the first and return `false`.
+    pub fn enable_chain(&self, services: ChainServices) -> bool {
+        self.inner.chain.set(services).is_ok()
     }
 
     /// The store.

@@ -2,11 +2,9 @@
 //! on-chain grant by the patient, signed key request by the researcher, and the
 //! researcher decrypting the record with the released key.
 
-use std::sync::Arc;
-
 use alloy::primitives::B256;
 use alloy::signers::Signer;
-use medmesh_chain::{KeyReleaser, KeyRequest};
+use medmesh_chain::KeyRequest;
 use medmesh_core::{KeyWrap, KeyWrapAlgorithm, RecordId};
 use medmesh_crypto::RecordCipher;
 use medmesh_testkit::chain::{grant_scope, Chain, BACKENDS};
@@ -17,18 +15,7 @@ use serde_json::{json, Value};
 
 async fn node_with_chain(chain: &Chain) -> TestNode {
     let node = TestNode::start().await;
-    let owner = institution(0);
-    let releaser = KeyReleaser::new(
-        node.state.store().clone(),
-        owner.certificate().unwrap(),
-        Arc::new(std::sync::Mutex::new(
-            owner.unlock_decryption(&passphrase()).unwrap(),
-        )),
-        Arc::new(chain.cache()),
-        chain.provider(&chain.admin),
-        chain.deployment.node_registry,
-    );
-    assert!(node.state.enable_key_release(Arc::new(releaser)));
+    node.connect_chain(chain);
     node
 }
 
@@ -162,4 +149,169 @@ async fn without_a_chain_key_release_is_unavailable() {
     let resp = post(&node, "/v1/access/challenge", json!({})).await;
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(resp.text().await.unwrap().contains("--chain-rpc"));
+}
+
+fn signed_grant_body(
+    chain: &Chain,
+    scope: B256,
+    nonce: u64,
+    signature: &[u8],
+    expiry: u64,
+    deadline: u64,
+) -> Value {
+    json!({
+        "patient": chain.patient.address().to_string(),
+        "grantee": chain.researcher.address().to_string(),
+        "kind": 0,
+        "scope": scope.to_string(),
+        "purpose": 42,
+        "expiry": expiry,
+        "nonce": nonce,
+        "deadline": deadline,
+        "signature": format!("0x{}", hex::encode(signature)),
+    })
+}
+
+async fn post_as(node: &TestNode, token: &str, path: &str, body: Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(node.url(path))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A patient signs a grant and a revocation offline (EIP-712); the node relays them and
+/// pays the gas; the grant list and key release follow.
+#[tokio::test]
+async fn signed_grants_are_relayed_listed_and_enforced() {
+    use alloy::sol_types::SolStruct;
+    use medmesh_chain::bindings::{GrantConsent, RevokeConsent};
+    for backend in BACKENDS {
+        let chain = Chain::start_on(backend).await;
+        let node = node_with_chain(&chain).await;
+        let info: Value = reqwest::Client::new()
+            .get(node.url("/v1/chain"))
+            .bearer_auth(&node.read_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(info["chain_id"], chain.chain_id);
+        let domain =
+            medmesh_chain::consent_domain(chain.chain_id, chain.deployment.consent_registry);
+
+        let created: Value = reqwest::Client::new()
+            .post(node.url("/v1/records"))
+            .bearer_auth(&node.write_token)
+            .body(b"relayed consent".to_vec())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = created["id"].as_str().unwrap().to_string();
+        let link: Value = reqwest::Client::new()
+            .put(node.url(&format!("/v1/records/{id}/consent-link")))
+            .bearer_auth(&node.write_token)
+            .json(&json!({"patient": chain.patient.address().to_string()}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let scope: B256 = link["scope"].as_str().unwrap().parse().unwrap();
+        chain
+            .publish_key(&chain.researcher, &institution(1).certificate().unwrap())
+            .await;
+
+        let (expiry, deadline) = (chain.now().await + 3600, chain.now().await + 600);
+        let grant = GrantConsent {
+            patient: chain.patient.address(),
+            grantee: chain.researcher.address(),
+            kind: 0,
+            scope,
+            purpose: 42,
+            expiry,
+            nonce: alloy::primitives::U256::ZERO,
+            deadline: alloy::primitives::U256::from(deadline),
+        };
+        let sig = chain
+            .patient
+            .sign_hash(&grant.eip712_signing_hash(&domain))
+            .await
+            .unwrap();
+        let body = signed_grant_body(&chain, scope, 0, &sig.as_bytes(), expiry, deadline);
+        // A read token cannot make the node pay gas.
+        assert_eq!(
+            post_as(&node, &node.read_token, "/v1/grants", body.clone())
+                .await
+                .status(),
+            StatusCode::FORBIDDEN
+        );
+        let resp = post_as(&node, &node.write_token, "/v1/grants", body.clone()).await;
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let relayed: Value = serde_json::from_str(&text).unwrap();
+        // Replaying the same signature: the contract refuses it, and says why.
+        let resp = post_as(&node, &node.write_token, "/v1/grants", body).await;
+        assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(resp.text().await.unwrap().contains("InvalidNonce"));
+
+        let listed: Value = reqwest::Client::new()
+            .get(node.url(&format!("/v1/grants?patient={}", chain.patient.address())))
+            .bearer_auth(&node.read_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(listed[0]["id"], relayed["grant_id"]);
+        assert_eq!(listed[0]["revoked"], false);
+        assert_eq!(
+            key_request(&node, &chain, &id, 42).await.status(),
+            StatusCode::OK
+        );
+
+        let revoke = RevokeConsent {
+            patient: chain.patient.address(),
+            grantee: chain.researcher.address(),
+            kind: 0,
+            scope,
+            purpose: 42,
+            nonce: alloy::primitives::U256::from(1),
+            deadline: alloy::primitives::U256::from(deadline),
+        };
+        let sig = chain
+            .patient
+            .sign_hash(&revoke.eip712_signing_hash(&domain))
+            .await
+            .unwrap();
+        let mut body = signed_grant_body(&chain, scope, 1, &sig.as_bytes(), 0, deadline);
+        body.as_object_mut().unwrap().remove("expiry");
+        let resp = post_as(&node, &node.write_token, "/v1/grants/revoke", body).await;
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{text}");
+        let resp = key_request(&node, &chain, &id, 42).await;
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        assert!(resp.text().await.unwrap().contains("revoked"));
+
+        // Malformed relay bodies are 400s.
+        let resp = post_as(
+            &node,
+            &node.write_token,
+            "/v1/grants",
+            json!({"patient": "nope"}),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    }
 }

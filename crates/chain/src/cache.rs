@@ -75,12 +75,28 @@ pub enum Denial {
     },
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct GrantState {
-    id: B256,
-    expiry: u64,
-    revoked: bool,
+/// A grant as the cache knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantView {
+    /// The grant id.
+    pub id: B256,
+    /// The consenting patient.
+    pub patient: Address,
+    /// Who may access.
+    pub grantee: Address,
+    /// `ScopeKind`.
+    pub kind: u8,
+    /// The scope.
+    pub scope: B256,
+    /// DUO purpose term number.
+    pub purpose: u32,
+    /// Unix seconds.
+    pub expiry: u64,
+    /// Whether revoked.
+    pub revoked: bool,
 }
+
+type GrantState = GrantView;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct EmergencyState {
@@ -253,6 +269,23 @@ impl GrantCache {
         }
     }
 
+    /// Grants involving `patient` and/or `grantee` (every grant when both are `None`),
+    /// by expiry.
+    pub fn grants(&self, patient: Option<Address>, grantee: Option<Address>) -> Vec<GrantView> {
+        let state = self.read();
+        let mut out: Vec<GrantView> = state
+            .grants
+            .values()
+            .flat_map(|by_purpose| by_purpose.values())
+            .filter(|g| {
+                patient.is_none_or(|p| g.patient == p) && grantee.is_none_or(|a| g.grantee == a)
+            })
+            .cloned()
+            .collect();
+        out.sort_by_key(|g| (g.expiry, g.id));
+        out
+    }
+
     /// Open break-glass accesses at `now`: (id, institution, patient, until).
     pub fn open_emergencies(&self, now: u64) -> Vec<(B256, Address, Address, u64)> {
         self.read()
@@ -278,6 +311,11 @@ fn apply(state: &mut State, log: &alloy::rpc::types::Log) {
                         e.purpose,
                         GrantState {
                             id: e.grantId,
+                            patient: e.patient,
+                            grantee: e.grantee,
+                            kind: e.kind,
+                            scope: e.scope,
+                            purpose: e.purpose,
                             expiry: e.expiry,
                             revoked: false,
                         },

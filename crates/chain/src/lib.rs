@@ -7,15 +7,21 @@
 //! the pinned npm package `@foundry-rs/anvil` ([`anvil`]).
 
 pub mod anvil;
+
+/// The primitives and typed-data traits the bindings use, for callers.
+pub use alloy::primitives as alloy_primitives;
+pub use alloy::sol_types;
 mod cache;
 mod deploy;
 pub mod devchain;
 mod error;
+pub mod relay;
 pub mod release;
 
-pub use cache::{Access, AccessQuery, Denial, GrantCache};
+pub use cache::{Access, AccessQuery, Denial, GrantCache, GrantView};
 pub use deploy::{deploy, Deployment};
 pub use error::ChainError;
+pub use relay::{relaying_provider, RelayError, Relayed, Relayer};
 pub use release::{record_scope, KeyReleaser, KeyRequest, ReleaseError, Released};
 
 /// Rust bindings generated from the committed artifacts in `contracts/artifacts/`.

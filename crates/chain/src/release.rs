@@ -158,6 +158,16 @@ impl KeyReleaser {
         }
     }
 
+    /// The grant cache the releaser checks (synced before every check).
+    pub fn cache(&self) -> &Arc<GrantCache> {
+        &self.cache
+    }
+
+    /// The read-only provider of the chain.
+    pub fn provider(&self) -> &DynProvider {
+        &self.provider
+    }
+
     /// A fresh single-use challenge.
     pub fn challenge(&self) -> Result<String, ReleaseError> {
         let mut bytes = [0u8; 16];

@@ -86,6 +86,34 @@ impl TestNode {
         }
     }
 
+    /// Connects the node to `chain`: key release, grants, and relaying from the
+    /// chain's relayer account.
+    #[cfg(feature = "chain")]
+    pub fn connect_chain(&self, chain: &crate::chain::Chain) {
+        let owner = institution(0);
+        let releaser = medmesh_chain::KeyReleaser::new(
+            self.state.store().clone(),
+            owner.certificate().expect("certificate"),
+            Arc::new(Mutex::new(
+                owner.unlock_decryption(&passphrase()).expect("unlock"),
+            )),
+            Arc::new(chain.cache()),
+            chain.provider(&chain.admin),
+            chain.deployment.node_registry,
+        );
+        let relayer = medmesh_chain::Relayer::new(
+            medmesh_chain::relaying_provider(chain.endpoint.clone(), chain.relayer.clone()),
+            chain.deployment.consent_registry,
+        );
+        let connected = self.state.enable_chain(medmesh_api::ChainServices {
+            chain_id: chain.chain_id,
+            deployment: chain.deployment,
+            releaser: Arc::new(releaser),
+            relayer: Some(Arc::new(relayer)),
+        });
+        assert!(connected, "the node was already connected to a chain");
+    }
+
     /// `http://ADDR` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)

@@ -1,11 +1,9 @@
 //! Key release over HTTP: consent links, challenges and key requests. The checks are
 //! `medmesh_chain::KeyReleaser`'s, the same for every transport.
 
-use std::sync::Arc;
-
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use medmesh_chain::{record_scope, Access, KeyReleaser, KeyRequest, ReleaseError};
+use medmesh_chain::{record_scope, Access, KeyRequest, ReleaseError};
 use medmesh_core::RecordId;
 use medmesh_crypto::eth::Address;
 use medmesh_store::TokenScope;
@@ -15,10 +13,10 @@ use utoipa::ToSchema;
 use super::{blocking, ApiJson};
 use crate::auth::Principal;
 use crate::error::{ApiError, Problem};
-use crate::state::AppState;
+use crate::state::{AppState, ChainServices};
 
-fn releaser(state: &AppState) -> Result<Arc<KeyReleaser>, ApiError> {
-    state.inner.key_release.get().cloned().ok_or_else(|| {
+pub(crate) fn chain(state: &AppState) -> Result<&ChainServices, ApiError> {
+    state.inner.chain.get().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "no-chain",
@@ -108,7 +106,8 @@ pub async fn challenge(
     State(state): State<AppState>,
     _principal: Principal,
 ) -> Result<axum::Json<ChallengeResponse>, ApiError> {
-    let challenge = releaser(&state)?
+    let challenge = chain(&state)?
+        .releaser
         .challenge()
         .map_err(|e| ApiError::internal("challenge", e))?;
     Ok(axum::Json(ChallengeResponse { challenge }))
@@ -173,7 +172,7 @@ pub async fn request_key(
         .grantee
         .parse()
         .map_err(|_| ApiError::bad_request("`grantee` is not an Ethereum address"))?;
-    let releaser = releaser(&state)?;
+    let releaser = chain(&state)?.releaser.clone();
     let request = KeyRequest {
         record,
         grantee,
