@@ -1,6 +1,6 @@
-//! A researcher signs in to a node with an Ethereum wallet (Sign-In with Ethereum) and
-//! looks for records. Until the node checks on-chain grants, a wallet session can sign
-//! in and identify itself but is refused record access: the refusal is printed.
+//! A researcher signs in to a node with an Ethereum wallet (Sign-In with Ethereum), sees
+//! the grants that name it, and learns that records come through key release under
+//! those grants, not through the operators' record search (the refusal is printed).
 //!
 //! ```sh
 //! cargo run -p medmesh-examples --example researcher_sign_in
@@ -26,6 +26,10 @@ async fn main() -> Result<()> {
     println!("signed in as {} until {}", info.address, info.expires_at);
     let me = session.whoami().await?;
     println!("the node sees: {} {}", me.kind, me.id);
+    match session.grants(None, None).await {
+        Ok(grants) => println!("{} grant(s) name this wallet", grants.len()),
+        Err(e) => println!("grants unavailable: {e}"),
+    }
     match session.search(&SearchQuery::default()).await {
         Ok(page) => println!("{} record(s) visible", page.records.len()),
         Err(e) => println!("record search refused: {e}"),

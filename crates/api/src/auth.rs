@@ -68,8 +68,8 @@ impl Principal {
                 format!("this needs a token with scope `{scope}`; yours has `{have}`")
             }
             Principal::Wallet { .. } => format!(
-                "this needs an operator token with scope `{scope}`; wallet sessions reach \
-                 records only through on-chain grants, which this node does not check yet"
+                "this needs an operator token with scope `{scope}`; a wallet gets records through \
+                 key release under on-chain grants (POST /v1/records/{{id}}/key)"
             ),
         };
         state
