@@ -22,7 +22,7 @@ pub use cache::{Access, AccessQuery, Denial, GrantCache, GrantView};
 pub use deploy::{deploy, Deployment};
 pub use error::ChainError;
 pub use relay::{relaying_provider, RelayError, Relayed, Relayer};
-pub use release::{record_scope, KeyReleaser, KeyRequest, ReleaseError, Released};
+pub use release::{patient_scope, record_scope, KeyReleaser, KeyRequest, ReleaseError, Released};
 
 /// Rust bindings generated from the committed artifacts in `contracts/artifacts/`.
 pub mod bindings {

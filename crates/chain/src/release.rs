@@ -30,6 +30,8 @@ use crate::ChainError;
 
 /// `ScopeKind.Record` of the contract.
 pub const SCOPE_RECORD: u8 = 0;
+/// `ScopeKind.PatientAtInstitution` of the contract.
+pub const SCOPE_PATIENT: u8 = 1;
 /// How long a challenge can be answered.
 pub const CHALLENGE_TTL: Duration = Duration::from_secs(300);
 
@@ -42,6 +44,17 @@ pub fn record_scope(record: &RecordId, salt_hex: &str) -> Result<B256, ReleaseEr
     input.extend_from_slice(&salt);
     input.extend_from_slice(&record.cid().to_bytes());
     Ok(keccak256(input))
+}
+
+/// The on-chain scope "all records of `patient` at `institution`" (`ScopeKind` 1):
+/// keccak256 of a domain tag, the institution's certificate fingerprint and the
+/// patient's address. A grant for it covers every record of that institution linked to
+/// that patient.
+pub fn patient_scope(institution: &medmesh_core::InstitutionId, patient: Address) -> B256 {
+    let mut input = b"medmesh/patient-scope/v1".to_vec();
+    input.extend_from_slice(institution.as_str().as_bytes());
+    input.extend_from_slice(patient.as_slice());
+    keccak256(input)
 }
 
 /// Whether a challenge issued at `issued` can still be answered.
@@ -291,14 +304,30 @@ impl KeyReleaser {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let query = AccessQuery {
+        let record_query = AccessQuery {
             patient,
             grantee: request.grantee,
             kind: SCOPE_RECORD,
             scope: record_scope(&record, &link.salt)?,
             purpose: request.purpose,
         };
-        let access = self.cache.check(&query, now)?;
+        let patient_query = AccessQuery {
+            kind: SCOPE_PATIENT,
+            scope: patient_scope(&self.owner_certificate.id(), patient),
+            ..record_query
+        };
+        // A grant for this record, or for all of the patient's records here.
+        let access = match self.cache.check(&record_query, now) {
+            Ok(access) => access,
+            Err(record_denial) => match self.cache.check(&patient_query, now) {
+                Ok(access) => access,
+                // Say the most specific reason: the record's, unless it had no grant.
+                Err(patient_denial) if record_denial == Denial::NoGrant => {
+                    return Err(patient_denial.into())
+                }
+                Err(_) => return Err(record_denial.into()),
+            },
+        };
         // Allowed: unwrap with our key, wrap for theirs.
         self.owner_certificate
             .verify_manifest(&manifest)

@@ -369,3 +369,72 @@ async fn break_glass_release_is_audited_as_emergency_access() {
         ));
     }
 }
+
+#[tokio::test]
+async fn a_grant_for_all_the_patients_records_here_covers_the_record() {
+    for backend in BACKENDS {
+        let s = setup(backend).await;
+        let owner = institution(0).certificate().unwrap().id();
+        let everything_here = medmesh_chain::patient_scope(&owner, s.chain.patient.address());
+        let elsewhere = medmesh_chain::patient_scope(
+            &institution(1).certificate().unwrap().id(),
+            s.chain.patient.address(),
+        );
+        let expiry = s.chain.now().await + 3600;
+        // A patient-wide grant at another institution does not cover this record.
+        s.chain
+            .consent(&s.chain.patient)
+            .grant(
+                s.chain.patient.address(),
+                s.chain.researcher.address(),
+                1,
+                elsewhere,
+                42,
+                expiry,
+            )
+            .mined()
+            .await;
+        assert!(matches!(
+            s.ask(42).await,
+            Err(ReleaseError::Denied(Denial::NoGrant))
+        ));
+
+        s.chain
+            .consent(&s.chain.patient)
+            .grant(
+                s.chain.patient.address(),
+                s.chain.researcher.address(),
+                1,
+                everything_here,
+                42,
+                expiry,
+            )
+            .mined()
+            .await;
+        let released = s.ask(42).await.unwrap();
+        assert!(matches!(
+            released.access,
+            medmesh_chain::Access::Granted { .. }
+        ));
+
+        // Revoked patient-wide grant and no record grant: the reason is the revocation.
+        let id = s
+            .chain
+            .consent(&s.chain.admin)
+            .grantIdOf(
+                s.chain.patient.address(),
+                s.chain.researcher.address(),
+                1,
+                everything_here,
+                42,
+            )
+            .call()
+            .await
+            .unwrap();
+        s.chain.consent(&s.chain.patient).revoke(id).mined().await;
+        assert!(matches!(
+            s.ask(42).await,
+            Err(ReleaseError::Denied(Denial::Revoked))
+        ));
+    }
+}

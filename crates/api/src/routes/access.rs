@@ -3,7 +3,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use medmesh_chain::{record_scope, Access, KeyRequest, ReleaseError};
+use medmesh_chain::{patient_scope, record_scope, Access, KeyRequest, ReleaseError};
 use medmesh_core::RecordId;
 use medmesh_crypto::eth::Address;
 use medmesh_store::TokenScope;
@@ -40,6 +40,9 @@ pub struct ConsentLinkResponse {
     pub patient: String,
     /// The record's on-chain consent scope (bytes32 hex; `ScopeKind.Record`).
     pub scope: String,
+    /// The scope of all the patient's records at this institution (bytes32 hex;
+    /// `ScopeKind.PatientAtInstitution`).
+    pub patient_scope: String,
 }
 
 /// Link a record to the patient wallet that consents for it.
@@ -77,9 +80,15 @@ pub async fn link(
     .await?;
     let scope =
         record_scope(&id, &link.salt).map_err(|e| ApiError::internal("consent scope", e))?;
+    let patient: medmesh_crypto::eth::Address = link
+        .patient
+        .parse()
+        .map_err(|e| ApiError::internal("consent link", e))?;
+    let patient_scope = patient_scope(&state.inner.keys.certificate.id(), patient);
     Ok(axum::Json(ConsentLinkResponse {
         patient: link.patient,
         scope: scope.to_string(),
+        patient_scope: patient_scope.to_string(),
     }))
 }
 
