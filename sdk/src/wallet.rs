@@ -175,3 +175,42 @@ pub async fn sign_revocation(
         signature: signature_hex(&signature),
     })
 }
+
+/// The address that signed a [`crate::SignedGrant`] for the node's chain: the patient
+/// (or a delegate) if it verifies; compare with `grant.patient` before trusting it.
+pub fn verify_grant(info: &crate::ChainInfo, grant: &crate::SignedGrant) -> Result<Address, Error> {
+    use medmesh_chain::alloy_primitives::{Signature, U256};
+    use medmesh_chain::sol_types::SolStruct;
+    let bad = |what: &str| Error::Wallet(format!("malformed signed grant: {what}"));
+    let registry = info
+        .consent_registry
+        .parse()
+        .map_err(|_| bad("contract address"))?;
+    let message = medmesh_chain::bindings::GrantConsent {
+        patient: grant.patient.parse().map_err(|_| bad("patient"))?,
+        grantee: grant.grantee.parse().map_err(|_| bad("grantee"))?,
+        kind: grant.kind,
+        scope: grant.scope.parse().map_err(|_| bad("scope"))?,
+        purpose: grant.purpose,
+        expiry: grant.expiry,
+        nonce: U256::from(grant.nonce),
+        deadline: U256::from(grant.deadline),
+    };
+    let hash = message.eip712_signing_hash(&medmesh_chain::consent_domain(info.chain_id, registry));
+    let bytes: Vec<u8> = grant
+        .signature
+        .trim_start_matches("0x")
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            std::str::from_utf8(pair)
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(|| bad("signature hex"))?;
+    let signature = Signature::try_from(bytes.as_slice()).map_err(|_| bad("signature"))?;
+    signature
+        .recover_address_from_prehash(&hash)
+        .map_err(|e| Error::Wallet(format!("signature does not recover: {e}")))
+}

@@ -50,6 +50,16 @@ async fn patient_grants_researcher_reads_patient_revokes() {
         let signed = wallet::sign_grant(&chain.patient, &info, &consent, chain.now().await + 3600)
             .await
             .unwrap();
+        assert_eq!(
+            wallet::verify_grant(&info, &signed).unwrap(),
+            chain.patient.address()
+        );
+        let mut tampered = signed.clone();
+        tampered.purpose = 6;
+        assert_ne!(
+            wallet::verify_grant(&info, &tampered).unwrap(),
+            chain.patient.address()
+        );
         patient_client.relay_grant(&signed).await.unwrap();
         let mine = patient_client.grants(None, None).await.unwrap();
         assert_eq!(mine.len(), 1);

@@ -172,7 +172,7 @@ pub async fn list(
 }
 
 /// A grant signed by the patient (EIP-712 `GrantConsent`, domain from GET /v1/chain).
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SignedGrant {
     /// Patient address.
     pub patient: String,
