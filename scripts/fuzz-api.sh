@@ -31,6 +31,7 @@ done
 echo 0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80 >"$work/deployer.key"
 # and the last one is the node's account, which pays for relayed grants.
 echo 0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6 >"$work/node-account.key"
+chmod 600 "$work/deployer.key" "$work/node-account.key" # key files must be private
 "$target/debug/medmesh" chain deploy --chain-rpc "http://127.0.0.1:$chain_port" \
   --key-file "$work/deployer.key" --output "$work/deployment.json" >/dev/null
 export MEDMESH_PASSPHRASE="fuzzing passphrase"

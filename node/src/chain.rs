@@ -42,12 +42,7 @@ pub fn run(cmd: ChainCommand) -> Result<()> {
     if output.exists() {
         bail!("{} exists; choose another --output", output.display());
     }
-    let key = std::fs::read_to_string(&key_file)
-        .with_context(|| format!("reading {}", key_file.display()))?;
-    let signer: PrivateKeySigner = key
-        .trim()
-        .parse()
-        .map_err(|_| anyhow::anyhow!("{} does not hold a hex private key", key_file.display()))?;
+    let signer = read_account(&key_file)?;
     let url = chain_rpc
         .parse()
         .with_context(|| format!("`{chain_rpc}` is not a URL"))?;
@@ -60,7 +55,8 @@ pub fn run(cmd: ChainCommand) -> Result<()> {
             .connect_http(url)
             .erased();
         medmesh_chain::deploy(&provider, vec![]).await
-    })?;
+    })
+    .with_context(|| format!("deploying the contracts to {chain_rpc}"))?;
     std::fs::write(&output, serde_json::to_vec_pretty(&deployment)?)
         .with_context(|| format!("writing {}", output.display()))?;
     println!("NodeRegistry     {}", deployment.node_registry);
@@ -103,8 +99,9 @@ pub struct ChainLink {
     _embedded: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// The node account's key from a file holding it as hex.
+/// An account key from a file holding it as hex; the file must be private (0600).
 fn read_account(path: &Path) -> Result<PrivateKeySigner> {
+    medmesh_crypto::keystore::check_private(path)?;
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     text.trim()

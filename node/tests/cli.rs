@@ -566,3 +566,34 @@ fn node_runs_on_embedded_defaults() {
     let status = child.wait().unwrap();
     assert!(status.success(), "node exit status {status}");
 }
+
+#[test]
+fn chain_key_files_must_be_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let node = Node {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let key = node.file(
+        "deployer.key",
+        b"0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80\n",
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let args = [
+        "chain",
+        "deploy",
+        "--chain-rpc",
+        "http://127.0.0.1:9",
+        "--key-file",
+        key.to_str().unwrap(),
+        "-o",
+    ];
+    let out_file = node.dir.path().join("deployment.json");
+    let out = node.cmd().args(args).arg(&out_file).output().unwrap();
+    assert_fails(&out, "chmod 600");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Private now; the (unreachable) chain is the next thing to complain about.
+    let out = node.cmd().args(args).arg(&out_file).output().unwrap();
+    let stderr = assert_fails(&out, "chain call failed");
+    assert!(!stderr.contains("chmod"), "{stderr}");
+    assert!(!out_file.exists());
+}

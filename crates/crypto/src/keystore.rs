@@ -223,7 +223,7 @@ fn create_private_dir(dir: &Path) -> Result<(), CryptoError> {
 }
 
 /// Refuses secret files others can read, as ssh does.
-fn check_private(path: &Path) -> Result<(), CryptoError> {
+pub fn check_private(path: &Path) -> Result<(), CryptoError> {
     let mode = fs::metadata(path)
         .map_err(io_err(path))?
         .permissions()
