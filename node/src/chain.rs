@@ -49,14 +49,15 @@ pub fn run(cmd: ChainCommand) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let deployment = runtime.block_on(async {
-        let provider = ProviderBuilder::new()
-            .wallet(EthereumWallet::from(signer))
-            .connect_http(url)
-            .erased();
-        medmesh_chain::deploy(&provider, vec![]).await
-    })
-    .with_context(|| format!("deploying the contracts to {chain_rpc}"))?;
+    let deployment = runtime
+        .block_on(async {
+            let provider = ProviderBuilder::new()
+                .wallet(EthereumWallet::from(signer))
+                .connect_http(url)
+                .erased();
+            medmesh_chain::deploy(&provider, vec![]).await
+        })
+        .with_context(|| format!("deploying the contracts to {chain_rpc}"))?;
     std::fs::write(&output, serde_json::to_vec_pretty(&deployment)?)
         .with_context(|| format!("writing {}", output.display()))?;
     println!("NodeRegistry     {}", deployment.node_registry);
