@@ -95,6 +95,31 @@ fn signature_hex(signature: &alloy_signer::Signature) -> String {
     )
 }
 
+/// The EIP-712 domain of the node's ConsentRegistry.
+fn consent_domain(
+    info: &crate::ChainInfo,
+) -> Result<medmesh_chain::sol_types::Eip712Domain, Error> {
+    let registry = info
+        .consent_registry
+        .parse()
+        .map_err(|_| Error::Wallet("the node sent a malformed contract address".into()))?;
+    Ok(medmesh_chain::consent_domain(info.chain_id, registry))
+}
+
+/// Signs a consent message with EIP-712 for the node's chain; returns the hex signature.
+async fn sign_typed(
+    signer: &(impl Signer + Sync),
+    info: &crate::ChainInfo,
+    message: &impl medmesh_chain::sol_types::SolStruct,
+) -> Result<String, Error> {
+    let hash = message.eip712_signing_hash(&consent_domain(info)?);
+    let signature = signer
+        .sign_hash(&hash)
+        .await
+        .map_err(|e| Error::Wallet(e.to_string()))?;
+    Ok(signature_hex(&signature))
+}
+
 /// Signs an EIP-712 `GrantConsent` (valid until `expiry`, Unix seconds) for the
 /// node's chain (`info` from [`crate::Client::chain_info`]); relay it with
 /// [`crate::Client::relay_grant`].
@@ -105,12 +130,6 @@ pub async fn sign_grant(
     expiry: u64,
 ) -> Result<crate::SignedGrant, Error> {
     use medmesh_chain::alloy_primitives::U256;
-    use medmesh_chain::sol_types::SolStruct;
-    let registry = info
-        .consent_registry
-        .parse()
-        .map_err(|_| Error::Wallet("the node sent a malformed contract address".into()))?;
-    let domain = medmesh_chain::consent_domain(info.chain_id, registry);
     let message = medmesh_chain::bindings::GrantConsent {
         patient: consent.patient,
         grantee: consent.grantee,
@@ -121,10 +140,6 @@ pub async fn sign_grant(
         nonce: U256::from(consent.nonce),
         deadline: U256::from(consent.deadline),
     };
-    let signature = signer
-        .sign_hash(&message.eip712_signing_hash(&domain))
-        .await
-        .map_err(|e| Error::Wallet(e.to_string()))?;
     Ok(crate::SignedGrant {
         patient: consent.patient.to_string(),
         grantee: consent.grantee.to_string(),
@@ -134,7 +149,7 @@ pub async fn sign_grant(
         expiry,
         nonce: consent.nonce,
         deadline: consent.deadline,
-        signature: signature_hex(&signature),
+        signature: sign_typed(signer, info, &message).await?,
     })
 }
 
@@ -145,12 +160,6 @@ pub async fn sign_revocation(
     consent: &Consent,
 ) -> Result<crate::SignedRevocation, Error> {
     use medmesh_chain::alloy_primitives::U256;
-    use medmesh_chain::sol_types::SolStruct;
-    let registry = info
-        .consent_registry
-        .parse()
-        .map_err(|_| Error::Wallet("the node sent a malformed contract address".into()))?;
-    let domain = medmesh_chain::consent_domain(info.chain_id, registry);
     let message = medmesh_chain::bindings::RevokeConsent {
         patient: consent.patient,
         grantee: consent.grantee,
@@ -160,10 +169,6 @@ pub async fn sign_revocation(
         nonce: U256::from(consent.nonce),
         deadline: U256::from(consent.deadline),
     };
-    let signature = signer
-        .sign_hash(&message.eip712_signing_hash(&domain))
-        .await
-        .map_err(|e| Error::Wallet(e.to_string()))?;
     Ok(crate::SignedRevocation {
         patient: consent.patient.to_string(),
         grantee: consent.grantee.to_string(),
@@ -172,7 +177,7 @@ pub async fn sign_revocation(
         purpose: consent.purpose,
         nonce: consent.nonce,
         deadline: consent.deadline,
-        signature: signature_hex(&signature),
+        signature: sign_typed(signer, info, &message).await?,
     })
 }
 
@@ -182,10 +187,6 @@ pub fn verify_grant(info: &crate::ChainInfo, grant: &crate::SignedGrant) -> Resu
     use medmesh_chain::alloy_primitives::{Signature, U256};
     use medmesh_chain::sol_types::SolStruct;
     let bad = |what: &str| Error::Wallet(format!("malformed signed grant: {what}"));
-    let registry = info
-        .consent_registry
-        .parse()
-        .map_err(|_| bad("contract address"))?;
     let message = medmesh_chain::bindings::GrantConsent {
         patient: grant.patient.parse().map_err(|_| bad("patient"))?,
         grantee: grant.grantee.parse().map_err(|_| bad("grantee"))?,
@@ -196,7 +197,7 @@ pub fn verify_grant(info: &crate::ChainInfo, grant: &crate::SignedGrant) -> Resu
         nonce: U256::from(grant.nonce),
         deadline: U256::from(grant.deadline),
     };
-    let hash = message.eip712_signing_hash(&medmesh_chain::consent_domain(info.chain_id, registry));
+    let hash = message.eip712_signing_hash(&consent_domain(info)?);
     let bytes: Vec<u8> = grant
         .signature
         .trim_start_matches("0x")
