@@ -19,6 +19,21 @@ async fn node_with_chain(chain: &Chain) -> TestNode {
     node
 }
 
+/// Links record `id` to the chain's patient; returns the record's consent scope.
+async fn link_to_patient(node: &TestNode, chain: &Chain, id: &str) -> B256 {
+    let link: Value = reqwest::Client::new()
+        .put(node.url(&format!("/v1/records/{id}/consent-link")))
+        .bearer_auth(&node.write_token)
+        .json(&json!({"patient": chain.patient.address().to_string()}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    link["scope"].as_str().unwrap().parse().unwrap()
+}
+
 async fn post(node: &TestNode, path: &str, body: Value) -> reqwest::Response {
     reqwest::Client::new()
         .post(node.url(path))
@@ -84,17 +99,7 @@ async fn researcher_gets_the_key_only_under_a_grant() {
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
         assert!(resp.text().await.unwrap().contains("not linked"));
 
-        let link: Value = reqwest::Client::new()
-            .put(node.url(&format!("/v1/records/{id}/consent-link")))
-            .bearer_auth(&node.write_token)
-            .json(&json!({"patient": chain.patient.address().to_string()}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let scope: B256 = link["scope"].as_str().unwrap().parse().unwrap();
+        let scope = link_to_patient(&node, &chain, &id).await;
 
         // The researcher publishes its certificate; without a grant: no key.
         chain
@@ -215,17 +220,7 @@ async fn signed_grants_are_relayed_listed_and_enforced() {
             .await
             .unwrap();
         let id = created["id"].as_str().unwrap().to_string();
-        let link: Value = reqwest::Client::new()
-            .put(node.url(&format!("/v1/records/{id}/consent-link")))
-            .bearer_auth(&node.write_token)
-            .json(&json!({"patient": chain.patient.address().to_string()}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let scope: B256 = link["scope"].as_str().unwrap().parse().unwrap();
+        let scope = link_to_patient(&node, &chain, &id).await;
         chain
             .publish_key(&chain.researcher, &institution(1).certificate().unwrap())
             .await;
