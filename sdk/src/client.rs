@@ -6,7 +6,7 @@ use alloy_signer::Signer;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use medmesh_api::{
-    AuditPage, AuditVerification, ChainInfo, ChallengeResponse, ConsentLinkRequest,
+    AuditPage, AuditVerification, ChainInfo, ChallengeResponse, CheckResult, ConsentLinkRequest,
     ConsentLinkResponse, CreatedToken, GcResult, GrantEntry, Health, KeyRequestBody, KeyResponse,
     NonceResponse, Problem, RecordEntry, RecordInfo, RecordPage, RelayResponse, Removed,
     SessionResponse, SignInRequest, SignedGrant, SignedRevocation, TokenRequest, TokenView, WhoAmI,
@@ -446,6 +446,11 @@ impl Client {
                 .json(revocation),
         )
         .await
+    }
+
+    /// `POST /v1/admin/check`: the store's consistency check.
+    pub async fn check(&self) -> Result<CheckResult, Error> {
+        Self::json(self.request(Method::POST, "/v1/admin/check")).await
     }
 
     /// `POST /v1/admin/gc`.

@@ -23,7 +23,8 @@ pub mod wallet;
 pub use client::{Client, SearchQuery, UploadOptions};
 pub use error::Error;
 pub use medmesh_api::{
-    AuditPage, AuditVerification, ChainInfo, ConsentLinkResponse, CreatedToken, GcResult,
-    GrantEntry, Health, KeyResponse, NonceResponse, Problem, RecordEntry, RecordInfo, RecordPage,
-    RelayResponse, Removed, SessionResponse, SignedGrant, SignedRevocation, TokenView, WhoAmI,
+    AuditPage, AuditVerification, ChainInfo, CheckResult, ConsentLinkResponse, CreatedToken,
+    GcResult, GrantEntry, Health, KeyResponse, NonceResponse, Problem, RecordEntry, RecordInfo,
+    RecordPage, RelayResponse, Removed, SessionResponse, SignedGrant, SignedRevocation, TokenView,
+    WhoAmI,
 };

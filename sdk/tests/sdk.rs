@@ -190,6 +190,9 @@ async fn admin_operations() {
     admin.revoke_token(&created.token.id).await.unwrap();
     assert_eq!(robot.whoami().await.unwrap_err().status(), Some(401));
     assert_eq!(admin.gc().await.unwrap().blocks_removed, 0);
+    let check = admin.check().await.unwrap();
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+    assert_eq!(robot.check().await.unwrap_err().status(), Some(401));
     assert!(admin.audit_verify().await.unwrap().ok);
     let audit = admin.audit(0, 1000).await.unwrap();
     assert!(audit.entries.iter().any(|e| e.action == "token_create"));

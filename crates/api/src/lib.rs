@@ -38,7 +38,7 @@ pub use routes::audit::{AuditEntryView, AuditPage, AuditVerification};
 pub use routes::auth::{NonceResponse, SessionResponse, SignInRequest, WhoAmI};
 pub use routes::grants::{ChainInfo, GrantEntry, RelayResponse, SignedGrant, SignedRevocation};
 pub use routes::records::{RecordEntry, RecordInfo, RecordPage, Removed};
-pub use routes::system::{CreatedToken, GcResult, Health, TokenRequest, TokenView};
+pub use routes::system::{CheckResult, CreatedToken, GcResult, Health, TokenRequest, TokenView};
 pub use state::{ApiConfig, AppState, ChainServices, NodeKeys};
 
 use routes::{access, audit, grants, records, system};
@@ -81,6 +81,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/auth/siwe", bounded(post(routes::auth::siwe)))
         .route("/v1/auth/whoami", bounded(get(routes::auth::whoami)))
         .route("/v1/admin/gc", bounded(post(system::gc)))
+        // A check reads every block: no request time limit.
+        .route("/v1/admin/check", post(system::check))
         .route(
             "/v1/admin/tokens",
             bounded(post(system::create_token).merge(get(system::list_tokens))),

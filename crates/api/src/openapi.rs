@@ -36,6 +36,7 @@ use crate::routes::{access, audit, auth, grants, records, system};
         auth::siwe,
         auth::whoami,
         system::gc,
+        system::check,
         system::create_token,
         system::list_tokens,
         system::revoke_token,

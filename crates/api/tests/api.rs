@@ -261,6 +261,7 @@ async fn every_protected_endpoint_refuses_missing_and_bad_tokens() {
         (Method::GET, "/v1/audit/verify".to_string()),
         (Method::GET, "/v1/auth/whoami".to_string()),
         (Method::POST, "/v1/admin/gc".to_string()),
+        (Method::POST, "/v1/admin/check".to_string()),
         (Method::GET, "/v1/admin/tokens".to_string()),
         (Method::DELETE, "/v1/admin/tokens/abc".to_string()),
     ];

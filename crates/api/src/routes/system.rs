@@ -124,6 +124,49 @@ pub async fn gc(
     }))
 }
 
+/// What a consistency check found.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CheckResult {
+    /// Records checked.
+    pub records: u64,
+    /// Blocks re-hashed.
+    pub blocks_checked: u64,
+    /// Blocks no record references (`POST /v1/admin/gc` removes them).
+    pub unreferenced_blocks: u64,
+    /// Problems found, one line each; empty when the store is consistent.
+    pub problems: Vec<String>,
+}
+
+/// Check that every record's blocks are present and intact and the audit log verifies
+/// (what `medmesh check` does). Reads every block: slow on large stores.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/check",
+    tag = "admin",
+    responses(
+        (status = 200, body = CheckResult),
+        (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Token lacks `admin`", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn check(
+    State(state): State<AppState>,
+    principal: Principal,
+) -> Result<axum::Json<CheckResult>, ApiError> {
+    principal
+        .require(&state, TokenScope::Admin, "/v1/admin/check")
+        .await?;
+    let store = state.store().clone();
+    let r = blocking("consistency check", move || Ok(store.check()?)).await?;
+    Ok(axum::Json(CheckResult {
+        records: r.records,
+        blocks_checked: r.blocks_checked,
+        unreferenced_blocks: r.unreferenced_blocks,
+        problems: r.problems,
+    }))
+}
+
 /// A token to create.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TokenRequest {
