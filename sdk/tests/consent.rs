@@ -3,12 +3,11 @@
 //! through their own SIWE session, the researcher gets the key and decrypts the record,
 //! the patient revokes, the researcher is refused.
 
-use medmesh_core::{KeyWrap, KeyWrapAlgorithm, RecordId};
-use medmesh_crypto::RecordCipher;
+use medmesh_core::RecordId;
 use medmesh_sdk::{wallet, Client, UploadOptions};
-use medmesh_testkit::chain::{Chain, BACKENDS};
+use medmesh_testkit::chain::{open_released, Chain, BACKENDS};
+use medmesh_testkit::institution;
 use medmesh_testkit::node::TestNode;
-use medmesh_testkit::{institution, passphrase};
 
 #[tokio::test]
 async fn patient_grants_researcher_reads_patient_revokes() {
@@ -80,22 +79,10 @@ async fn patient_grants_researcher_reads_patient_revokes() {
         assert_eq!(released.access, "grant");
 
         let record_id: RecordId = id.parse().unwrap();
-        let mut body = node.state.store().manifest(&record_id).unwrap().body;
-        body.key_wraps = vec![KeyWrap {
-            recipient: certificate.id(),
-            algorithm: KeyWrapAlgorithm::OpenPgpMlKem768X25519,
-            message: hex_decode(&released.key_wrap),
-        }];
-        let key = researcher_keys
-            .unlock_decryption(&passphrase())
-            .unwrap()
-            .unwrap_key(&body)
-            .unwrap();
-        let cipher = RecordCipher::new(&key, &body.envelope).unwrap();
-        let mut chunk = node.state.store().blocks().get(&body.chunks[0]).unwrap();
+        let wrap = hex_decode(&released.key_wrap);
         assert_eq!(
-            cipher.open_chunk(0, true, &mut chunk).unwrap(),
-            plaintext.as_slice()
+            open_released(node.state.store(), &record_id, wrap, 1),
+            plaintext
         );
 
         // The patient revokes; the next request is refused with the reason.

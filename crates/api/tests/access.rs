@@ -5,11 +5,10 @@
 use alloy::primitives::B256;
 use alloy::signers::Signer;
 use medmesh_chain::KeyRequest;
-use medmesh_core::{KeyWrap, KeyWrapAlgorithm, RecordId};
-use medmesh_crypto::RecordCipher;
-use medmesh_testkit::chain::{grant_scope, Chain, BACKENDS};
+use medmesh_core::RecordId;
+use medmesh_testkit::chain::{grant_scope, open_released, Chain, BACKENDS};
+use medmesh_testkit::institution;
 use medmesh_testkit::node::TestNode;
-use medmesh_testkit::{institution, passphrase};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -17,6 +16,21 @@ async fn node_with_chain(chain: &Chain) -> TestNode {
     let node = TestNode::start().await;
     node.connect_chain(chain);
     node
+}
+
+/// Uploads a record with the write token; returns its id.
+async fn upload(node: &TestNode, bytes: Vec<u8>) -> String {
+    let created: Value = reqwest::Client::new()
+        .post(node.url("/v1/records"))
+        .bearer_auth(&node.write_token)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    created["id"].as_str().unwrap().to_string()
 }
 
 /// Links record `id` to the chain's patient; returns the record's consent scope.
@@ -82,17 +96,7 @@ async fn researcher_gets_the_key_only_under_a_grant() {
         let node = node_with_chain(&chain).await;
         let plaintext =
             std::fs::read(medmesh_testkit::shared_data("fhir/synthea-bundle-a.json")).unwrap();
-        let created: Value = reqwest::Client::new()
-            .post(node.url("/v1/records"))
-            .bearer_auth(&node.write_token)
-            .body(plaintext.clone())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let id = created["id"].as_str().unwrap().to_string();
+        let id = upload(&node, plaintext.clone()).await;
 
         // Before a consent link: refused with a reason.
         let resp = key_request(&node, &chain, &id, 42).await;
@@ -116,22 +120,10 @@ async fn researcher_gets_the_key_only_under_a_grant() {
         let released: Value = resp.json().await.unwrap();
         assert_eq!(released["access"], "grant");
         let record: RecordId = id.parse().unwrap();
-        let mut body = node.state.store().manifest(&record).unwrap().body;
-        body.key_wraps = vec![KeyWrap {
-            recipient: institution(1).certificate().unwrap().id(),
-            algorithm: KeyWrapAlgorithm::OpenPgpMlKem768X25519,
-            message: hex::decode(released["key_wrap"].as_str().unwrap()).unwrap(),
-        }];
-        let key = institution(1)
-            .unlock_decryption(&passphrase())
-            .unwrap()
-            .unwrap_key(&body)
-            .unwrap();
-        let cipher = RecordCipher::new(&key, &body.envelope).unwrap();
-        let mut chunk = node.state.store().blocks().get(&body.chunks[0]).unwrap();
+        let wrap = hex::decode(released["key_wrap"].as_str().unwrap()).unwrap();
         assert_eq!(
-            cipher.open_chunk(0, true, &mut chunk).unwrap(),
-            plaintext.as_slice()
+            open_released(node.state.store(), &record, wrap, 1),
+            plaintext
         );
 
         // Wrong purpose, and a request with a made-up challenge.
@@ -209,17 +201,7 @@ async fn signed_grants_are_relayed_listed_and_enforced() {
         let domain =
             medmesh_chain::consent_domain(chain.chain_id, chain.deployment.consent_registry);
 
-        let created: Value = reqwest::Client::new()
-            .post(node.url("/v1/records"))
-            .bearer_auth(&node.write_token)
-            .body(b"relayed consent".to_vec())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let id = created["id"].as_str().unwrap().to_string();
+        let id = upload(&node, b"relayed consent".to_vec()).await;
         let scope = link_to_patient(&node, &chain, &id).await;
         chain
             .publish_key(&chain.researcher, &institution(1).certificate().unwrap())

@@ -9,9 +9,9 @@ use alloy::signers::local::PrivateKeySigner;
 use alloy::signers::Signer;
 use medmesh_chain::{duo, record_scope, Denial, KeyReleaser, KeyRequest, ReleaseError};
 use medmesh_core::{ContentType, RecordId};
-use medmesh_crypto::{Certificate, RecordCipher};
+use medmesh_crypto::Certificate;
 use medmesh_store::{AuditAction, PutRequest, Store, DEFAULT_CHUNK_SIZE};
-use medmesh_testkit::chain::{grant_scope, Backend, Chain, Mined, BACKENDS};
+use medmesh_testkit::chain::{grant_scope, open_released, Backend, Chain, Mined, BACKENDS};
 use medmesh_testkit::{institution, passphrase};
 
 struct Setup {
@@ -137,18 +137,9 @@ async fn granted_key_opens_the_record_and_revocation_stops_the_next_release() {
         let released = s.ask(42).await.unwrap();
 
         // The researcher unwraps the key with its own secret key and decrypts the record.
-        let mut body = s.store.manifest(&s.record).unwrap().body;
-        body.key_wraps = vec![released.key_wrap.clone()];
-        let key = institution(1)
-            .unlock_decryption(&passphrase())
-            .unwrap()
-            .unwrap_key(&body)
-            .unwrap();
-        let cipher = RecordCipher::new(&key, &body.envelope).unwrap();
-        let mut chunk = s.store.blocks().get(&body.chunks[0]).unwrap();
         assert_eq!(
-            cipher.open_chunk(0, true, &mut chunk).unwrap(),
-            s.plaintext.as_slice()
+            open_released(&s.store, &s.record, released.key_wrap.message.clone(), 1),
+            s.plaintext
         );
 
         // Revoke: the very next request is refused (the releaser syncs to the latest block).

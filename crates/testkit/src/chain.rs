@@ -251,3 +251,37 @@ impl<P: Provider, D: CallDecoder> Mined for CallBuilder<P, D> {
         self.send().await.unwrap().get_receipt().await.unwrap()
     }
 }
+
+/// What a grantee does with a released key: unwraps it with the secret keys of test
+/// institution `grantee` and decrypts every chunk of `record`. Returns the plaintext.
+pub fn open_released(
+    store: &medmesh_store::Store,
+    record: &medmesh_core::RecordId,
+    wrap_message: Vec<u8>,
+    grantee: usize,
+) -> Vec<u8> {
+    let keys = crate::institution(grantee);
+    let mut body = store.manifest(record).expect("manifest").body;
+    body.key_wraps = vec![medmesh_core::KeyWrap {
+        recipient: keys.certificate().expect("certificate").id(),
+        algorithm: medmesh_core::KeyWrapAlgorithm::OpenPgpMlKem768X25519,
+        message: wrap_message,
+    }];
+    let key = keys
+        .unlock_decryption(&crate::passphrase())
+        .expect("unlock")
+        .unwrap_key(&body)
+        .expect("the released key unwraps with the grantee's secret key");
+    let cipher = medmesh_crypto::RecordCipher::new(&key, &body.envelope).expect("cipher");
+    let mut plaintext = Vec::new();
+    let last = body.chunks.len() - 1;
+    for (i, cid) in body.chunks.iter().enumerate() {
+        let mut block = store.blocks().get(cid).expect("block");
+        plaintext.extend_from_slice(
+            cipher
+                .open_chunk(i as u64, i == last, &mut block)
+                .expect("chunk opens"),
+        );
+    }
+    plaintext
+}

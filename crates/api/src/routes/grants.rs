@@ -247,6 +247,29 @@ fn parse_common(
     Ok((patient, grantee, scope, signature))
 }
 
+/// Parses and authorises a relay request; returns its parts and the relayer.
+async fn prepare_relay(
+    state: &AppState,
+    principal: &Principal,
+    patient: &str,
+    grantee: &str,
+    scope: &str,
+    signature: &str,
+) -> Result<
+    (
+        Address,
+        Address,
+        B256,
+        Bytes,
+        std::sync::Arc<medmesh_chain::Relayer>,
+    ),
+    ApiError,
+> {
+    let (patient, grantee, scope, signature) = parse_common(patient, grantee, scope, signature)?;
+    require_relay(state, principal, patient).await?;
+    Ok((patient, grantee, scope, signature, relayer(state)?))
+}
+
 /// Only operators with `write`, or the patient's own wallet session, make the node pay
 /// gas for a relay.
 async fn require_relay(
@@ -321,10 +344,15 @@ pub async fn relay_grant(
     principal: Principal,
     ApiJson(body): ApiJson<SignedGrant>,
 ) -> Result<axum::Json<RelayResponse>, ApiError> {
-    let (patient, grantee, scope, signature) =
-        parse_common(&body.patient, &body.grantee, &body.scope, &body.signature)?;
-    require_relay(&state, &principal, patient).await?;
-    let relayer = relayer(&state)?;
+    let (patient, grantee, scope, signature, relayer) = prepare_relay(
+        &state,
+        &principal,
+        &body.patient,
+        &body.grantee,
+        &body.scope,
+        &body.signature,
+    )
+    .await?;
     let grant = GrantConsent {
         patient,
         grantee,
@@ -360,10 +388,15 @@ pub async fn relay_revoke(
     principal: Principal,
     ApiJson(body): ApiJson<SignedRevocation>,
 ) -> Result<axum::Json<RelayResponse>, ApiError> {
-    let (patient, grantee, scope, signature) =
-        parse_common(&body.patient, &body.grantee, &body.scope, &body.signature)?;
-    require_relay(&state, &principal, patient).await?;
-    let relayer = relayer(&state)?;
+    let (patient, grantee, scope, signature, relayer) = prepare_relay(
+        &state,
+        &principal,
+        &body.patient,
+        &body.grantee,
+        &body.scope,
+        &body.signature,
+    )
+    .await?;
     let revocation = RevokeConsent {
         patient,
         grantee,
