@@ -51,6 +51,8 @@ pub enum AuditAction {
     ConsentLink,
     /// A key request was refused (the reason is in the detail).
     KeyReleaseDenied,
+    /// A record fetched from peers entered the index.
+    RecordImport,
 }
 
 /// What a caller asks to log.

@@ -37,6 +37,7 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(crate::audit::AUDIT)?;
     txn.open_table(crate::tokens::API_TOKENS)?;
     txn.open_table(crate::links::CONSENT_LINKS)?;
+    txn.open_table(crate::replicas::REPLICATION)?;
     Ok(())
 }
 
@@ -81,6 +82,8 @@ pub(crate) fn remove_record(
     let ms = time_key(&meta.created);
     txn.open_table(RECORDS)?.remove(key.as_str())?;
     txn.open_table(crate::links::CONSENT_LINKS)?
+        .remove(key.as_str())?;
+    txn.open_table(crate::replicas::REPLICATION)?
         .remove(key.as_str())?;
     txn.open_table(BY_TIME)?.remove((ms, key.as_str()))?;
     txn.open_table(BY_OWNER)?

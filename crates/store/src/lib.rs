@@ -14,6 +14,7 @@ mod error;
 mod index;
 mod links;
 mod records;
+mod replicas;
 mod tokens;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +30,7 @@ pub use records::{
     CheckReport, GcReport, OpenRecord, PutRequest, ReadProgress, RecordQuery, RemoveReport,
     DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
 };
+pub use replicas::Replication;
 pub use tokens::{ApiToken, TokenScope};
 
 /// A node's local store: blocks on disk plus the index.

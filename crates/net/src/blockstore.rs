@@ -1,0 +1,53 @@
+//! The storage the network serves from and fetches into, behind a trait so the network
+//! does not depend on how blocks are kept (and tests can put a lying peer on the wire).
+
+use std::collections::BTreeSet;
+
+use libp2p::PeerId;
+use medmesh_core::{Cid, RecordId};
+use medmesh_store::{Store, StoreError};
+
+use crate::NetError;
+
+/// Blocks and records as the network sees them.
+pub trait Blockstore: Send + Sync + 'static {
+    /// Whether the block is stored here.
+    fn has(&self, cid: &Cid) -> bool;
+    /// A stored block's bytes, `None` if it is not stored here.
+    fn get(&self, cid: &Cid) -> Result<Option<Vec<u8>>, NetError>;
+    /// Stores a block whose bytes the caller has checked against `cid`; durable when it
+    /// returns.
+    fn put(&self, cid: &Cid, bytes: &[u8]) -> Result<(), NetError>;
+    /// Indexes a record whose manifest and chunks are all stored; `false` if it already
+    /// was. `from` is the peer it came from (for the audit log).
+    fn import_record(&self, id: &RecordId, from: &PeerId) -> Result<bool, NetError>;
+}
+
+fn store_error(e: StoreError) -> NetError {
+    NetError::Store(e.to_string())
+}
+
+impl Blockstore for Store {
+    fn has(&self, cid: &Cid) -> bool {
+        self.blocks().has(cid)
+    }
+
+    fn get(&self, cid: &Cid) -> Result<Option<Vec<u8>>, NetError> {
+        match self.blocks().get(cid) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(StoreError::MissingBlock { .. }) => Ok(None),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    fn put(&self, cid: &Cid, bytes: &[u8]) -> Result<(), NetError> {
+        let shard = self.blocks().put(cid, bytes).map_err(store_error)?;
+        self.blocks()
+            .sync_dirs(&BTreeSet::from([shard]))
+            .map_err(store_error)
+    }
+
+    fn import_record(&self, id: &RecordId, from: &PeerId) -> Result<bool, NetError> {
+        Store::import_record(self, id, &format!("peer:{from}")).map_err(store_error)
+    }
+}

@@ -1,0 +1,95 @@
+//! Network settings (`[net]` in `medmesh.toml`).
+
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use serde::{Deserialize, Serialize};
+
+use crate::NetError;
+
+/// How a node joins the network.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetConfig {
+    /// Addresses to listen on: TCP and QUIC (`/ip4/0.0.0.0/udp/4001/quic-v1`).
+    pub listen: Vec<Multiaddr>,
+    /// Peers dialed at start (`/ip4/…/tcp/…/p2p/12D3KooW…`).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Find peers on the local network by mDNS (off by default: a hospital LAN is not
+    /// where peers should be announced unasked).
+    pub mdns: bool,
+    /// Most established connections in all.
+    pub max_connections: u32,
+    /// Most established connections to one peer.
+    pub max_connections_per_peer: u32,
+    /// Kademlia protocol id: medmesh nodes form their own DHT, apart from the public
+    /// IPFS one, so record CIDs are not announced to the world.
+    pub kad_protocol: String,
+    /// Seconds between checks that replicated records still have their copies.
+    pub repair_interval_secs: u64,
+    /// Seconds a peer has to send a block asked by bitswap.
+    pub block_timeout_secs: u64,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                "/ip4/127.0.0.1/tcp/4001".parse().expect("valid multiaddr"),
+                "/ip4/127.0.0.1/udp/4001/quic-v1"
+                    .parse()
+                    .expect("valid multiaddr"),
+            ],
+            bootstrap: Vec::new(),
+            mdns: false,
+            max_connections: 256,
+            max_connections_per_peer: 4,
+            kad_protocol: "/medmesh/kad/1.0.0".into(),
+            repair_interval_secs: 300,
+            block_timeout_secs: 60,
+        }
+    }
+}
+
+impl NetConfig {
+    /// Checks the settings; the error names the bad one.
+    pub fn validate(&self) -> Result<(), NetError> {
+        if self.max_connections == 0 || self.max_connections_per_peer == 0 {
+            return Err(NetError::Config(
+                "max_connections and max_connections_per_peer must be at least 1".into(),
+            ));
+        }
+        if !self.kad_protocol.starts_with('/') {
+            return Err(NetError::Config(format!(
+                "kad_protocol `{}` must start with `/`",
+                self.kad_protocol
+            )));
+        }
+        if self.repair_interval_secs == 0 || self.block_timeout_secs == 0 {
+            return Err(NetError::Config(
+                "repair_interval_secs and block_timeout_secs must be at least 1".into(),
+            ));
+        }
+        for addr in &self.bootstrap {
+            let has_peer = addr
+                .iter()
+                .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_)));
+            if !has_peer {
+                return Err(NetError::Config(format!(
+                    "bootstrap address {addr} must end with /p2p/<peer id>"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`NetConfig::repair_interval_secs`] as a duration.
+    pub fn repair_interval(&self) -> Duration {
+        Duration::from_secs(self.repair_interval_secs)
+    }
+
+    /// [`NetConfig::block_timeout_secs`] as a duration.
+    pub fn block_timeout(&self) -> Duration {
+        Duration::from_secs(self.block_timeout_secs)
+    }
+}

@@ -1,0 +1,308 @@
+//! The fast path between medmesh nodes: one request names a record and the chunks
+//! wanted, and the provider streams those blocks back-to-back on the same stream
+//! (like a CAR stream), instead of one bitswap round trip per block.
+//!
+//! Request: a JSON frame `{"root": CID, "manifest": bool, "chunks": [index…]}`.
+//! Reply: a JSON frame `{"ok": true}` or `{"error": "…"}`, then one frame per block
+//! (`varint(cid length) ‖ cid ‖ bytes`), in the order asked, then an empty frame.
+//! The receiver checks every block against the CID the manifest lists for that
+//! position before storing it; a cut transfer is resumed by asking for what is still
+//! missing.
+
+use std::sync::Arc;
+
+use futures::{AsyncWriteExt, StreamExt};
+use libp2p::{PeerId, StreamProtocol};
+use libp2p_stream::Control;
+use medmesh_core::{verify_cid, Cid, Manifest, RecordId, MAX_BLOCK_SIZE};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+
+use crate::blockstore::Blockstore;
+use crate::wire::{read_frame, read_json, varint, write_frame, write_json};
+use crate::NetError;
+
+/// The fast-path protocol id.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/medmesh/blocks/1.0.0");
+
+/// Most chunks one request may ask for.
+pub(crate) const MAX_CHUNKS_PER_REQUEST: usize = 4096;
+/// Blocks read ahead of the socket by the provider, and verified/stored concurrently by
+/// the receiver.
+const PIPELINE: usize = 4;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Request {
+    root: String,
+    #[serde(default)]
+    manifest: bool,
+    #[serde(default)]
+    chunks: Vec<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Reply {
+    #[serde(default)]
+    ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Serves fast-path requests from `store` until the network stops.
+pub(crate) fn serve(control: &mut Control, store: Arc<dyn Blockstore>) -> Result<(), NetError> {
+    let mut incoming = control
+        .accept(PROTOCOL)
+        .map_err(|e| NetError::Config(format!("{PROTOCOL}: {e}")))?;
+    tokio::spawn(async move {
+        while let Some((peer, stream)) = incoming.next().await {
+            let store = store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = answer(store, stream).await {
+                    tracing::debug!(%peer, error = %e, "fast-path request failed");
+                }
+            });
+        }
+    });
+    Ok(())
+}
+
+async fn answer(store: Arc<dyn Blockstore>, mut stream: libp2p::Stream) -> std::io::Result<()> {
+    let request: Request = read_json(&mut stream).await?;
+    let plan = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || plan(&*store, &request))
+            .await
+            .map_err(std::io::Error::other)?
+    };
+    let blocks = match plan {
+        Ok(blocks) => blocks,
+        Err(reason) => {
+            write_json(
+                &mut stream,
+                &Reply {
+                    ok: false,
+                    error: Some(reason),
+                },
+            )
+            .await?;
+            return stream.close().await;
+        }
+    };
+    write_json(
+        &mut stream,
+        &Reply {
+            ok: true,
+            error: None,
+        },
+    )
+    .await?;
+    // A reader thread stays a few blocks ahead of the socket.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(Cid, Vec<u8>), String>>(PIPELINE);
+    tokio::task::spawn_blocking(move || {
+        for cid in blocks {
+            let block = match store.get(&cid) {
+                Ok(Some(bytes)) => Ok((cid, bytes)),
+                Ok(None) => Err(format!("block {cid} is no longer stored here")),
+                Err(e) => Err(e.to_string()),
+            };
+            let failed = block.is_err();
+            if tx.blocking_send(block).is_err() || failed {
+                return;
+            }
+        }
+    });
+    while let Some(block) = rx.recv().await {
+        let (cid, bytes) = block.map_err(std::io::Error::other)?;
+        let cid_bytes = cid.to_bytes();
+        let mut header = varint(cid_bytes.len());
+        header.extend_from_slice(&cid_bytes);
+        stream
+            .write_all(&varint(header.len() + bytes.len()))
+            .await?;
+        stream.write_all(&header).await?;
+        stream.write_all(&bytes).await?;
+    }
+    write_frame(&mut stream, &[]).await?;
+    stream.close().await
+}
+
+/// The blocks a request asks for, or why it is refused.
+fn plan(store: &dyn Blockstore, request: &Request) -> Result<Vec<Cid>, String> {
+    let root: RecordId = request
+        .root
+        .parse()
+        .map_err(|e| format!("`{}` is not a record id: {e}", request.root))?;
+    if request.chunks.len() > MAX_CHUNKS_PER_REQUEST {
+        return Err(format!(
+            "{} chunks asked; at most {MAX_CHUNKS_PER_REQUEST} per request",
+            request.chunks.len()
+        ));
+    }
+    let bytes = store
+        .get(root.cid())
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("record {root} is not stored here"))?;
+    let manifest = Manifest::decode(&bytes).map_err(|e| e.to_string())?;
+    let mut blocks = Vec::with_capacity(request.chunks.len() + 1);
+    if request.manifest {
+        blocks.push(*root.cid());
+    }
+    for &index in &request.chunks {
+        let cid = manifest.body.chunks.get(index as usize).ok_or_else(|| {
+            format!(
+                "record {root} has {} chunks; there is no chunk {index}",
+                manifest.body.chunks.len()
+            )
+        })?;
+        blocks.push(*cid);
+    }
+    Ok(blocks)
+}
+
+/// Fetches the manifest block of `root` from `peer`, checked against `root`.
+pub(crate) async fn fetch_manifest(
+    control: &mut Control,
+    store: &Arc<dyn Blockstore>,
+    peer: PeerId,
+    root: &RecordId,
+) -> Result<Manifest, NetError> {
+    let mut done = Vec::new();
+    fetch(control, store, peer, root, None, &[], &mut done, &|_| {}).await?;
+    let bytes = store
+        .get(root.cid())?
+        .ok_or_else(|| NetError::Store(format!("manifest {root} vanished after it was stored")))?;
+    Manifest::decode(&bytes).map_err(|e| NetError::Peer {
+        peer,
+        reason: format!("record {root} is not a readable manifest: {e}"),
+    })
+}
+
+/// Fetches `chunks` (indices into `manifest`) of `root` from `peer`, verifying and
+/// storing each block. Indices stored are pushed to `done` as they land, so a failed
+/// transfer leaves the caller knowing what is still missing.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn fetch(
+    control: &mut Control,
+    store: &Arc<dyn Blockstore>,
+    peer: PeerId,
+    root: &RecordId,
+    manifest: Option<&Manifest>,
+    chunks: &[u32],
+    done: &mut Vec<u32>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(), NetError> {
+    let peer_error = |reason: String| NetError::Peer { peer, reason };
+    let mut stream = control
+        .open_stream(peer, PROTOCOL)
+        .await
+        .map_err(|e| peer_error(e.to_string()))?;
+    let request = Request {
+        root: root.to_string(),
+        manifest: manifest.is_none(),
+        chunks: chunks.to_vec(),
+    };
+    write_json(&mut stream, &request)
+        .await
+        .map_err(|e| peer_error(e.to_string()))?;
+    let reply: Reply = read_json(&mut stream)
+        .await
+        .map_err(|e| peer_error(format!("no reply: {e}")))?;
+    if !reply.ok {
+        return Err(NetError::Refused {
+            peer,
+            reason: reply.error.unwrap_or_else(|| "no reason given".into()),
+        });
+    }
+    // What each arriving block must be, in order.
+    let mut expected: Vec<(Option<u32>, Cid)> = Vec::with_capacity(chunks.len() + 1);
+    match manifest {
+        None => expected.push((None, *root.cid())),
+        Some(m) => {
+            for &i in chunks {
+                let cid = m.body.chunks.get(i as usize).ok_or_else(|| {
+                    NetError::Store(format!("chunk {i} is beyond the manifest of {root}"))
+                })?;
+                expected.push((Some(i), *cid));
+            }
+        }
+    }
+    let mut pending: JoinSet<Result<(Option<u32>, u64), NetError>> = JoinSet::new();
+    let mut next = 0usize;
+    loop {
+        let frame = read_frame(&mut stream, MAX_BLOCK_SIZE + 128)
+            .await
+            .map_err(|e| peer_error(format!("transfer cut: {e}")))?
+            .ok_or_else(|| peer_error("stream ended without the end marker".into()))?;
+        if frame.is_empty() {
+            break;
+        }
+        let Some(&(index, cid)) = expected.get(next) else {
+            return Err(peer_error("sent more blocks than asked".into()));
+        };
+        next += 1;
+        let (claimed, data) =
+            split_block_frame(&frame).ok_or_else(|| peer_error("malformed block frame".into()))?;
+        if claimed != cid {
+            return Err(peer_error(format!(
+                "sent block {claimed} where {cid} was due"
+            )));
+        }
+        if pending.len() >= PIPELINE {
+            collect(&mut pending, done, progress).await?;
+        }
+        let store = store.clone();
+        let data = data.to_vec();
+        pending.spawn_blocking(move || {
+            verify_cid(&cid, &data).map_err(|_| NetError::Corrupt {
+                peer,
+                cid: cid.to_string(),
+            })?;
+            store.put(&cid, &data)?;
+            Ok((index, data.len() as u64))
+        });
+    }
+    while !pending.is_empty() {
+        collect(&mut pending, done, progress).await?;
+    }
+    if next != expected.len() {
+        return Err(peer_error(format!(
+            "ended after {next} of {} blocks",
+            expected.len()
+        )));
+    }
+    Ok(())
+}
+
+async fn collect(
+    pending: &mut JoinSet<Result<(Option<u32>, u64), NetError>>,
+    done: &mut Vec<u32>,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<(), NetError> {
+    if let Some(joined) = pending.join_next().await {
+        let (index, len) = joined.map_err(|e| NetError::Store(e.to_string()))??;
+        if let Some(i) = index {
+            done.push(i);
+        }
+        progress(len);
+    }
+    Ok(())
+}
+
+fn split_block_frame(frame: &[u8]) -> Option<(Cid, &[u8])> {
+    let mut len = 0usize;
+    let mut i = 0;
+    loop {
+        let byte = *frame.get(i)?;
+        len |= usize::from(byte & 0x7f) << (7 * i);
+        i += 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        if i > 3 {
+            return None;
+        }
+    }
+    let cid_bytes = frame.get(i..i.checked_add(len)?)?;
+    let cid = Cid::try_from(cid_bytes).ok()?;
+    Some((cid, &frame[i + len..]))
+}

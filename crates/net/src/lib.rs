@@ -1,0 +1,38 @@
+//! medmesh's peer-to-peer network.
+//!
+//! - [`Network`]: a libp2p node with a persistent Ed25519 identity: TCP and QUIC,
+//!   Noise, Yamux, identify, ping, a Kademlia DHT (providers of record CIDs),
+//!   gossipsub (node presence, dataset announcements), optional mDNS, bootstrap peers
+//!   and connection limits.
+//! - Bitswap 1.2.0 ([`bitswap::PROTOCOLS`]): any IPFS peer (Kubo, Helia) can fetch our
+//!   blocks by CID, and we theirs.
+//! - The fast path ([`fastpath::PROTOCOL`]): a record's block graph streamed in one
+//!   request per batch, verified block by block, resumable, from several providers
+//!   at once ([`Network::fetch_record`]).
+//! - Replication ([`replicate::PROTOCOL`]): peers of the owner's choosing hold copies;
+//!   a repair pass re-replicates when one disappears ([`Network::repair`]).
+//!
+//! Storage is behind [`Blockstore`] and authorization behind [`PeerPolicy`], so the
+//! network knows neither how blocks are kept nor how institutions are registered.
+
+pub mod bitswap;
+mod blockstore;
+mod config;
+mod error;
+pub mod fastpath;
+mod fetch;
+mod network;
+mod policy;
+pub mod replicate;
+mod scores;
+mod wire;
+
+pub use blockstore::Blockstore;
+pub use config::NetConfig;
+pub use error::NetError;
+pub use fetch::{FetchOptions, FetchReport, Progress, Transfer};
+pub use libp2p::{Multiaddr, PeerId};
+pub use network::{NetEvent, Network, NetworkOptions, PeerInfo, DATASETS_TOPIC, PRESENCE_TOPIC};
+pub use policy::{AllowList, OpenPolicy, PeerPolicy};
+pub use replicate::ReplicaOutcome;
+pub use scores::PeerScores;

@@ -1,0 +1,682 @@
+//! The libp2p node: transports, behaviours, and the task that drives the swarm.
+//!
+//! The swarm lives in one task; [`Network`] is a cheap handle that sends it commands
+//! (dial, provide, find providers, publish) and opens streams for bitswap, the fast
+//! path and replication directly through `libp2p-stream`, so bulk transfers never wait
+//! on the swarm task.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    connection_limits, gossipsub, identify, identity, kad, mdns, noise, ping, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm,
+};
+use medmesh_core::Cid;
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::bitswap::Bitswap;
+use crate::blockstore::Blockstore;
+use crate::policy::PeerPolicy;
+use crate::scores::PeerScores;
+use crate::{fastpath, replicate, NetConfig, NetError};
+
+/// Gossipsub topic of node presence announcements.
+pub const PRESENCE_TOPIC: &str = "medmesh/presence/1";
+/// Gossipsub topic of dataset announcements.
+pub const DATASETS_TOPIC: &str = "medmesh/datasets/1";
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    limits: connection_limits::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    gossipsub: gossipsub::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    stream: libp2p_stream::Behaviour,
+}
+
+/// A connected peer, as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerInfo {
+    /// Its PeerId.
+    pub peer_id: String,
+    /// Addresses it listens on (from identify) or that we reached it at.
+    pub addresses: Vec<String>,
+    /// Its agent string (`medmesh/0.1.0`, `kubo/…`, `helia/…`).
+    pub agent: Option<String>,
+    /// Seconds since the connection was established.
+    pub connected_secs: u64,
+}
+
+/// Something that happened on the network.
+#[derive(Debug, Clone)]
+pub enum NetEvent {
+    /// A gossipsub message.
+    Gossip {
+        /// Its topic.
+        topic: String,
+        /// Who published it.
+        from: Option<PeerId>,
+        /// Its payload.
+        data: Vec<u8>,
+    },
+    /// A connection to a peer opened.
+    Connected(PeerId),
+    /// The last connection to a peer closed.
+    Disconnected(PeerId),
+}
+
+enum Command {
+    Dial(Multiaddr, oneshot::Sender<Result<PeerId, NetError>>),
+    Provide(Cid, oneshot::Sender<Result<(), NetError>>),
+    FindProviders(Cid, oneshot::Sender<Vec<PeerId>>),
+    Publish(String, Vec<u8>, oneshot::Sender<Result<(), NetError>>),
+    Disconnect(PeerId),
+    Shutdown,
+}
+
+#[derive(Default)]
+struct Shared {
+    listen: RwLock<Vec<Multiaddr>>,
+    peers: RwLock<BTreeMap<PeerId, Connected>>,
+}
+
+struct Connected {
+    addresses: Vec<Multiaddr>,
+    agent: Option<String>,
+    since: Instant,
+    connections: usize,
+}
+
+/// What a node needs to join the network.
+pub struct NetworkOptions {
+    /// Settings.
+    pub config: NetConfig,
+    /// The node's Ed25519 identity seed (its PeerId derives from it).
+    pub identity_seed: [u8; 32],
+    /// Where blocks are served from and fetched into.
+    pub store: Arc<dyn Blockstore>,
+    /// Who may ask this node to hold replicas.
+    pub policy: Arc<dyn PeerPolicy>,
+    /// The institution this node acts for, sent with replication requests so peers can
+    /// check it (an Ethereum address once the node is registered on chain).
+    pub institution: Option<String>,
+    /// Agent string shown to peers.
+    pub agent: String,
+}
+
+/// A handle to the running network; clones share it.
+#[derive(Clone)]
+pub struct Network {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) peer_id: PeerId,
+    pub(crate) config: NetConfig,
+    pub(crate) store: Arc<dyn Blockstore>,
+    pub(crate) control: libp2p_stream::Control,
+    pub(crate) bitswap: Arc<Bitswap>,
+    pub(crate) scores: Arc<PeerScores>,
+    pub(crate) policy: Arc<dyn PeerPolicy>,
+    pub(crate) institution: Option<String>,
+    commands: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    events: broadcast::Sender<NetEvent>,
+}
+
+impl Network {
+    /// Starts the node: listens, dials the bootstrap peers, serves bitswap, the fast
+    /// path and replication requests. Returns once it listens on every address.
+    pub async fn start(options: NetworkOptions) -> Result<Self, NetError> {
+        options.config.validate()?;
+        let mut seed = options.identity_seed;
+        let keypair = identity::Keypair::ed25519_from_bytes(&mut seed)
+            .map_err(|e| NetError::Config(format!("node identity: {e}")))?;
+        let peer_id = keypair.public().to_peer_id();
+        let config = options.config.clone();
+        let kad_protocol = StreamProtocol::try_from_owned(config.kad_protocol.clone())
+            .map_err(|e| NetError::Config(format!("kad_protocol: {e}")))?;
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| NetError::Config(format!("TCP transport: {e}")))?
+            .with_quic()
+            .with_behaviour(|key| {
+                let local = key.public().to_peer_id();
+                let mut kad_config = kad::Config::new(kad_protocol);
+                kad_config.set_query_timeout(Duration::from_secs(30));
+                let mut kad = kad::Behaviour::with_config(
+                    local,
+                    kad::store::MemoryStore::new(local),
+                    kad_config,
+                );
+                // Answer DHT queries even without a confirmed public address (a node on
+                // a private network or loopback is still a full DHT member).
+                kad.set_mode(Some(kad::Mode::Server));
+                let gossipsub = gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    gossipsub::ConfigBuilder::default()
+                        .validation_mode(gossipsub::ValidationMode::Strict)
+                        .build()
+                        .map_err(|e| e.to_string())?,
+                )?;
+                let mdns = if config.mdns {
+                    Some(mdns::tokio::Behaviour::new(mdns::Config::default(), local)?)
+                } else {
+                    None
+                };
+                Ok(Behaviour {
+                    limits: connection_limits::Behaviour::new(
+                        connection_limits::ConnectionLimits::default()
+                            .with_max_established(Some(config.max_connections))
+                            .with_max_established_per_peer(Some(config.max_connections_per_peer)),
+                    ),
+                    identify: identify::Behaviour::new(
+                        identify::Config::new("/medmesh/1.0.0".into(), key.public())
+                            .with_agent_version(options.agent.clone()),
+                    ),
+                    ping: ping::Behaviour::default(),
+                    kad,
+                    gossipsub,
+                    mdns: Toggle::from(mdns),
+                    stream: libp2p_stream::Behaviour::new(),
+                })
+            })
+            .map_err(|e| NetError::Config(format!("network behaviours: {e}")))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build();
+        for topic in [PRESENCE_TOPIC, DATASETS_TOPIC] {
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(&gossipsub::IdentTopic::new(topic))
+                .map_err(|e| NetError::Config(format!("gossipsub topic {topic}: {e}")))?;
+        }
+        let mut listeners = Vec::new();
+        for addr in &config.listen {
+            let id = swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NetError::Config(format!("cannot listen on {addr}: {e}")))?;
+            listeners.push(id);
+        }
+        let shared = Arc::new(Shared::default());
+        // Wait until every listener has its address (port 0 becomes a real port).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut pending = listeners.len();
+        while pending > 0 {
+            let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
+                .await
+                .map_err(|_| NetError::Config("listeners did not start within 10 s".into()))?;
+            match event {
+                SwarmEvent::NewListenAddr { address, .. } => {
+                    shared
+                        .listen
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(address);
+                    pending -= 1;
+                }
+                SwarmEvent::ListenerError { error, .. }
+                | SwarmEvent::ListenerClosed {
+                    reason: Err(error), ..
+                } => {
+                    return Err(NetError::Config(format!("listener failed: {error}")));
+                }
+                _ => {}
+            }
+        }
+
+        let control = swarm.behaviour().stream.new_control();
+        let scores = Arc::new(PeerScores::default());
+        let bitswap = Bitswap::new(options.store.clone(), control.clone(), scores.clone());
+        let (commands, command_rx) = mpsc::channel(64);
+        let (events, _) = broadcast::channel(256);
+        let network = Network {
+            inner: Arc::new(Inner {
+                peer_id,
+                config: config.clone(),
+                store: options.store,
+                control,
+                bitswap,
+                scores,
+                policy: options.policy,
+                institution: options.institution,
+                commands,
+                shared: shared.clone(),
+                events: events.clone(),
+            }),
+        };
+        network.inner.bitswap.serve()?;
+        fastpath::serve(
+            &mut network.inner.control.clone(),
+            network.inner.store.clone(),
+        )?;
+        replicate::serve(&network)?;
+
+        let mut driver = Driver {
+            swarm,
+            shared,
+            events,
+            dials: HashMap::new(),
+            provides: HashMap::new(),
+            finds: HashMap::new(),
+            bootstrapped: false,
+        };
+        for addr in &config.bootstrap {
+            driver.dial_bootstrap(addr.clone());
+        }
+        tokio::spawn(driver.run(command_rx));
+        tracing::info!(%peer_id, listen = ?network.listen_addrs(), "network started");
+        Ok(network)
+    }
+
+    /// This node's PeerId.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.peer_id
+    }
+
+    /// Addresses this node listens on, each ending with `/p2p/<peer id>`.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        let listen = self
+            .inner
+            .shared
+            .listen
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        listen
+            .iter()
+            .map(|a| a.clone().with_p2p(self.inner.peer_id).unwrap_or_else(|a| a))
+            .collect()
+    }
+
+    /// The peers connected now.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        let peers = self
+            .inner
+            .shared
+            .peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        peers
+            .iter()
+            .map(|(id, c)| PeerInfo {
+                peer_id: id.to_string(),
+                addresses: c.addresses.iter().map(|a| a.to_string()).collect(),
+                agent: c.agent.clone(),
+                connected_secs: c.since.elapsed().as_secs(),
+            })
+            .collect()
+    }
+
+    /// Whether a connection to `peer` is open.
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        let peers = self
+            .inner
+            .shared
+            .peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        peers.contains_key(peer)
+    }
+
+    /// Network events (gossip, connections) from now on.
+    pub fn events(&self) -> broadcast::Receiver<NetEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Penalties of misbehaving peers.
+    pub fn scores(&self) -> &PeerScores {
+        &self.inner.scores
+    }
+
+    async fn command<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .commands
+            .send(make(tx))
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Dials `addr` and returns the peer that answered.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<PeerId, NetError> {
+        self.command(|tx| Command::Dial(addr, tx)).await?
+    }
+
+    /// Announces in the DHT that this node provides `cid`.
+    pub async fn provide(&self, cid: Cid) -> Result<(), NetError> {
+        self.command(|tx| Command::Provide(cid, tx)).await?
+    }
+
+    /// Asks the DHT who provides `cid`; answers with the first providers found (and
+    /// starts dialing them), or none once the lookup ends.
+    pub async fn find_providers(&self, cid: Cid) -> Result<Vec<PeerId>, NetError> {
+        let mut providers = self.command(|tx| Command::FindProviders(cid, tx)).await?;
+        providers.retain(|p| *p != self.inner.peer_id);
+        Ok(providers)
+    }
+
+    /// Publishes `data` on a gossipsub topic.
+    pub async fn publish(&self, topic: &str, data: Vec<u8>) -> Result<(), NetError> {
+        self.command(|tx| Command::Publish(topic.to_string(), data, tx))
+            .await?
+    }
+
+    /// Closes connections to `peer`.
+    pub async fn disconnect(&self, peer: PeerId) {
+        let _ = self.inner.commands.send(Command::Disconnect(peer)).await;
+    }
+
+    /// Fetches one block by bitswap from `peers`, stores and returns it.
+    pub async fn bitswap_get(&self, cid: Cid, peers: &[PeerId]) -> Result<Vec<u8>, NetError> {
+        self.inner
+            .bitswap
+            .get(cid, peers, self.inner.config.block_timeout())
+            .await
+    }
+
+    /// Stops the swarm; streams in flight fail.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.commands.send(Command::Shutdown).await;
+    }
+}
+
+struct Driver {
+    swarm: Swarm<Behaviour>,
+    shared: Arc<Shared>,
+    events: broadcast::Sender<NetEvent>,
+    dials: HashMap<ConnectionId, oneshot::Sender<Result<PeerId, NetError>>>,
+    provides: HashMap<kad::QueryId, oneshot::Sender<Result<(), NetError>>>,
+    finds: HashMap<kad::QueryId, oneshot::Sender<Vec<PeerId>>>,
+    bootstrapped: bool,
+}
+
+fn record_key(cid: &Cid) -> kad::RecordKey {
+    // As IPFS: provider records are keyed by the multihash.
+    kad::RecordKey::new(&cid.hash().to_bytes())
+}
+
+impl Driver {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut presence = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    None | Some(Command::Shutdown) => break,
+                    Some(command) => self.command(command),
+                },
+                event = self.swarm.select_next_some() => self.event(event),
+                _ = presence.tick() => self.announce_presence(),
+            }
+        }
+        tracing::info!("network stopped");
+    }
+
+    fn dial_bootstrap(&mut self, addr: Multiaddr) {
+        if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
+            let mut transport_addr = addr.clone();
+            transport_addr.pop();
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, transport_addr);
+        }
+        if let Err(e) = self.swarm.dial(addr.clone()) {
+            tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+        }
+    }
+
+    fn announce_presence(&mut self) {
+        let listen = self.shared.listen.read().unwrap_or_else(|e| e.into_inner());
+        let message = serde_json::json!({
+            "peer_id": self.swarm.local_peer_id().to_string(),
+            "addresses": listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        });
+        drop(listen);
+        let topic = gossipsub::IdentTopic::new(PRESENCE_TOPIC);
+        // Alone on the network there is nobody to tell; that is not an error.
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic, message.to_string().into_bytes());
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Dial(addr, reply) => {
+                let opts = DialOpts::unknown_peer_id().address(addr.clone()).build();
+                let id = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        self.dials.insert(id, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NetError::Dial {
+                            addr: addr.to_string(),
+                            reason: e.to_string(),
+                        }));
+                    }
+                }
+            }
+            Command::Provide(cid, reply) => {
+                match self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .start_providing(record_key(&cid))
+                {
+                    Ok(query) => {
+                        self.provides.insert(query, reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NetError::Store(format!("provider record: {e}"))));
+                    }
+                }
+            }
+            Command::FindProviders(cid, reply) => {
+                let query = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_providers(record_key(&cid));
+                self.finds.insert(query, reply);
+            }
+            Command::Publish(topic, data, reply) => {
+                let result = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(gossipsub::IdentTopic::new(topic), data)
+                    .map(|_| ())
+                    .map_err(|e| NetError::NotFound(format!("gossip not sent: {e}")));
+                let _ = reply.send(result);
+            }
+            Command::Disconnect(peer) => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                if let Some(reply) = self.dials.remove(&connection_id) {
+                    let _ = reply.send(Ok(peer_id));
+                }
+                let mut peers = self.shared.peers.write().unwrap_or_else(|e| e.into_inner());
+                let entry = peers.entry(peer_id).or_insert_with(|| Connected {
+                    addresses: vec![endpoint.get_remote_address().clone()],
+                    agent: None,
+                    since: Instant::now(),
+                    connections: 0,
+                });
+                entry.connections += 1;
+                let first = entry.connections == 1;
+                drop(peers);
+                if first {
+                    let _ = self.events.send(NetEvent::Connected(peer_id));
+                }
+                if !self.bootstrapped {
+                    self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, .. } => {
+                let mut peers = self.shared.peers.write().unwrap_or_else(|e| e.into_inner());
+                let gone = match peers.get_mut(&peer_id) {
+                    Some(c) => {
+                        c.connections = c.connections.saturating_sub(1);
+                        c.connections == 0
+                    }
+                    None => false,
+                };
+                if gone {
+                    peers.remove(&peer_id);
+                    drop(peers);
+                    let _ = self.events.send(NetEvent::Disconnected(peer_id));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                error,
+                peer_id,
+            } => {
+                tracing::debug!(?peer_id, error = %error, "outgoing connection failed");
+                if let Some(reply) = self.dials.remove(&connection_id) {
+                    let _ = reply.send(Err(NetError::Dial {
+                        addr: peer_id.map(|p| p.to_string()).unwrap_or_default(),
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let mut listen = self
+                    .shared
+                    .listen
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner());
+                if !listen.contains(&address) {
+                    listen.push(address);
+                }
+            }
+            SwarmEvent::Behaviour(event) => self.behaviour_event(event),
+            _ => {}
+        }
+    }
+
+    fn behaviour_event(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let speaks_kad = info
+                    .protocols
+                    .iter()
+                    .any(|p| p.as_ref() == self.swarm.behaviour().kad.protocol_names()[0].as_ref());
+                if speaks_kad {
+                    for addr in &info.listen_addrs {
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer_id, addr.clone());
+                    }
+                }
+                let mut peers = self.shared.peers.write().unwrap_or_else(|e| e.into_inner());
+                if let Some(c) = peers.get_mut(&peer_id) {
+                    c.agent = Some(info.agent_version);
+                    if !info.listen_addrs.is_empty() {
+                        c.addresses = info.listen_addrs;
+                    }
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            }) => {
+                self.query_progressed(id, result, step.last);
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
+                let _ = self.events.send(NetEvent::Gossip {
+                    topic: message.topic.to_string(),
+                    from: message.source,
+                    data: message.data,
+                });
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    let _ = self.swarm.dial(
+                        DialOpts::peer_id(peer)
+                            .condition(PeerCondition::Disconnected)
+                            .addresses(vec![addr])
+                            .build(),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn query_progressed(&mut self, id: kad::QueryId, result: kad::QueryResult, last: bool) {
+        match result {
+            kad::QueryResult::StartProviding(outcome) => {
+                if let Some(reply) = self.provides.remove(&id) {
+                    if let Err(e) = &outcome {
+                        // The record is stored locally either way; peers that ask the
+                        // nodes we do reach still find us.
+                        tracing::debug!(error = ?e, "provider record reached fewer peers than wanted");
+                    }
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                providers,
+                ..
+            })) => {
+                // Dial now, while the query still knows the providers' addresses.
+                for peer in &providers {
+                    if peer != self.swarm.local_peer_id() {
+                        let _ = self.swarm.dial(
+                            DialOpts::peer_id(*peer)
+                                .condition(PeerCondition::DisconnectedAndNotDialing)
+                                .build(),
+                        );
+                    }
+                }
+                if let Some(reply) = self.finds.remove(&id) {
+                    let _ = reply.send(providers.into_iter().collect());
+                }
+            }
+            kad::QueryResult::GetProviders(_) if last => {
+                if let Some(reply) = self.finds.remove(&id) {
+                    let _ = reply.send(Vec::new());
+                }
+            }
+            kad::QueryResult::Bootstrap(_) => {}
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! Who may ask this node for what. Blocks are public ciphertext: any peer may fetch
+//! them. Holding replicas for others (disk and bandwidth) is for peers a policy admits;
+//! with a chain, that is nodes of registered institutions (`NodeRegistry`).
+
+use futures::future::BoxFuture;
+use libp2p::PeerId;
+
+/// The peer authorization hook.
+pub trait PeerPolicy: Send + Sync + 'static {
+    /// Whether `peer`, saying it acts for `institution`, may ask this node to hold a
+    /// replica. `Err` carries the reason sent back to the peer.
+    fn may_replicate<'a>(
+        &'a self,
+        peer: PeerId,
+        institution: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// Admits every peer: for a node without a chain (development, closed networks).
+pub struct OpenPolicy;
+
+impl PeerPolicy for OpenPolicy {
+    fn may_replicate<'a>(
+        &'a self,
+        _peer: PeerId,
+        _institution: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// Admits only the listed peers.
+pub struct AllowList(pub Vec<PeerId>);
+
+impl PeerPolicy for AllowList {
+    fn may_replicate<'a>(
+        &'a self,
+        peer: PeerId,
+        _institution: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        let allowed = self.0.contains(&peer);
+        Box::pin(async move {
+            if allowed {
+                Ok(())
+            } else {
+                Err(format!(
+                    "peer {peer} is not on this node's replication allow list"
+                ))
+            }
+        })
+    }
+}

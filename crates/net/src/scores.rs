@@ -1,0 +1,52 @@
+//! Penalties for peers that misbehave: a peer that sends a block whose bytes do not hash
+//! to its CID is banned from our transfers for a while, and the block is fetched
+//! elsewhere.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+
+/// How long a peer that sent a corrupt block is shunned.
+pub const BAN: Duration = Duration::from_secs(3600);
+
+/// Penalties per peer.
+#[derive(Default)]
+pub struct PeerScores {
+    peers: Mutex<HashMap<PeerId, Penalty>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Penalty {
+    corrupt_blocks: u32,
+    banned_until: Instant,
+}
+
+impl PeerScores {
+    /// Records that `peer` sent a corrupt block and bans it for [`BAN`].
+    pub fn corrupt_block(&self, peer: PeerId) {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let penalty = peers.entry(peer).or_insert(Penalty {
+            corrupt_blocks: 0,
+            banned_until: Instant::now(),
+        });
+        penalty.corrupt_blocks += 1;
+        penalty.banned_until = Instant::now() + BAN;
+        tracing::warn!(%peer, corrupt_blocks = penalty.corrupt_blocks, "peer sent a corrupt block: banned for an hour");
+    }
+
+    /// Whether `peer` is currently banned.
+    pub fn is_banned(&self, peer: &PeerId) -> bool {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers
+            .get(peer)
+            .is_some_and(|p| p.banned_until > Instant::now())
+    }
+
+    /// Corrupt blocks `peer` has sent.
+    pub fn corrupt_blocks(&self, peer: &PeerId) -> u32 {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers.get(peer).map_or(0, |p| p.corrupt_blocks)
+    }
+}

@@ -1,0 +1,125 @@
+//! Framing shared by medmesh's stream protocols and bitswap: every message is an
+//! unsigned-varint length followed by that many bytes (as in every libp2p protocol).
+
+use std::io;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use serde::{de::DeserializeOwned, Serialize};
+
+/// Largest JSON control message accepted (requests and replies are small).
+pub(crate) const MAX_CONTROL_FRAME: usize = 64 * 1024;
+
+/// Reads one frame of at most `max` bytes; `None` at a clean end of stream.
+pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> io::Result<Option<Vec<u8>>> {
+    let mut len: u64 = 0;
+    for i in 0..10 {
+        let mut byte = [0u8; 1];
+        if reader.read(&mut byte).await? == 0 {
+            if i == 0 {
+                return Ok(None);
+            }
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        len |= u64::from(byte[0] & 0x7f) << (7 * i);
+        if byte[0] & 0x80 == 0 {
+            let len = usize::try_from(len).unwrap_or(usize::MAX);
+            if len > max {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("message of {len} bytes exceeds the {max}-byte limit"),
+                ));
+            }
+            let mut buf = vec![0u8; len];
+            reader.read_exact(&mut buf).await?;
+            return Ok(Some(buf));
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidData,
+        "message length is not a valid varint",
+    ))
+}
+
+/// `len` as an unsigned varint (LEB128), as in length prefixes and CID prefixes.
+pub(crate) fn varint(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(10);
+    let mut n = len as u64;
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// Writes one frame.
+pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    bytes: &[u8],
+) -> io::Result<()> {
+    writer.write_all(&varint(bytes.len())).await?;
+    writer.write_all(bytes).await
+}
+
+/// Reads one JSON control message.
+pub(crate) async fn read_json<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    reader: &mut R,
+) -> io::Result<T> {
+    let frame = read_frame(reader, MAX_CONTROL_FRAME)
+        .await?
+        .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+    serde_json::from_slice(&frame).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Writes one JSON control message and flushes it.
+pub(crate) async fn write_json<W: AsyncWrite + Unpin, T: Serialize>(
+    writer: &mut W,
+    value: &T,
+) -> io::Result<()> {
+    let bytes = serde_json::to_vec(value).expect("control messages serialize");
+    write_frame(writer, &bytes).await?;
+    writer.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_limits_hold() {
+        for len in [0usize, 1, 127, 128, 300, 70_000] {
+            let payload = vec![7u8; len];
+            let mut buf = Vec::new();
+            write_frame(&mut buf, &payload).await.unwrap();
+            let mut reader = futures::io::Cursor::new(buf);
+            assert_eq!(
+                read_frame(&mut reader, 1 << 20).await.unwrap(),
+                Some(payload)
+            );
+            assert_eq!(read_frame(&mut reader, 1 << 20).await.unwrap(), None);
+        }
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &[1u8; 200]).await.unwrap();
+        let err = read_frame(&mut futures::io::Cursor::new(buf), 100)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("exceeds the 100-byte limit"),
+            "{err}"
+        );
+        let err = read_frame(&mut futures::io::Cursor::new(vec![0x85]), 100)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        let err = read_frame(&mut futures::io::Cursor::new(vec![0xff; 11]), 100)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("varint"), "{err}");
+    }
+}
