@@ -213,3 +213,74 @@ impl ChainLink {
         })
     }
 }
+
+impl ChainLink {
+    /// Whether this link is to the embedded dev chain (where nobody is registered unless
+    /// a test or a developer does it).
+    pub fn is_embedded(&self) -> bool {
+        self._embedded.is_some()
+    }
+
+    /// The address of the node's account (`--chain-key-file`), which peers check
+    /// against `NodeRegistry` when this node asks them to hold replicas.
+    pub fn account_address(&self) -> Option<String> {
+        self.account.as_ref().map(|a| a.address().to_string())
+    }
+
+    /// The peer policy "nodes of registered institutions" on this chain.
+    pub fn registered_institutions(&self) -> RegisteredInstitutions {
+        RegisteredInstitutions {
+            provider: self.provider.clone(),
+            registry: self.deployment.node_registry,
+        }
+    }
+}
+
+/// Admits a peer that names an institution whose node `NodeRegistry` lists with that
+/// very PeerId (Noise has proven the PeerId, the registry binds it to the institution).
+pub struct RegisteredInstitutions {
+    provider: DynProvider,
+    registry: alloy::primitives::Address,
+}
+
+impl RegisteredInstitutions {
+    async fn check(
+        &self,
+        peer: medmesh_net::PeerId,
+        institution: Option<&str>,
+    ) -> Result<(), String> {
+        let institution = institution.ok_or("the request names no institution")?;
+        let address: alloy::primitives::Address = institution
+            .parse()
+            .map_err(|_| format!("`{institution}` is not an Ethereum address"))?;
+        let registry =
+            medmesh_chain::bindings::NodeRegistry::new(self.registry, self.provider.clone());
+        let registered = registry
+            .isRegistered(address)
+            .call()
+            .await
+            .map_err(|e| format!("cannot read NodeRegistry: {e}"))?;
+        if !registered {
+            return Err(format!("{address} is not a registered institution"));
+        }
+        let node = registry
+            .nodeOf(address)
+            .call()
+            .await
+            .map_err(|e| format!("cannot read NodeRegistry: {e}"))?;
+        if node.peerId.as_ref() != peer.to_bytes().as_slice() {
+            return Err(format!("{peer} is not the node {address} registered"));
+        }
+        Ok(())
+    }
+}
+
+impl medmesh_net::PeerPolicy for RegisteredInstitutions {
+    fn may_replicate<'a>(
+        &'a self,
+        peer: medmesh_net::PeerId,
+        institution: Option<&'a str>,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        Box::pin(self.check(peer, institution))
+    }
+}

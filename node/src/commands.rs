@@ -13,6 +13,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use medmesh_core::{ContentType, PatientRef, RecordId};
 use medmesh_crypto::{Keystore, Passphrase};
+use medmesh_net::Transfer;
 use medmesh_store::{PutRequest, RecordQuery, Store, StoreError, TokenScope};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -31,8 +32,8 @@ pub struct Node {
     pub config: Config,
     /// The institution's keys and the node identity.
     pub keystore: Keystore,
-    /// Blocks and index.
-    pub store: Store,
+    /// Blocks and index (shared with the network when it runs).
+    pub store: std::sync::Arc<Store>,
 }
 
 impl Node {
@@ -44,7 +45,7 @@ impl Node {
         Ok(Self {
             config,
             keystore,
-            store,
+            store: std::sync::Arc::new(store),
         })
     }
 }
@@ -188,14 +189,61 @@ pub fn put(data_dir: &Path, source: &PassphraseSource, args: PutArgs) -> Result<
 /// `medmesh get`.
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// The record id.
+    /// The record id. Fetched from peers first if it is not stored here.
     id: String,
+    #[command(flatten)]
+    net: crate::network::NetArgs,
     /// Where to write the plaintext (`-` for standard output).
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
     /// Overwrite FILE if it exists.
     #[arg(long)]
     force: bool,
+}
+
+/// `medmesh fetch`.
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// The record id.
+    id: String,
+    #[command(flatten)]
+    net: crate::network::NetArgs,
+    /// Move blocks by bitswap instead of the fast path.
+    #[arg(long)]
+    bitswap: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Fetches a record's (encrypted) blocks from peers and indexes it here, without
+/// decrypting: a replica, or the first step of reading a record shared with us.
+pub fn fetch(data_dir: &Path, args: FetchArgs) -> Result<()> {
+    let id = parse_id(&args.id)?;
+    let node = Node::open(data_dir)?;
+    let transfer = if args.bitswap {
+        Transfer::Bitswap
+    } else {
+        Transfer::FastPath
+    };
+    let report = crate::network::fetch_for_cli(&node, id, &args.net, transfer)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "record {id}: {} of {} blocks fetched ({} bytes), {} already here; from {}",
+            report.blocks_fetched,
+            report.blocks_total,
+            report.bytes_fetched,
+            report.blocks_present,
+            if report.providers.is_empty() {
+                "-".to_string()
+            } else {
+                report.providers.join(", ")
+            }
+        );
+    }
+    Ok(())
 }
 
 pub fn get(data_dir: &Path, source: &PassphraseSource, args: GetArgs) -> Result<()> {
@@ -208,6 +256,15 @@ pub fn get(data_dir: &Path, source: &PassphraseSource, args: GetArgs) -> Result<
         );
     }
     let node = Node::open(data_dir)?;
+    if !node.store.has_record(&id)? {
+        let report = crate::network::fetch_for_cli(&node, id, &args.net, Transfer::FastPath)?;
+        eprintln!(
+            "fetched {} blocks ({} bytes) from {}",
+            report.blocks_fetched,
+            report.bytes_fetched,
+            report.providers.join(", ")
+        );
+    }
     let meta = node.store.meta(&id)?;
     let mut decryptor = node
         .keystore
@@ -255,7 +312,7 @@ fn partial_path(output: &Path) -> PathBuf {
     output.with_file_name(format!(".{name}.medmesh-partial"))
 }
 
-fn progress_bar(total: Option<u64>, what: &'static str) -> ProgressBar {
+pub(crate) fn progress_bar(total: Option<u64>, what: &'static str) -> ProgressBar {
     let show = io::stderr().is_terminal() && total.is_none_or(|t| t >= PROGRESS_THRESHOLD);
     if !show {
         return ProgressBar::hidden();

@@ -22,6 +22,9 @@ pub struct Config {
     /// HTTP API settings.
     #[serde(default)]
     pub api: ApiSection,
+    /// Peer-to-peer settings.
+    #[serde(default)]
+    pub net: medmesh_net::NetConfig,
 }
 
 /// `[api]` settings.
@@ -111,6 +114,21 @@ chunk_size = {DEFAULT_CHUNK_SIZE}
 # at /docs). Loopback only by default; a public address needs --allow-public and a TLS
 # reverse proxy in front, since the node does not terminate TLS itself.
 listen = "127.0.0.1:8420"
+
+[net]
+# Peer-to-peer addresses (TCP and QUIC). Loopback by default; other institutions reach
+# this node on e.g. "/ip4/0.0.0.0/tcp/4001" and "/ip4/0.0.0.0/udp/4001/quic-v1".
+listen = ["/ip4/127.0.0.1/tcp/4001", "/ip4/127.0.0.1/udp/4001/quic-v1"]
+# Peers dialed at start: "/ip4/ADDRESS/tcp/PORT/p2p/PEER_ID".
+bootstrap = []
+# Find peers on the local network by mDNS.
+mdns = false
+# Connection limits.
+max_connections = 256
+max_connections_per_peer = 4
+# Seconds between checks that replicated records still have their copies (and between
+# re-announcements of stored records in the DHT).
+repair_interval_secs = 300
 "#
         )
     }

@@ -6,6 +6,7 @@
 mod chain;
 mod commands;
 mod config;
+mod network;
 mod passphrase;
 mod serve;
 
@@ -51,6 +52,8 @@ enum Command {
     Put(commands::PutArgs),
     /// Decrypt a record into a file (or `-o -` for stdout).
     Get(commands::GetArgs),
+    /// Fetch a record's encrypted blocks from peers into this store (no decryption).
+    Fetch(commands::FetchArgs),
     /// List records, oldest first.
     Ls(commands::LsArgs),
     /// Show a record's metadata and manifest summary.
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Node(args) => serve::run(&cli.data_dir, &passphrase, args),
+        Command::Fetch(args) => commands::fetch(&cli.data_dir, args),
         Command::Init { institution } => commands::init(&cli.data_dir, &institution, &passphrase),
         Command::Put(args) => commands::put(&cli.data_dir, &passphrase, args),
         Command::Get(args) => commands::get(&cli.data_dir, &passphrase, args),

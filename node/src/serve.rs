@@ -51,6 +51,11 @@ pub struct NodeArgs {
     /// Run without any chain: no consent checks, no key release.
     #[arg(long, conflicts_with_all = ["chain_rpc", "chain_deployment"])]
     no_chain: bool,
+    #[command(flatten)]
+    net: crate::network::NetArgs,
+    /// Run without the peer-to-peer network (records stay on this node).
+    #[arg(long)]
+    no_network: bool,
     /// Institution name, used only when the data dir is created on first run.
     #[arg(long, default_value = "medmesh institution")]
     institution: String,
@@ -84,7 +89,8 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
     };
     drop(passphrase);
     let peer_id = node.keystore.node_identity()?.peer_id();
-    let store = Arc::new(node.store);
+    let store = node.store.clone();
+    let net_config = node.config.net.clone();
     if store.list_tokens()?.is_empty() {
         let (_, secret) = store.create_token("first admin", TokenScope::Admin, CLI_ACTOR)?;
         println!(
@@ -123,10 +129,38 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        let mut policy: Arc<dyn medmesh_net::PeerPolicy> = Arc::new(medmesh_net::OpenPolicy);
+        let mut policy_text = "any peer (no external chain)";
+        let mut account = None;
         if let Some(chain) = chain::open(chain_source, data_dir).await? {
-            let services = chain.services(store, certificate, decryptor).await?;
+            account = chain.account_address();
+            if !chain.is_embedded() {
+                // On a shared chain only registered institutions' nodes may ask this
+                // node to hold replicas; the embedded dev chain has no registrations.
+                policy = Arc::new(chain.registered_institutions());
+                policy_text = "nodes of institutions registered in NodeRegistry";
+            }
+            let services = chain
+                .services(store.clone(), certificate, decryptor)
+                .await?;
             state.enable_chain(services);
         }
+        let network = if args.no_network {
+            None
+        } else {
+            let config = args.net.apply(net_config);
+            let network =
+                crate::network::start(&node, store.clone(), config.clone(), policy, account)
+                    .await?;
+            crate::network::announce_records(
+                network.clone(),
+                store.clone(),
+                config.repair_interval(),
+            );
+            network.spawn_repair(store.clone());
+            state.enable_network(network.clone());
+            Some(network)
+        };
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen} (is another node running?)"))?;
@@ -136,6 +170,15 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
             node.config.institution
         );
         println!("  node peer id: {peer_id}");
+        match &network {
+            Some(network) => {
+                for addr in network.listen_addrs() {
+                    println!("  p2p:          {addr}");
+                }
+                println!("  replicas for: {policy_text}");
+            }
+            None => println!("  p2p:          off (--no-network)"),
+        }
         println!("  HTTP API:     http://{listen}  (docs: http://{listen}/docs)");
         println!("stop with Ctrl-C");
         medmesh_api::serve(listener, state, shutdown_signal())

@@ -526,6 +526,8 @@ fn node_runs_on_embedded_defaults() {
             &format!("127.0.0.1:{api}"),
             "--dev-chain-listen",
             &format!("127.0.0.1:{chain}"),
+            "--p2p-listen",
+            "/ip4/127.0.0.1/tcp/0",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

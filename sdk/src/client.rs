@@ -7,9 +7,11 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use medmesh_api::{
     AuditPage, AuditVerification, ChainInfo, ChallengeResponse, CheckResult, ConsentLinkRequest,
-    ConsentLinkResponse, CreatedToken, GcResult, GrantEntry, Health, KeyRequestBody, KeyResponse,
-    NonceResponse, Problem, RecordEntry, RecordInfo, RecordPage, RelayResponse, Removed,
-    SessionResponse, SignInRequest, SignedGrant, SignedRevocation, TokenRequest, TokenView, WhoAmI,
+    ConsentLinkResponse, CreatedToken, DialRequest, Dialed, FetchReport, FetchRequest, GcResult,
+    GrantEntry, Health, KeyRequestBody, KeyResponse, NetworkStatus, NonceResponse, Problem,
+    RecordEntry, RecordInfo, RecordPage, RelayResponse, Removed, ReplicationRequest,
+    ReplicationStatus, SessionResponse, SignInRequest, SignedGrant, SignedRevocation, TokenRequest,
+    TokenView, Transfer, WhoAmI,
 };
 use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
@@ -451,6 +453,60 @@ impl Client {
     /// `POST /v1/admin/check`: the store's consistency check.
     pub async fn check(&self) -> Result<CheckResult, Error> {
         Self::json(self.request(Method::POST, "/v1/admin/check")).await
+    }
+
+    /// `GET /v1/network`: this node's PeerId, addresses and peers.
+    pub async fn network(&self) -> Result<NetworkStatus, Error> {
+        Self::json(self.request(Method::GET, "/v1/network")).await
+    }
+
+    /// `POST /v1/network/dial` (admin).
+    pub async fn dial(&self, address: &str) -> Result<Dialed, Error> {
+        let body = DialRequest {
+            address: address.to_string(),
+        };
+        Self::json(self.request(Method::POST, "/v1/network/dial").json(&body)).await
+    }
+
+    /// `POST /v1/records/{id}/fetch`: fetch a record from peers into the node.
+    pub async fn fetch_record(
+        &self,
+        id: &str,
+        providers: &[String],
+        transfer: Transfer,
+    ) -> Result<FetchReport, Error> {
+        let body = FetchRequest {
+            providers: providers.to_vec(),
+            transfer,
+        };
+        Self::json(
+            self.request(Method::POST, &format!("/v1/records/{id}/fetch"))
+                .json(&body),
+        )
+        .await
+    }
+
+    /// `GET /v1/records/{id}/replication`.
+    pub async fn replication(&self, id: &str) -> Result<ReplicationStatus, Error> {
+        Self::json(self.request(Method::GET, &format!("/v1/records/{id}/replication"))).await
+    }
+
+    /// `PUT /v1/records/{id}/replication`: keep `copies` replicas among `candidates`.
+    pub async fn replicate(
+        &self,
+        id: &str,
+        copies: u32,
+        candidates: &[String],
+    ) -> Result<ReplicationStatus, Error> {
+        let body = ReplicationRequest {
+            copies,
+            candidates: candidates.to_vec(),
+        };
+        Self::json(
+            self.request(Method::PUT, &format!("/v1/records/{id}/replication"))
+                .json(&body),
+        )
+        .await
     }
 
     /// `POST /v1/admin/gc`.

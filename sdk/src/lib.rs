@@ -24,7 +24,7 @@ pub use client::{Client, SearchQuery, UploadOptions};
 pub use error::Error;
 pub use medmesh_api::{
     AuditPage, AuditVerification, ChainInfo, CheckResult, ConsentLinkResponse, CreatedToken,
-    GcResult, GrantEntry, Health, KeyResponse, NonceResponse, Problem, RecordEntry, RecordInfo,
-    RecordPage, RelayResponse, Removed, SessionResponse, SignedGrant, SignedRevocation, TokenView,
-    WhoAmI,
+    Dialed, FetchReport, GcResult, GrantEntry, Health, KeyResponse, NetworkStatus, NonceResponse,
+    PeerInfo, Problem, RecordEntry, RecordInfo, RecordPage, RelayResponse, Removed, ReplicaOutcome,
+    ReplicationStatus, SessionResponse, SignedGrant, SignedRevocation, TokenView, Transfer, WhoAmI,
 };

@@ -63,6 +63,16 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not-found", detail)
     }
 
+    /// 502: a peer this request depended on failed.
+    pub fn bad_gateway(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "peer-failed", detail)
+    }
+
+    /// 503: a service this node runs without.
+    pub fn unavailable(slug: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, slug, detail)
+    }
+
     /// 413: the body is larger than allowed.
     pub fn too_large(limit: u64) -> Self {
         Self::new(

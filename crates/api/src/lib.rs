@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 
 pub use auth::Principal;
 pub use error::{ApiError, Problem};
+pub use medmesh_net::{FetchReport, PeerInfo, ReplicaOutcome, Transfer};
 pub use openapi::document_json;
 pub use routes::access::{
     ChallengeResponse, ConsentLinkRequest, ConsentLinkResponse, KeyRequestBody, KeyResponse,
@@ -37,6 +38,9 @@ pub use routes::access::{
 pub use routes::audit::{AuditEntryView, AuditPage, AuditVerification};
 pub use routes::auth::{NonceResponse, SessionResponse, SignInRequest, WhoAmI};
 pub use routes::grants::{ChainInfo, GrantEntry, RelayResponse, SignedGrant, SignedRevocation};
+pub use routes::network::{
+    DialRequest, Dialed, FetchRequest, NetworkStatus, ReplicationRequest, ReplicationStatus,
+};
 pub use routes::records::{RecordEntry, RecordInfo, RecordPage, Removed};
 pub use routes::system::{CheckResult, CreatedToken, GcResult, Health, TokenRequest, TokenView};
 pub use state::{ApiConfig, AppState, ChainServices, NodeKeys};
@@ -62,6 +66,14 @@ pub fn router(state: AppState) -> Router {
             bounded(get(records::info).merge(delete(records::remove))),
         )
         .route("/v1/records/{id}/content", get(records::download))
+        // A fetch can move gigabytes: no 30 s limit.
+        .route("/v1/records/{id}/fetch", post(routes::network::fetch))
+        .route(
+            "/v1/records/{id}/replication",
+            get(routes::network::replication).put(routes::network::replicate),
+        )
+        .route("/v1/network", bounded(get(routes::network::status)))
+        .route("/v1/network/dial", bounded(post(routes::network::dial)))
         .route("/v1/records/{id}/consent-link", bounded(put(access::link)))
         .route("/v1/records/{id}/key", bounded(post(access::request_key)))
         .route("/v1/access/challenge", bounded(post(access::challenge)))

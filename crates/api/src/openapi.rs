@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{access, audit, auth, grants, records, system};
+use crate::routes::{access, audit, auth, grants, network, records, system};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -40,6 +40,11 @@ use crate::routes::{access, audit, auth, grants, records, system};
         system::create_token,
         system::list_tokens,
         system::revoke_token,
+        network::status,
+        network::dial,
+        network::fetch,
+        network::replication,
+        network::replicate,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -50,6 +55,7 @@ use crate::routes::{access, audit, auth, grants, records, system};
         (name = "audit", description = "The hash-chained audit log"),
         (name = "auth", description = "Sign-In with Ethereum (EIP-4361) and identity"),
         (name = "admin", description = "Operator administration (admin tokens)"),
+        (name = "network", description = "Peers, fetching records from them, replicas"),
         (name = "system", description = "Health and metrics"),
     )
 )]

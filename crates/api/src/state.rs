@@ -94,6 +94,7 @@ pub(crate) struct Inner {
     pub metrics: Metrics,
     pub started: Instant,
     pub chain: std::sync::OnceLock<ChainServices>,
+    pub network: std::sync::OnceLock<medmesh_net::Network>,
 }
 
 impl AppState {
@@ -110,6 +111,7 @@ impl AppState {
                 metrics: Metrics::default(),
                 started: Instant::now(),
                 chain: std::sync::OnceLock::new(),
+                network: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -118,6 +120,17 @@ impl AppState {
     /// calls keep the first and return `false`.
     pub fn enable_chain(&self, services: ChainServices) -> bool {
         self.inner.chain.set(services).is_ok()
+    }
+
+    /// Connects the API to the peer-to-peer network: fetching records from peers,
+    /// replication, and announcing new records. Set once, like [`AppState::enable_chain`].
+    pub fn enable_network(&self, network: medmesh_net::Network) -> bool {
+        self.inner.network.set(network).is_ok()
+    }
+
+    /// The network, if enabled.
+    pub fn network(&self) -> Option<&medmesh_net::Network> {
+        self.inner.network.get()
     }
 
     /// The store.

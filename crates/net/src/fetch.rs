@@ -18,6 +18,7 @@ use crate::{NetError, Network};
 /// How blocks move.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Transfer {
     /// medmesh's streaming protocol (default).
     #[default]
@@ -48,13 +49,14 @@ impl Default for FetchOptions {
             transfer: Transfer::FastPath,
             parallel: 4,
             batch: 64,
-            find_timeout: Duration::from_secs(20),
+            find_timeout: Duration::from_secs(10),
         }
     }
 }
 
 /// What a fetch did.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FetchReport {
     /// The record.
     pub record: String,
@@ -73,6 +75,9 @@ pub struct FetchReport {
     /// Whether the record entered the index now (false if it was there already).
     pub imported: bool,
 }
+
+/// Pause between DHT lookups while no provider is known.
+const LOOKUP_RETRY: Duration = Duration::from_millis(500);
 
 /// Called with the bytes of each block as it is stored.
 pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
@@ -168,22 +173,25 @@ impl Network {
     /// Given providers first, then those the DHT names; never ourselves or banned
     /// peers.
     async fn candidates(&self, root: &RecordId, options: &FetchOptions) -> Vec<PeerId> {
-        let found = match tokio::time::timeout(
-            options.find_timeout,
-            self.find_providers(*root.cid()),
-        )
-        .await
-        {
-            Ok(Ok(found)) => found,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "provider lookup failed");
-                Vec::new()
+        // A record announced a moment ago may not have reached the DHT nodes we ask:
+        // look again until the timeout while nobody is known.
+        let deadline = tokio::time::Instant::now() + options.find_timeout;
+        let mut found = Vec::new();
+        loop {
+            match tokio::time::timeout_at(deadline, self.find_providers(*root.cid())).await {
+                Ok(Ok(peers)) => found = peers,
+                Ok(Err(e)) => tracing::debug!(error = %e, "provider lookup failed"),
+                Err(_) => tracing::debug!(record = %root, "provider lookup timed out"),
             }
-            Err(_) => {
-                tracing::debug!(record = %root, "provider lookup timed out");
-                Vec::new()
+            let usable = found
+                .iter()
+                .chain(&options.providers)
+                .any(|p| !self.inner.scores.is_banned(p));
+            if usable || tokio::time::Instant::now() + LOOKUP_RETRY >= deadline {
+                break;
             }
-        };
+            tokio::time::sleep(LOOKUP_RETRY).await;
+        }
         let mut out: Vec<PeerId> = Vec::new();
         for p in options.providers.iter().chain(found.iter()) {
             if *p != self.inner.peer_id && !self.inner.scores.is_banned(p) && !out.contains(p) {

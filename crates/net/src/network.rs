@@ -18,7 +18,7 @@ use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm,
 };
 use medmesh_core::Cid;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::bitswap::Bitswap;
@@ -44,7 +44,8 @@ struct Behaviour {
 }
 
 /// A connected peer, as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PeerInfo {
     /// Its PeerId.
     pub peer_id: String,

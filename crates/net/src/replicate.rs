@@ -39,7 +39,8 @@ struct Reply {
 }
 
 /// The outcome of asking one peer to hold a replica.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReplicaOutcome {
     /// The peer asked.
     pub peer: String,

@@ -22,13 +22,19 @@ struct Node {
 fn config(bootstrap: &[&Node]) -> NetConfig {
     NetConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap: bootstrap.iter().map(|n| n.net.listen_addrs()[0].clone()).collect(),
+        bootstrap: bootstrap
+            .iter()
+            .map(|n| n.net.listen_addrs()[0].clone())
+            .collect(),
         block_timeout_secs: 5,
         ..NetConfig::default()
     }
 }
 
-async fn start_with(bootstrap: &[&Node], serve: impl FnOnce(Arc<Store>) -> Arc<dyn Blockstore>) -> Node {
+async fn start_with(
+    bootstrap: &[&Node],
+    serve: impl FnOnce(Arc<Store>) -> Arc<dyn Blockstore>,
+) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
     let net = Network::start(NetworkOptions {
@@ -41,7 +47,11 @@ async fn start_with(bootstrap: &[&Node], serve: impl FnOnce(Arc<Store>) -> Arc<d
     })
     .await
     .unwrap();
-    Node { _dir: dir, store, net }
+    Node {
+        _dir: dir,
+        store,
+        net,
+    }
 }
 
 async fn start(bootstrap: &[&Node]) -> Node {
@@ -54,7 +64,13 @@ fn rand_seed() -> [u8; 32] {
     let n = N.fetch_add(1, Ordering::Relaxed) ^ u64::from(std::process::id()) << 20;
     let mut seed = [0u8; 32];
     seed[..8].copy_from_slice(&n.to_le_bytes());
-    seed[8..16].copy_from_slice(&(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64).to_le_bytes());
+    seed[8..16].copy_from_slice(
+        &(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64)
+            .to_le_bytes(),
+    );
     seed
 }
 
@@ -68,7 +84,14 @@ fn put(store: &Store, bytes: &[u8]) -> RecordId {
         actor: "test".into(),
     };
     store
-        .put_record(&mut &bytes[..], &request, &signer, &secret.certificate().unwrap(), &[], &|_| {})
+        .put_record(
+            &mut &bytes[..],
+            &request,
+            &signer,
+            &secret.certificate().unwrap(),
+            &[],
+            &|_| {},
+        )
         .unwrap()
 }
 
@@ -80,7 +103,11 @@ fn blocks_of(store: &Store, id: &RecordId) -> Vec<Cid> {
 
 fn same_blocks(a: &Store, b: &Store, id: &RecordId) {
     for cid in blocks_of(a, id) {
-        assert_eq!(a.blocks().get(&cid).unwrap(), b.blocks().get(&cid).unwrap(), "block {cid}");
+        assert_eq!(
+            a.blocks().get(&cid).unwrap(),
+            b.blocks().get(&cid).unwrap(),
+            "block {cid}"
+        );
     }
     assert!(b.has_record(id).unwrap(), "record {id} was not indexed");
 }
@@ -107,7 +134,11 @@ async fn fast_path_and_bitswap_move_a_record_and_resume() {
         providers: vec![a.net.peer_id()],
         ..FetchOptions::default()
     };
-    let report = b.net.fetch_record(id, options.clone(), Arc::new(|_| {})).await.unwrap();
+    let report = b
+        .net
+        .fetch_record(id, options.clone(), Arc::new(|_| {}))
+        .await
+        .unwrap();
     assert!(report.imported);
     assert_eq!(report.blocks_fetched, report.blocks_total);
     same_blocks(&a.store, &b.store, &id);
@@ -120,9 +151,16 @@ async fn fast_path_and_bitswap_move_a_record_and_resume() {
         assert!(!b.store.blocks().has(cid) || b.store.blocks().remove(cid).is_ok());
     }
     for cid in &kept[10..] {
-        b.store.blocks().put(cid, &a.store.blocks().get(cid).unwrap()).unwrap();
+        b.store
+            .blocks()
+            .put(cid, &a.store.blocks().get(cid).unwrap())
+            .unwrap();
     }
-    let report = b.net.fetch_record(id, options.clone(), Arc::new(|_| {})).await.unwrap();
+    let report = b
+        .net
+        .fetch_record(id, options.clone(), Arc::new(|_| {}))
+        .await
+        .unwrap();
     assert_eq!(report.blocks_fetched, 10, "{report:?}");
     assert_eq!(report.blocks_present, report.blocks_total - 10);
     assert!(chunks.len() > 40);
@@ -133,7 +171,14 @@ async fn fast_path_and_bitswap_move_a_record_and_resume() {
     wait_connected(&c, a.net.peer_id()).await;
     let report = c
         .net
-        .fetch_record(id, FetchOptions { transfer: Transfer::Bitswap, ..options }, Arc::new(|_| {}))
+        .fetch_record(
+            id,
+            FetchOptions {
+                transfer: Transfer::Bitswap,
+                ..options
+            },
+            Arc::new(|_| {}),
+        )
         .await
         .unwrap();
     assert_eq!(report.blocks_fetched, report.blocks_total);
@@ -146,7 +191,15 @@ async fn fast_path_and_bitswap_move_a_record_and_resume() {
     };
     let err = b
         .net
-        .fetch_record(missing, FetchOptions { providers: vec![a.net.peer_id()], find_timeout: Duration::from_secs(2), ..FetchOptions::default() }, Arc::new(|_| {}))
+        .fetch_record(
+            missing,
+            FetchOptions {
+                providers: vec![a.net.peer_id()],
+                find_timeout: Duration::from_secs(2),
+                ..FetchOptions::default()
+            },
+            Arc::new(|_| {}),
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("not stored here"), "{err}");
@@ -184,7 +237,10 @@ async fn a_corrupt_provider_is_banned_and_the_record_comes_from_another() {
     let id = put(&honest.store, &noise(2 * 1024 * 1024, 2));
     // The liar holds the same blocks (and lies about them).
     for cid in blocks_of(&honest.store, &id) {
-        liar.store.blocks().put(&cid, &honest.store.blocks().get(&cid).unwrap()).unwrap();
+        liar.store
+            .blocks()
+            .put(&cid, &honest.store.blocks().get(&cid).unwrap())
+            .unwrap();
     }
     let fetcher = start(&[&honest, &liar]).await;
     wait_connected(&fetcher, honest.net.peer_id()).await;
@@ -219,7 +275,11 @@ async fn providers_are_found_through_the_dht_and_replicas_are_repaired() {
     let id = put(&a.store, &noise(300_000, 3));
     a.net.provide(*id.cid()).await.unwrap();
     // C knows only B; the DHT names A.
-    let report = c.net.fetch_record(id, FetchOptions::default(), Arc::new(|_| {})).await.unwrap();
+    let report = c
+        .net
+        .fetch_record(id, FetchOptions::default(), Arc::new(|_| {}))
+        .await
+        .unwrap();
     assert_eq!(report.providers, vec![a.net.peer_id().to_string()]);
     same_blocks(&a.store, &c.store, &id);
 
@@ -233,7 +293,10 @@ async fn providers_are_found_through_the_dht_and_replicas_are_repaired() {
     let outcomes = a.net.replicate(&a.store, &id, &replication).await.unwrap();
     assert!(outcomes[0].ok, "{outcomes:?}");
     same_blocks(&a.store, &b.store, &id);
-    assert_eq!(a.store.replication(&id).unwrap().unwrap().holders, vec![b.net.peer_id().to_string()]);
+    assert_eq!(
+        a.store.replication(&id).unwrap().unwrap().holders,
+        vec![b.net.peer_id().to_string()]
+    );
     b.store.remove_record(&id, "test").unwrap();
     assert!(!b.store.has_record(&id).unwrap());
     assert_eq!(a.net.repair(&a.store).await.unwrap(), 0);

@@ -4,6 +4,7 @@ pub mod access;
 pub mod audit;
 pub mod auth;
 pub mod grants;
+pub mod network;
 pub mod records;
 pub mod system;
 

@@ -224,6 +224,14 @@ pub async fn upload(
     let (forwarded, ingested) = tokio::join!(forward, ingest);
     forwarded?;
     let (id, meta) = ingested?;
+    if let Some(net) = state.network().cloned() {
+        // Announce the new record in the background; the upload does not wait on peers.
+        tokio::spawn(async move {
+            if let Err(e) = net.provide(*id.cid()).await {
+                tracing::debug!(record = %id, error = %e, "provider announcement failed");
+            }
+        });
+    }
     Ok((StatusCode::CREATED, axum::Json(RecordEntry { id, meta })))
 }
 
@@ -306,6 +314,7 @@ pub async fn download(
     principal
         .require(&state, TokenScope::Read, &id.to_string())
         .await?;
+    super::network::ensure_local(&state, &id).await?;
     let (ready_tx, ready_rx) = oneshot::channel::<Result<RecordMeta, ApiError>>();
     let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(4);
     let store = state.store().clone();

@@ -1,0 +1,140 @@
+//! The node's side of the peer-to-peer network: starting it from `[net]` settings and
+//! command-line overrides, announcing stored records, and fetching records for the CLI.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use medmesh_core::RecordId;
+use medmesh_net::{
+    FetchOptions, FetchReport, Multiaddr, NetConfig, Network, NetworkOptions, OpenPolicy,
+    PeerPolicy, Transfer,
+};
+use medmesh_store::{RecordQuery, Store};
+
+use crate::commands::Node;
+
+/// Network flags shared by `medmesh node`, `get` and `fetch`.
+#[derive(Debug, Clone, Args)]
+pub struct NetArgs {
+    /// Peer-to-peer listen address (repeatable; default: `net.listen` of medmesh.toml,
+    /// TCP and QUIC on 127.0.0.1:4001).
+    #[arg(long = "p2p-listen", id = "p2p_listen", value_name = "MULTIADDR")]
+    pub listen: Vec<Multiaddr>,
+    /// A peer to dial at start, `/ip4/…/tcp/…/p2p/12D3KooW…` (repeatable; added to
+    /// `net.bootstrap`).
+    #[arg(long = "peer", value_name = "MULTIADDR")]
+    pub peers: Vec<Multiaddr>,
+    /// Find peers on the local network by mDNS.
+    #[arg(long)]
+    pub mdns: bool,
+}
+
+impl NetArgs {
+    /// The `[net]` settings with these flags applied.
+    pub fn apply(&self, mut config: NetConfig) -> NetConfig {
+        if !self.listen.is_empty() {
+            config.listen = self.listen.clone();
+        }
+        config.bootstrap.extend(self.peers.iter().cloned());
+        config.mdns |= self.mdns;
+        config
+    }
+}
+
+/// Starts the network for `node` over `store`.
+pub async fn start(
+    node: &Node,
+    store: Arc<Store>,
+    config: NetConfig,
+    policy: Arc<dyn PeerPolicy>,
+    institution: Option<String>,
+) -> Result<Network> {
+    let identity = node.keystore.node_identity()?;
+    Network::start(NetworkOptions {
+        config,
+        identity_seed: *identity.seed(),
+        store,
+        policy,
+        institution,
+        agent: format!("medmesh/{}", env!("CARGO_PKG_VERSION")),
+    })
+    .await
+    .context("starting the peer-to-peer network")
+}
+
+/// Announces every stored record in the DHT, once now and again every
+/// `repair_interval` (provider records expire), in the background.
+pub fn announce_records(network: Network, store: Arc<Store>, every: Duration) {
+    tokio::spawn(async move {
+        loop {
+            let listed = {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.list(&RecordQuery::default())).await
+            };
+            match listed {
+                Ok(Ok(records)) => {
+                    for (id, _) in records {
+                        if let Err(e) = network.provide(*id.cid()).await {
+                            tracing::debug!(record = %id, error = %e, "announcement failed");
+                        }
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot list records to announce"),
+                Err(_) => return,
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
+}
+
+/// Fetches record `id` into `node`'s store from the network (the CLI's own short-lived
+/// network instance: the node is not running, since it would hold the store).
+pub fn fetch_for_cli(
+    node: &Node,
+    id: RecordId,
+    args: &NetArgs,
+    transfer: Transfer,
+) -> Result<FetchReport> {
+    let mut config = args.apply(node.config.net.clone());
+    // The CLI only dials out: an ephemeral port keeps it clear of a node's.
+    config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")];
+    if config.bootstrap.is_empty() {
+        anyhow::bail!(
+            "record {id} is not stored here and no peer is known to fetch it from: \
+             pass --peer /ip4/…/tcp/…/p2p/<peer id> or set net.bootstrap in medmesh.toml"
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let store = node.store.clone();
+    runtime.block_on(async {
+        let network = start(node, store, config.clone(), Arc::new(OpenPolicy), None).await?;
+        // Providers given on the command line are asked directly; the DHT adds others.
+        let mut providers = Vec::new();
+        for addr in &config.bootstrap {
+            match tokio::time::timeout(Duration::from_secs(10), network.dial(addr.clone())).await {
+                Ok(Ok(peer)) => providers.push(peer),
+                Ok(Err(e)) => eprintln!("warning: {e}"),
+                Err(_) => eprintln!("warning: {addr} did not answer within 10 s"),
+            }
+        }
+        let bar = crate::commands::progress_bar(None, "fetching");
+        let progress = {
+            let bar = bar.clone();
+            Arc::new(move |n: u64| bar.inc(n))
+        };
+        let options = FetchOptions {
+            providers,
+            transfer,
+            ..FetchOptions::default()
+        };
+        let report = network.fetch_record(id, options, progress).await;
+        bar.finish_and_clear();
+        network.shutdown().await;
+        Ok(report?)
+    })
+}

@@ -1,0 +1,321 @@
+//! `medmesh node` processes forming a network on 127.0.0.1: discovery through the DHT,
+//! fetching by CID, replication surviving the owner's stop, a 1 GiB record moved and
+//! verified, and a node killed mid-transfer resuming after restart.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use medmesh_sdk::{Client, Transfer};
+use medmesh_testkit::{files_under, noise};
+
+const PASSPHRASE: &str = "network test passphrase";
+
+/// A `medmesh node` process with its data dir; killed when dropped.
+struct Proc {
+    dir: PathBuf,
+    api: u16,
+    p2p: u16,
+    token: String,
+    peer_id: String,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn medmesh(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_medmesh"));
+    cmd.arg("--data-dir")
+        .arg(dir)
+        .env("MEDMESH_PASSPHRASE", PASSPHRASE)
+        .env_remove("MEDMESH_PASSPHRASE_FILE")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    cmd
+}
+
+impl Proc {
+    /// A new node (keys of its own) in `base/name`, dialing `peers` at start.
+    fn start(base: &Path, name: &str, peers: &[&Proc]) -> Self {
+        let dir = base.join(name);
+        let out = medmesh(&dir)
+            .args(["init", "--institution", "Test Hospital"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut node = Proc {
+            dir,
+            api: free_port(),
+            p2p: free_port(),
+            token: String::new(),
+            peer_id: String::new(),
+            child: None,
+        };
+        let peers: Vec<String> = peers.iter().map(|p| p.addr()).collect();
+        node.run(&peers);
+        node
+    }
+
+    fn addr(&self) -> String {
+        format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", self.p2p, self.peer_id)
+    }
+
+    /// Starts (or restarts) the process and waits until it serves.
+    fn run(&mut self, peers: &[String]) {
+        let mut cmd = medmesh(&self.dir);
+        cmd.args([
+            "node",
+            "--no-chain",
+            "--listen",
+            &format!("127.0.0.1:{}", self.api),
+            "--p2p-listen",
+            &format!("/ip4/127.0.0.1/tcp/{}", self.p2p),
+        ]);
+        for p in peers {
+            cmd.args(["--peer", p]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "node did not start");
+            let mut line = String::new();
+            assert!(
+                stdout.read_line(&mut line).unwrap() > 0,
+                "node exited during start"
+            );
+            if let Some(t) = line.split_whitespace().find(|w| w.starts_with("mm_")) {
+                self.token = t.to_string();
+            }
+            if let Some(id) = line.trim().strip_prefix("node peer id: ") {
+                self.peer_id = id.to_string();
+            }
+            if line.contains("stop with Ctrl-C") {
+                break;
+            }
+        }
+        // Keep draining stdout so the node never blocks on a full pipe.
+        std::thread::spawn(move || for _ in stdout.lines() {});
+        self.child = Some(child);
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&format!("http://127.0.0.1:{}", self.api))
+            .unwrap()
+            .with_token(self.token.clone())
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn block_files(&self) -> usize {
+        files_under(&self.dir.join("store/blocks")).len()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Gives `node` the institution keys of `owner`: two sites of one hospital, so the
+/// second can decrypt what it fetches.
+fn share_institution_keys(owner: &Proc, node: &Proc) {
+    for file in ["institution.pgp", "institution.cert.asc"] {
+        std::fs::copy(
+            owner.dir.join("keys").join(file),
+            node.dir.join("keys").join(file),
+        )
+        .unwrap();
+    }
+}
+
+async fn wait_for_peers(node: &Proc, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.client().network().await.unwrap().peers.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "node on {} never saw {n} peers",
+            node.api
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_find_fetch_and_outlive_the_owner() {
+    let base = tempfile::tempdir().unwrap();
+    let mut a = Proc::start(base.path(), "a", &[]);
+    let b = Proc::start(base.path(), "b", &[&a]);
+    let mut c = Proc::start(base.path(), "c", &[]);
+    c.kill();
+    share_institution_keys(&a, &c);
+    c.run(&[b.addr()]); // C knows only B
+    wait_for_peers(&b, 2).await;
+
+    let data = noise(5 * 1024 * 1024 + 3, 11);
+    let record = a
+        .client()
+        .upload(data.clone(), Default::default())
+        .await
+        .unwrap();
+    let id = record.id.to_string();
+
+    // C finds A through the DHT (via B) and fetches the record by its CID.
+    let report = c
+        .client()
+        .fetch_record(&id, &[], Transfer::FastPath)
+        .await
+        .unwrap();
+    assert_eq!(report.providers, vec![a.peer_id.clone()], "{report:?}");
+    assert_eq!(report.blocks_fetched, report.blocks_total);
+    assert_eq!(c.client().download(&id).await.unwrap(), data);
+
+    // A places a replica on B, then stops; C lost its copy and gets it from B.
+    let status = a
+        .client()
+        .replicate(&id, 1, std::slice::from_ref(&b.peer_id))
+        .await
+        .unwrap();
+    assert_eq!(status.holders, vec![b.peer_id.clone()], "{status:?}");
+    assert!(status.outcomes[0].ok);
+    assert_eq!(b.client().replication(&id).await.unwrap().copies, 0);
+    a.kill();
+    c.client().delete(&id).await.unwrap();
+    // A plain download fetches what is missing first.
+    assert_eq!(c.client().download(&id).await.unwrap(), data);
+    let audit = c.client().audit(0, 1000).await.unwrap();
+    assert!(
+        audit
+            .entries
+            .iter()
+            .filter(|e| e.action == "record_import")
+            .count()
+            >= 2,
+        "fetches are audited"
+    );
+
+    // Bad input: unknown record, malformed ids and peers, a replica on itself.
+    let unknown = {
+        let lonely = Proc::start(base.path(), "d", &[]);
+        lonely
+            .client()
+            .upload(b"only here".to_vec(), Default::default())
+            .await
+            .unwrap()
+            .id
+            .to_string()
+    };
+    let err = b
+        .client()
+        .fetch_record(&unknown, &[], Transfer::FastPath)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(404), "{err}");
+    let err = b
+        .client()
+        .fetch_record("nope", &[], Transfer::FastPath)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(400), "{err}");
+    let err = b
+        .client()
+        .fetch_record(&id, &["not-a-peer".into()], Transfer::FastPath)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(400), "{err}");
+    let err = b
+        .client()
+        .replicate(&id, 1, std::slice::from_ref(&b.peer_id))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(400), "{err}");
+    let err = b
+        .client()
+        .replicate(&id, 2, &[c.peer_id.clone()])
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(400), "{err}");
+    assert!(b.client().check().await.unwrap().problems.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gibibyte_moves_verified_and_a_killed_fetch_resumes() {
+    let base = tempfile::tempdir().unwrap();
+    let a = Proc::start(base.path(), "a", &[]);
+    let mut b = Proc::start(base.path(), "b", &[&a]);
+    wait_for_peers(&b, 1).await;
+    let file = base.path().join("gib.bin");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&file).unwrap();
+        for i in 0..64 {
+            f.write_all(&noise(16 << 20, 100 + i)).unwrap();
+        }
+    }
+    let record = a
+        .client()
+        .upload_file(&file, Default::default())
+        .await
+        .unwrap();
+    let id = record.id.to_string();
+    std::fs::remove_file(&file).unwrap();
+
+    // B starts fetching and is killed part-way through.
+    let fetch = {
+        let client = b.client();
+        let id = id.clone();
+        tokio::spawn(async move { client.fetch_record(&id, &[], Transfer::FastPath).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while b.block_files() < 200 {
+        assert!(Instant::now() < deadline, "the transfer did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.kill();
+    assert!(fetch.await.unwrap().is_err(), "the fetch was cut");
+    let kept = b.block_files();
+    assert!(
+        (200..1025).contains(&kept),
+        "{kept} blocks before the restart"
+    );
+
+    // Restarted, it fetches only what is missing, and every block verifies.
+    b.run(&[a.addr()]);
+    wait_for_peers(&b, 1).await;
+    let report = b
+        .client()
+        .fetch_record(&id, &[], Transfer::FastPath)
+        .await
+        .unwrap();
+    assert_eq!(report.blocks_total, 1024 + 1 + 1, "{report:?}");
+    assert!(report.blocks_present >= 200, "{report:?}");
+    assert_eq!(
+        report.blocks_present + report.blocks_fetched,
+        report.blocks_total
+    );
+    let check = b.client().check().await.unwrap();
+    assert!(check.problems.is_empty(), "{check:?}");
+    assert_eq!(check.records, 1);
+    assert!(check.blocks_checked >= 1026);
+}
