@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: the workspace's unit and integration tests (real files, real crypto,
-# real HTTP on 127.0.0.1), then the OpenAPI-driven fuzzing of the HTTP API. Ends with
+# real HTTP and libp2p on 127.0.0.1, Helia for IPFS interop), then the OpenAPI-driven fuzzing of the HTTP API. Ends with
 # one summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,10 @@ if [ ! -x contracts/node_modules/.bin/anvil ] || [ ! -d contracts/node_modules/s
   (cd contracts && npm install --no-audit --no-fund --loglevel=error)
 fi
 (cd contracts && node scripts/build.mjs --check)
+# Helia (IPFS in JavaScript) for the bitswap interop test, pinned in its package-lock.
+if [ ! -d interop/helia/node_modules/helia ]; then
+  (cd interop/helia && npm install --no-audit --no-fund --loglevel=error)
+fi
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
