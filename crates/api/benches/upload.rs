@@ -78,7 +78,7 @@ async fn main() {
     }
     let mut tcp = Duration::MAX;
     for _ in 0..REPEATS {
-        tcp = tcp.min(raw_loopback(&data).await);
+        tcp = tcp.min(medmesh_testkit::net::loopback_tcp(&data).await);
     }
     let gbps = |d: Duration| len as f64 / d.as_secs_f64() / 1e9;
     println!("| measurement | GB/s |\n|---|---|");
@@ -106,32 +106,6 @@ async fn main() {
         "API upload / direct ingest from a file = {:.0} %",
         100.0 * direct_file.as_secs_f64() / api.as_secs_f64()
     );
-}
-
-/// What moving the bytes over loopback TCP costs on this machine, with no HTTP and no
-/// ingest: one task writes, another reads and discards.
-async fn raw_loopback(data: &bytes::Bytes) -> Duration {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let reader = tokio::spawn(async move {
-        let (mut socket, _) = listener.accept().await.unwrap();
-        let mut buf = vec![0u8; 256 << 10];
-        let mut total = 0usize;
-        loop {
-            let n = socket.read(&mut buf).await.unwrap();
-            if n == 0 {
-                return total;
-            }
-            total += n;
-        }
-    });
-    let start = Instant::now();
-    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
-    socket.write_all(data).await.unwrap();
-    socket.shutdown().await.unwrap();
-    assert_eq!(reader.await.unwrap(), data.len());
-    start.elapsed()
 }
 
 /// Times one `put_record` of `input` into the node's store, then removes the record.

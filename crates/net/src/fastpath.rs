@@ -100,7 +100,7 @@ async fn answer(store: Arc<dyn Blockstore>, mut stream: libp2p::Stream) -> std::
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(Cid, Vec<u8>), String>>(PIPELINE);
     tokio::task::spawn_blocking(move || {
         for cid in blocks {
-            let block = match store.get(&cid) {
+            let block = match store.get_for_peer(&cid) {
                 Ok(Some(bytes)) => Ok((cid, bytes)),
                 Ok(None) => Err(format!("block {cid} is no longer stored here")),
                 Err(e) => Err(e.to_string()),

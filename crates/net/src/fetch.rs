@@ -36,6 +36,8 @@ pub struct FetchOptions {
     pub transfer: Transfer,
     /// Most providers fetched from at once.
     pub parallel: usize,
+    /// Concurrent fast-path streams per provider (spread over its connections).
+    pub streams_per_provider: usize,
     /// Chunks per fast-path request.
     pub batch: usize,
     /// How long to wait for the DHT to name providers.
@@ -48,6 +50,7 @@ impl Default for FetchOptions {
             providers: Vec::new(),
             transfer: Transfer::FastPath,
             parallel: 4,
+            streams_per_provider: 2,
             batch: 64,
             find_timeout: Duration::from_secs(10),
         }
@@ -278,7 +281,12 @@ impl Network {
         let errors = Arc::new(Mutex::new(Vec::<String>::new()));
         let manifest = Arc::new(manifest.clone());
         let mut workers = tokio::task::JoinSet::new();
-        for &peer in candidates.iter().take(options.parallel.max(1)) {
+        let streams = options.streams_per_provider.max(1);
+        let workers_for = candidates
+            .iter()
+            .take(options.parallel.max(1))
+            .flat_map(|p| std::iter::repeat_n(*p, streams));
+        for peer in workers_for {
             let (queue, errors, progress) = (queue.clone(), errors.clone(), progress.clone());
             let (network, manifest, root) = (self.clone(), manifest.clone(), *root);
             workers.spawn(async move {

@@ -150,7 +150,9 @@ impl Network {
             .with_tokio()
             .with_tcp(
                 tcp::Config::default().nodelay(true),
-                noise::Config::new,
+                // Noise is what every libp2p implementation speaks (Helia, Kubo); TLS 1.3
+                // is offered as well, as Kubo does.
+                (noise::Config::new, libp2p::tls::Config::new),
                 yamux::Config::default,
             )
             .map_err(|e| NetError::Config(format!("TCP transport: {e}")))?

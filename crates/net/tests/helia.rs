@@ -2,14 +2,11 @@
 //! in `interop/helia`) fetches a medmesh block by CID over bitswap, and medmesh
 //! fetches a block Helia added. Both sides check the bytes by SHA-256.
 
+use medmesh_core::Cid;
+use medmesh_testkit::net::{put_record, Peer};
+use medmesh_testkit::noise;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
-
-use medmesh_core::Cid;
-use medmesh_net::{NetConfig, Network, NetworkOptions, OpenPolicy};
-use medmesh_store::{PutRequest, Store};
-use medmesh_testkit::{institution, noise, passphrase};
 
 fn sha256_hex(bytes: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, bytes)
@@ -27,40 +24,11 @@ async fn helia_reads_our_blocks_and_we_read_helias() {
         "Helia is not installed: run `npm install` in {} (scripts/test.sh does)",
         interop.display()
     );
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(dir.path()).unwrap());
-    let secret = institution(0);
-    let id = store
-        .put_record(
-            &mut &noise(300_000, 9)[..],
-            &PutRequest {
-                content_type: None,
-                patient: None,
-                chunk_size: 128 * 1024,
-                actor: "test".into(),
-            },
-            &Mutex::new(secret.unlock_signing(&passphrase()).unwrap()),
-            &secret.certificate().unwrap(),
-            &[],
-            &|_| {},
-        )
-        .unwrap();
+    let ours_peer = Peer::start(&[]).await;
+    let (store, net) = (&ours_peer.store, &ours_peer.net);
+    let id = put_record(store, &mut &noise(300_000, 9)[..], 128 * 1024);
     let chunk = store.manifest(&id).unwrap().body.chunks[1];
     let ours = store.blocks().get(&chunk).unwrap();
-    let net = Network::start(NetworkOptions {
-        config: NetConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-            block_timeout_secs: 20,
-            ..NetConfig::default()
-        },
-        identity_seed: [42; 32],
-        store: store.clone(),
-        policy: Arc::new(OpenPolicy),
-        institution: None,
-        agent: "medmesh-test".into(),
-    })
-    .await
-    .unwrap();
 
     let mut helia = Command::new("node")
         .arg(interop.join("interop.mjs"))
@@ -79,7 +47,9 @@ async fn helia_reads_our_blocks_and_we_read_helias() {
     };
 
     // Helia fetched our chunk by bitswap; its bytes are ours.
-    let fetched = tokio::task::spawn_blocking(move || (next(), next)).await.unwrap();
+    let fetched = tokio::task::spawn_blocking(move || (next(), next))
+        .await
+        .unwrap();
     let (report, mut next) = fetched;
     assert_eq!(report["fetched"], chunk.to_string());
     assert_eq!(report["len"], ours.len());
@@ -93,7 +63,11 @@ async fn helia_reads_our_blocks_and_we_read_helias() {
     let bytes = net.bitswap_get(cid, &[peer]).await.unwrap();
     assert_eq!(bytes.len() as u64, added["len"].as_u64().unwrap());
     assert_eq!(sha256_hex(&bytes), added["sha256"].as_str().unwrap());
-    assert_eq!(store.blocks().get(&cid).unwrap(), bytes, "stored, verified on read");
+    assert_eq!(
+        store.blocks().get(&cid).unwrap(),
+        bytes,
+        "stored, verified on read"
+    );
 
     drop(helia.stdin.take()); // Helia stops when its stdin closes.
     let _ = helia.wait();

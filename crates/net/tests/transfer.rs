@@ -2,97 +2,21 @@
 //! DHT discovery, corrupt providers, replication. (Separate-process tests of whole
 //! nodes are in `node/tests/network.rs`.)
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use medmesh_core::{Cid, RecordId};
-use medmesh_net::{
-    Blockstore, FetchOptions, NetConfig, NetError, Network, NetworkOptions, OpenPolicy, PeerId,
-    Transfer,
-};
-use medmesh_store::{PutRequest, Replication, Store};
-use medmesh_testkit::{institution, noise, passphrase};
-
-struct Node {
-    _dir: tempfile::TempDir,
-    store: Arc<Store>,
-    net: Network,
-}
-
-fn config(bootstrap: &[&Node]) -> NetConfig {
-    NetConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        bootstrap: bootstrap
-            .iter()
-            .map(|n| n.net.listen_addrs()[0].clone())
-            .collect(),
-        block_timeout_secs: 5,
-        ..NetConfig::default()
-    }
-}
-
-async fn start_with(
-    bootstrap: &[&Node],
-    serve: impl FnOnce(Arc<Store>) -> Arc<dyn Blockstore>,
-) -> Node {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Store::open(&dir.path().join("store")).unwrap());
-    let net = Network::start(NetworkOptions {
-        config: config(bootstrap),
-        identity_seed: rand_seed(),
-        store: serve(store.clone()),
-        policy: Arc::new(OpenPolicy),
-        institution: None,
-        agent: "medmesh-test".into(),
-    })
-    .await
-    .unwrap();
-    Node {
-        _dir: dir,
-        store,
-        net,
-    }
-}
+use medmesh_net::{Blockstore, FetchOptions, NetError, PeerId, Transfer};
+use medmesh_store::{Replication, Store};
+use medmesh_testkit::net::{put_record, Peer as Node};
+use medmesh_testkit::noise;
 
 async fn start(bootstrap: &[&Node]) -> Node {
-    start_with(bootstrap, |s| s).await
-}
-
-fn rand_seed() -> [u8; 32] {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(1);
-    let n = N.fetch_add(1, Ordering::Relaxed) ^ u64::from(std::process::id()) << 20;
-    let mut seed = [0u8; 32];
-    seed[..8].copy_from_slice(&n.to_le_bytes());
-    seed[8..16].copy_from_slice(
-        &(std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64)
-            .to_le_bytes(),
-    );
-    seed
+    Node::start(bootstrap).await
 }
 
 fn put(store: &Store, bytes: &[u8]) -> RecordId {
-    let secret = institution(0);
-    let signer = Mutex::new(secret.unlock_signing(&passphrase()).unwrap());
-    let request = PutRequest {
-        content_type: None,
-        patient: None,
-        chunk_size: 64 * 1024,
-        actor: "test".into(),
-    };
-    store
-        .put_record(
-            &mut &bytes[..],
-            &request,
-            &signer,
-            &secret.certificate().unwrap(),
-            &[],
-            &|_| {},
-        )
-        .unwrap()
+    put_record(store, &mut &bytes[..], 64 * 1024)
 }
 
 fn blocks_of(store: &Store, id: &RecordId) -> Vec<Cid> {
@@ -112,21 +36,11 @@ fn same_blocks(a: &Store, b: &Store, id: &RecordId) {
     assert!(b.has_record(id).unwrap(), "record {id} was not indexed");
 }
 
-async fn wait_connected(node: &Node, peer: PeerId) {
-    for _ in 0..100 {
-        if node.net.is_connected(&peer) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{} never connected to {peer}", node.net.peer_id());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fast_path_and_bitswap_move_a_record_and_resume() {
     let a = start(&[]).await;
     let b = start(&[&a]).await;
-    wait_connected(&b, a.net.peer_id()).await;
+    b.wait_connected(a.net.peer_id()).await;
     let data = noise(3 * 1024 * 1024 + 17, 1);
     let id = put(&a.store, &data);
 
@@ -168,7 +82,7 @@ async fn fast_path_and_bitswap_move_a_record_and_resume() {
 
     // Bitswap moves the same record into a third node.
     let c = start(&[&a]).await;
-    wait_connected(&c, a.net.peer_id()).await;
+    c.wait_connected(a.net.peer_id()).await;
     let report = c
         .net
         .fetch_record(
@@ -222,6 +136,9 @@ impl Blockstore for Lying {
         }
         Ok(bytes)
     }
+    fn get_for_peer(&self, cid: &Cid) -> Result<Option<Vec<u8>>, NetError> {
+        self.get(cid)
+    }
     fn put(&self, cid: &Cid, bytes: &[u8]) -> Result<(), NetError> {
         Blockstore::put(&*self.0, cid, bytes)
     }
@@ -233,7 +150,13 @@ impl Blockstore for Lying {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_provider_is_banned_and_the_record_comes_from_another() {
     let honest = start(&[]).await;
-    let liar = start_with(&[&honest], |s| Arc::new(Lying(s))).await;
+    let liar = Node::start_with(
+        &std::env::temp_dir(),
+        &[&honest],
+        "/ip4/127.0.0.1/tcp/0",
+        |s| Arc::new(Lying(s)),
+    )
+    .await;
     let id = put(&honest.store, &noise(2 * 1024 * 1024, 2));
     // The liar holds the same blocks (and lies about them).
     for cid in blocks_of(&honest.store, &id) {
@@ -243,8 +166,8 @@ async fn a_corrupt_provider_is_banned_and_the_record_comes_from_another() {
             .unwrap();
     }
     let fetcher = start(&[&honest, &liar]).await;
-    wait_connected(&fetcher, honest.net.peer_id()).await;
-    wait_connected(&fetcher, liar.net.peer_id()).await;
+    fetcher.wait_connected(honest.net.peer_id()).await;
+    fetcher.wait_connected(liar.net.peer_id()).await;
     let report = fetcher
         .net
         .fetch_record(
@@ -270,8 +193,8 @@ async fn providers_are_found_through_the_dht_and_replicas_are_repaired() {
     let a = start(&[]).await;
     let b = start(&[&a]).await;
     let c = start(&[&b]).await;
-    wait_connected(&b, a.net.peer_id()).await;
-    wait_connected(&c, b.net.peer_id()).await;
+    b.wait_connected(a.net.peer_id()).await;
+    c.wait_connected(b.net.peer_id()).await;
     let id = put(&a.store, &noise(300_000, 3));
     a.net.provide(*id.cid()).await.unwrap();
     // C knows only B; the DHT names A.
