@@ -253,23 +253,13 @@ impl RegisteredInstitutions {
         let address: alloy::primitives::Address = institution
             .parse()
             .map_err(|_| format!("`{institution}` is not an Ethereum address"))?;
-        let registry =
-            medmesh_chain::bindings::NodeRegistry::new(self.registry, self.provider.clone());
-        let registered = registry
-            .isRegistered(address)
-            .call()
-            .await
-            .map_err(|e| format!("cannot read NodeRegistry: {e}"))?;
-        if !registered {
-            return Err(format!("{address} is not a registered institution"));
-        }
-        let node = registry
-            .nodeOf(address)
-            .call()
-            .await
-            .map_err(|e| format!("cannot read NodeRegistry: {e}"))?;
-        if node.peerId.as_ref() != peer.to_bytes().as_slice() {
-            return Err(format!("{peer} is not the node {address} registered"));
+        match medmesh_chain::registered_peer_id(&self.provider, self.registry, address).await {
+            Err(e) => return Err(format!("cannot read NodeRegistry: {e}")),
+            Ok(None) => return Err(format!("{address} is not a registered institution")),
+            Ok(Some(registered)) if registered != peer.to_bytes() => {
+                return Err(format!("{peer} is not the node {address} registered"))
+            }
+            Ok(Some(_)) => {}
         }
         Ok(())
     }

@@ -15,12 +15,14 @@ mod cache;
 mod deploy;
 pub mod devchain;
 mod error;
+pub mod registry;
 pub mod relay;
 pub mod release;
 
 pub use cache::{Access, AccessQuery, Denial, GrantCache, GrantView};
 pub use deploy::{deploy, Deployment};
 pub use error::ChainError;
+pub use registry::registered_peer_id;
 pub use relay::{relaying_provider, RelayError, Relayed, Relayer};
 pub use release::{patient_scope, record_scope, KeyReleaser, KeyRequest, ReleaseError, Released};
 

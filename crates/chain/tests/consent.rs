@@ -533,3 +533,34 @@ async fn audit_anchor_accepts_growing_heads_from_registered_institutions() {
         assert_eq!((latest.head, latest.entries), (B256::repeat_byte(1), 10));
     }
 }
+
+/// The peer authorization hook's lookup: an approved institution's registered node,
+/// and nothing for others or once the institution is revoked.
+#[tokio::test]
+async fn registered_peer_ids_follow_the_registry() {
+    for backend in BACKENDS {
+        let chain = Chain::start_on(backend).await;
+        let provider = chain.provider(&chain.admin);
+        let registry = chain.deployment.node_registry;
+        let lookup = |who: alloy::primitives::Address| {
+            let provider = provider.clone();
+            async move {
+                medmesh_chain::registered_peer_id(&provider, registry, who)
+                    .await
+                    .unwrap()
+            }
+        };
+        // The fixture's hospital registered a node with these PeerId bytes.
+        assert_eq!(
+            lookup(chain.hospital.address()).await,
+            Some(b"\x00\x24peer".to_vec())
+        );
+        assert_eq!(lookup(chain.stranger.address()).await, None);
+        chain
+            .registry(&chain.admin)
+            .revokeInstitution(chain.hospital.address())
+            .mined()
+            .await;
+        assert_eq!(lookup(chain.hospital.address()).await, None, "{backend:?}");
+    }
+}

@@ -24,7 +24,7 @@ struct Penalty {
 }
 
 impl PeerScores {
-    /// Records that `peer` sent a corrupt block and bans it for [`BAN`].
+    /// Records that `peer` sent a corrupt block and bans it for an hour.
     pub fn corrupt_block(&self, peer: PeerId) {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         let penalty = peers.entry(peer).or_insert(Penalty {

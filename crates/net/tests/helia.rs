@@ -50,13 +50,13 @@ async fn helia_reads_our_blocks_and_we_read_helias() {
     let fetched = tokio::task::spawn_blocking(move || (next(), next))
         .await
         .unwrap();
-    let (report, mut next) = fetched;
+    let (report, next) = fetched;
     assert_eq!(report["fetched"], chunk.to_string());
     assert_eq!(report["len"], ours.len());
     assert_eq!(report["sha256"], sha256_hex(&ours));
 
     // We fetch the block Helia added, from Helia, by bitswap.
-    let added = tokio::task::spawn_blocking(move || next()).await.unwrap();
+    let added = tokio::task::spawn_blocking(next).await.unwrap();
     let cid: Cid = added["added"].as_str().unwrap().parse().unwrap();
     let peer = added["peer"].as_str().unwrap().parse().unwrap();
     assert!(net.is_connected(&peer), "Helia stays connected");

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use medmesh_core::{Cid, RecordId};
-use medmesh_net::{Blockstore, FetchOptions, NetError, PeerId, Transfer};
+use medmesh_net::{AllowList, Blockstore, FetchOptions, NetError, PeerId, Transfer};
 use medmesh_store::{Replication, Store};
 use medmesh_testkit::net::{put_record, Peer as Node};
 use medmesh_testkit::noise;
@@ -224,4 +224,34 @@ async fn providers_are_found_through_the_dht_and_replicas_are_repaired() {
     assert!(!b.store.has_record(&id).unwrap());
     assert_eq!(a.net.repair(&a.store).await.unwrap(), 0);
     same_blocks(&a.store, &b.store, &id);
+
+    // A node whose policy does not admit A refuses to hold a replica, and says why; a
+    // repair pass then falls back to the next candidate.
+    let picky = Node::start_with_policy(
+        &std::env::temp_dir(),
+        &[&a],
+        "/ip4/127.0.0.1/tcp/0",
+        |s| s,
+        Arc::new(AllowList(vec![c.net.peer_id()])),
+    )
+    .await;
+    picky.wait_connected(a.net.peer_id()).await;
+    let refused = a.net.request_replica(picky.net.peer_id(), &id).await;
+    assert!(!refused.ok);
+    assert!(
+        refused.error.as_deref().unwrap().contains("not authorized"),
+        "{refused:?}"
+    );
+    assert!(!picky.store.has_record(&id).unwrap());
+    let replication = Replication {
+        copies: 1,
+        candidates: vec![picky.net.peer_id().to_string(), c.net.peer_id().to_string()],
+        holders: vec![],
+    };
+    a.store.set_replication(&id, &replication).unwrap();
+    assert_eq!(a.net.repair(&a.store).await.unwrap(), 0);
+    assert_eq!(
+        a.store.replication(&id).unwrap().unwrap().holders,
+        vec![c.net.peer_id().to_string()]
+    );
 }

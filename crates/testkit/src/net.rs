@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use medmesh_core::RecordId;
-use medmesh_net::{Blockstore, Multiaddr, NetConfig, Network, NetworkOptions, OpenPolicy, PeerId};
+use medmesh_net::{
+    Blockstore, Multiaddr, NetConfig, Network, NetworkOptions, OpenPolicy, PeerId, PeerPolicy,
+};
 use medmesh_store::{PutRequest, Store};
 
 use crate::{institution, passphrase};
@@ -43,6 +45,17 @@ impl Peer {
         listen: &str,
         serve: impl FnOnce(Arc<Store>) -> Arc<dyn Blockstore>,
     ) -> Self {
+        Self::start_with_policy(base, bootstrap, listen, serve, Arc::new(OpenPolicy)).await
+    }
+
+    /// [`Peer::start_with`], admitting replication requests by `policy`.
+    pub async fn start_with_policy(
+        base: &Path,
+        bootstrap: &[&Peer],
+        listen: &str,
+        serve: impl FnOnce(Arc<Store>) -> Arc<dyn Blockstore>,
+        policy: Arc<dyn PeerPolicy>,
+    ) -> Self {
         let dir = tempfile::tempdir_in(base).expect("temp dir");
         let store = Arc::new(Store::open(&dir.path().join("store")).expect("store"));
         let config = NetConfig {
@@ -55,7 +68,7 @@ impl Peer {
             config,
             identity_seed: fresh_seed(),
             store: serve(store.clone()),
-            policy: Arc::new(OpenPolicy),
+            policy,
             institution: None,
             agent: "medmesh-test".into(),
         })
