@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use medmesh_testkit::{files_under, noise, shared_data};
+use medmesh_testkit::{files_under, free_port, noise, shared_data};
 
 const PASSPHRASE: &str = "cli test passphrase";
 
@@ -476,15 +476,6 @@ fn put_memory_stays_bounded_for_large_records() {
     let info: serde_json::Value =
         serde_json::from_slice(&node.run(&["info", &id, "--json"]).stdout).unwrap();
     assert_eq!(info["meta"]["size"], 512u64 << 20);
-}
-
-/// A free local port (bound and released; fine for tests on one machine).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One HTTP/1.1 request over a plain socket; returns (status, body).

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use medmesh_sdk::{Client, Transfer};
-use medmesh_testkit::{files_under, noise};
+use medmesh_testkit::{files_under, free_port, noise};
 
 const PASSPHRASE: &str = "network test passphrase";
 
@@ -20,14 +20,6 @@ struct Proc {
     token: String,
     peer_id: String,
     child: Option<Child>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn medmesh(dir: &Path) -> Command {

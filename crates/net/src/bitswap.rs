@@ -268,12 +268,7 @@ impl Bitswap {
         let Ok(cid) = tokio::task::spawn_blocking(move || prefix.cid_of(&hashed)).await else {
             return;
         };
-        if !self
-            .wants
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&cid)
-        {
+        if !crate::lock(&self.wants).contains_key(&cid) {
             tracing::debug!(%peer, %cid, "dropped a block nobody asked for");
             return;
         }
@@ -288,7 +283,7 @@ impl Bitswap {
     }
 
     fn notify(&self, cid: &Cid, event: impl Fn(()) -> WantEvent, done: bool) {
-        let mut wants = self.wants.lock().unwrap_or_else(|e| e.into_inner());
+        let mut wants = crate::lock(&self.wants);
         let waiters = if done {
             wants.remove(cid).unwrap_or_default()
         } else {
@@ -324,12 +319,7 @@ impl Bitswap {
             )));
         }
         let (tx, mut rx) = mpsc::unbounded_channel();
-        self.wants
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(cid)
-            .or_default()
-            .push(tx);
+        crate::lock(&self.wants).entry(cid).or_default().push(tx);
         for peer in &peers {
             self.send(*peer, want(cid, false)).await;
         }
@@ -359,7 +349,7 @@ impl Bitswap {
             )))
         });
         if outcome.is_err() {
-            let mut wants = self.wants.lock().unwrap_or_else(|e| e.into_inner());
+            let mut wants = crate::lock(&self.wants);
             if let Some(waiters) = wants.get_mut(&cid) {
                 waiters.retain(|w| !w.is_closed());
                 if waiters.is_empty() {
@@ -376,7 +366,7 @@ impl Bitswap {
     /// Queues a message for `peer` on our outbound stream to it.
     async fn send(&self, peer: PeerId, message: pb::Message) {
         let outbox = {
-            let mut outboxes = self.outboxes.lock().unwrap_or_else(|e| e.into_inner());
+            let mut outboxes = crate::lock(&self.outboxes);
             match outboxes.get(&peer) {
                 Some(tx) if !tx.is_closed() => tx.clone(),
                 _ => {

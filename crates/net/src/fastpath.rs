@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use crate::blockstore::Blockstore;
-use crate::wire::{read_frame, read_json, varint, write_frame, write_json};
+use crate::wire::{read_frame, read_json, varint, write_frame, write_json, Reply};
 use crate::NetError;
 
 /// The fast-path protocol id.
@@ -38,14 +38,6 @@ struct Request {
     manifest: bool,
     #[serde(default)]
     chunks: Vec<u32>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Reply {
-    #[serde(default)]
-    ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
 }
 
 /// Serves fast-path requests from `store` until the network stops.
@@ -77,25 +69,11 @@ async fn answer(store: Arc<dyn Blockstore>, mut stream: libp2p::Stream) -> std::
     let blocks = match plan {
         Ok(blocks) => blocks,
         Err(reason) => {
-            write_json(
-                &mut stream,
-                &Reply {
-                    ok: false,
-                    error: Some(reason),
-                },
-            )
-            .await?;
+            write_json(&mut stream, &Reply::<()>::refused(reason)).await?;
             return stream.close().await;
         }
     };
-    write_json(
-        &mut stream,
-        &Reply {
-            ok: true,
-            error: None,
-        },
-    )
-    .await?;
+    write_json(&mut stream, &Reply::<()>::ok(None)).await?;
     // A reader thread stays a few blocks ahead of the socket.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(Cid, Vec<u8>), String>>(PIPELINE);
     tokio::task::spawn_blocking(move || {

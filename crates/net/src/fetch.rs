@@ -293,7 +293,7 @@ impl Network {
                 let mut control = network.inner.control.clone();
                 let mut served = false;
                 loop {
-                    let Some(chunks) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() else {
+                    let Some(chunks) = crate::lock(&queue).pop_front() else {
                         return served.then_some(peer);
                     };
                     let mut done = Vec::new();
@@ -313,10 +313,10 @@ impl Network {
                         Err(e) => {
                             tracing::warn!(%peer, error = %e, "provider failed; its share goes to others");
                             network.penalise_if_corrupt(&e).await;
-                            errors.lock().unwrap_or_else(|e| e.into_inner()).push(e.to_string());
+                            crate::lock(&errors).push(e.to_string());
                             let left: Vec<u32> = chunks.into_iter().filter(|i| !done.contains(i)).collect();
                             if !left.is_empty() {
-                                queue.lock().unwrap_or_else(|e| e.into_inner()).push_back(left);
+                                crate::lock(&queue).push_back(left);
                             }
                             return served.then_some(peer);
                         }
@@ -330,14 +330,9 @@ impl Network {
                 used.push(peer);
             }
         }
-        let left: usize = queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(Vec::len)
-            .sum();
+        let left: usize = crate::lock(&queue).iter().map(Vec::len).sum();
         if left > 0 {
-            let errors = errors.lock().unwrap_or_else(|e| e.into_inner()).join("; ");
+            let errors = crate::lock(&errors).join("; ");
             return Err(NetError::NotFound(format!(
                 "{left} chunks of record {root} could not be fetched from any provider ({errors}); \
                  what arrived is kept and a new fetch resumes from there"

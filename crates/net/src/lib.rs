@@ -36,3 +36,17 @@ pub use network::{NetEvent, Network, NetworkOptions, PeerInfo, DATASETS_TOPIC, P
 pub use policy::{AllowList, OpenPolicy, PeerPolicy};
 pub use replicate::ReplicaOutcome;
 pub use scores::PeerScores;
+
+// A poisoned lock only means another thread panicked while holding it; the data are
+// plain maps that stay usable, so the network carries on instead of panicking too.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn read<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn write<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}

@@ -225,11 +225,7 @@ impl Network {
                 .map_err(|_| NetError::Config("listeners did not start within 10 s".into()))?;
             match event {
                 SwarmEvent::NewListenAddr { address, .. } => {
-                    shared
-                        .listen
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(address);
+                    crate::write(&shared.listen).push(address);
                     pending -= 1;
                 }
                 SwarmEvent::ListenerError { error, .. }
@@ -293,12 +289,7 @@ impl Network {
 
     /// Addresses this node listens on, each ending with `/p2p/<peer id>`.
     pub fn listen_addrs(&self) -> Vec<Multiaddr> {
-        let listen = self
-            .inner
-            .shared
-            .listen
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+        let listen = crate::read(&self.inner.shared.listen);
         listen
             .iter()
             .map(|a| a.clone().with_p2p(self.inner.peer_id).unwrap_or_else(|a| a))
@@ -307,12 +298,7 @@ impl Network {
 
     /// The peers connected now.
     pub fn peers(&self) -> Vec<PeerInfo> {
-        let peers = self
-            .inner
-            .shared
-            .peers
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+        let peers = crate::read(&self.inner.shared.peers);
         peers
             .iter()
             .map(|(id, c)| PeerInfo {
@@ -326,12 +312,7 @@ impl Network {
 
     /// Whether a connection to `peer` is open.
     pub fn is_connected(&self, peer: &PeerId) -> bool {
-        let peers = self
-            .inner
-            .shared
-            .peers
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+        let peers = crate::read(&self.inner.shared.peers);
         peers.contains_key(peer)
     }
 
@@ -447,7 +428,7 @@ impl Driver {
     }
 
     fn announce_presence(&mut self) {
-        let listen = self.shared.listen.read().unwrap_or_else(|e| e.into_inner());
+        let listen = crate::read(&self.shared.listen);
         let message = serde_json::json!({
             "peer_id": self.swarm.local_peer_id().to_string(),
             "addresses": listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
@@ -530,7 +511,7 @@ impl Driver {
                 if let Some(reply) = self.dials.remove(&connection_id) {
                     let _ = reply.send(Ok(peer_id));
                 }
-                let mut peers = self.shared.peers.write().unwrap_or_else(|e| e.into_inner());
+                let mut peers = crate::write(&self.shared.peers);
                 let entry = peers.entry(peer_id).or_insert_with(|| Connected {
                     addresses: vec![endpoint.get_remote_address().clone()],
                     agent: None,
@@ -548,7 +529,7 @@ impl Driver {
                 }
             }
             SwarmEvent::ConnectionClosed { peer_id, .. } => {
-                let mut peers = self.shared.peers.write().unwrap_or_else(|e| e.into_inner());
+                let mut peers = crate::write(&self.shared.peers);
                 let gone = match peers.get_mut(&peer_id) {
                     Some(c) => {
                         c.connections = c.connections.saturating_sub(1);
@@ -576,11 +557,7 @@ impl Driver {
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } => {
-                let mut listen = self
-                    .shared
-                    .listen
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner());
+                let mut listen = crate::write(&self.shared.listen);
                 if !listen.contains(&address) {
                     listen.push(address);
                 }
@@ -605,7 +582,7 @@ impl Driver {
                             .add_address(&peer_id, addr.clone());
                     }
                 }
-                let mut peers = self.shared.peers.write().unwrap_or_else(|e| e.into_inner());
+                let mut peers = crate::write(&self.shared.peers);
                 if let Some(c) = peers.get_mut(&peer_id) {
                     c.agent = Some(info.agent_version);
                     if !info.listen_addrs.is_empty() {

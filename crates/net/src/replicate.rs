@@ -28,15 +28,7 @@ struct Request {
     institution: Option<String>,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Reply {
-    #[serde(default)]
-    ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    report: Option<FetchReport>,
-}
+type Reply = crate::wire::Reply<FetchReport>;
 
 /// The outcome of asking one peer to hold a replica.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -67,11 +59,7 @@ pub(crate) fn serve(network: &Network) -> Result<(), NetError> {
             tokio::spawn(async move {
                 let reply = match read_json::<_, Request>(&mut stream).await {
                     Ok(request) => network.hold_replica(peer, request).await,
-                    Err(e) => Reply {
-                        ok: false,
-                        error: Some(format!("unreadable request: {e}")),
-                        report: None,
-                    },
+                    Err(e) => Reply::refused(format!("unreadable request: {e}")),
                 };
                 let _ = write_json(&mut stream, &reply).await;
             });
@@ -82,11 +70,6 @@ pub(crate) fn serve(network: &Network) -> Result<(), NetError> {
 
 impl Network {
     async fn hold_replica(&self, peer: PeerId, request: Request) -> Reply {
-        let refuse = |error: String| Reply {
-            ok: false,
-            error: Some(error),
-            report: None,
-        };
         if let Err(reason) = self
             .inner
             .policy
@@ -94,11 +77,11 @@ impl Network {
             .await
         {
             tracing::warn!(%peer, reason, "replication request refused");
-            return refuse(format!("not authorized: {reason}"));
+            return Reply::refused(format!("not authorized: {reason}"));
         }
         let root: RecordId = match request.root.parse() {
             Ok(root) => root,
-            Err(e) => return refuse(format!("`{}` is not a record id: {e}", request.root)),
+            Err(e) => return Reply::refused(format!("`{}` is not a record id: {e}", request.root)),
         };
         let options = FetchOptions {
             providers: vec![peer],
@@ -110,13 +93,9 @@ impl Network {
         {
             Ok(report) => {
                 tracing::info!(%peer, record = %root, fetched = report.blocks_fetched, "holding a replica");
-                Reply {
-                    ok: true,
-                    error: None,
-                    report: Some(report),
-                }
+                Reply::ok(Some(report))
             }
-            Err(e) => refuse(e.to_string()),
+            Err(e) => Reply::refused(e.to_string()),
         }
     }
 
@@ -144,7 +123,9 @@ impl Network {
         .await;
         match outcome {
             Ok(Reply {
-                ok: true, report, ..
+                ok: true,
+                result: report,
+                ..
             }) => ReplicaOutcome {
                 peer: peer.to_string(),
                 ok: true,

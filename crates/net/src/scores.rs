@@ -26,7 +26,7 @@ struct Penalty {
 impl PeerScores {
     /// Records that `peer` sent a corrupt block and bans it for an hour.
     pub fn corrupt_block(&self, peer: PeerId) {
-        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut peers = crate::lock(&self.peers);
         let penalty = peers.entry(peer).or_insert(Penalty {
             corrupt_blocks: 0,
             banned_until: Instant::now(),
@@ -38,7 +38,7 @@ impl PeerScores {
 
     /// Whether `peer` is currently banned.
     pub fn is_banned(&self, peer: &PeerId) -> bool {
-        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let peers = crate::lock(&self.peers);
         peers
             .get(peer)
             .is_some_and(|p| p.banned_until > Instant::now())
@@ -46,7 +46,7 @@ impl PeerScores {
 
     /// Corrupt blocks `peer` has sent.
     pub fn corrupt_blocks(&self, peer: &PeerId) -> u32 {
-        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let peers = crate::lock(&self.peers);
         peers.get(peer).map_or(0, |p| p.corrupt_blocks)
     }
 }

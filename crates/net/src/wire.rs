@@ -67,6 +67,37 @@ pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
     writer.write_all(bytes).await
 }
 
+/// The answer to a control request: `ok`, or an `error` to show the user, plus what the
+/// protocol returns on success.
+#[derive(Debug, Serialize, serde::Deserialize)]
+#[serde(bound(deserialize = "T: DeserializeOwned"))]
+pub(crate) struct Reply<T = ()> {
+    #[serde(default)]
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<T>,
+}
+
+impl<T> Reply<T> {
+    pub(crate) fn ok(result: Option<T>) -> Self {
+        Self {
+            ok: true,
+            error: None,
+            result,
+        }
+    }
+
+    pub(crate) fn refused(error: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            error: Some(error.into()),
+            result: None,
+        }
+    }
+}
+
 /// Reads one JSON control message.
 pub(crate) async fn read_json<R: AsyncRead + Unpin, T: DeserializeOwned>(
     reader: &mut R,

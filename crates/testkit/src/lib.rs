@@ -53,6 +53,14 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// A free local TCP port (bound and released; fine for tests on one machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
+}
+
 /// Every regular file below `dir`, recursively (empty if `dir` does not exist).
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
