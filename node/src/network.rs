@@ -102,7 +102,7 @@ pub fn fetch_for_cli(
     config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")];
     if config.bootstrap.is_empty() {
         anyhow::bail!(
-            "record {id} is not stored here and no peer is known to fetch it from: \
+            "no record {id} in this store, and no peer is known to fetch it from: \
              pass --peer /ip4/…/tcp/…/p2p/<peer id> or set net.bootstrap in medmesh.toml"
         );
     }
