@@ -4,9 +4,8 @@
 # key release enabled), sends generated requests to every operation (valid and
 # invalid), and fails on any 5xx answer, crash or response that does not match the
 # document. Needs `pip install schemathesis` and `npm install` in contracts/ (for anvil).
-# The node runs with --no-network: a fetch of a random CID waits for the DHT lookup to
-# time out (10 s), which would make fuzzing take minutes; the network endpoints then
-# answer 503 here, and node/tests/network.rs tests them (bad input included) for real.
+# The node runs its network alone on a free port, with a 300 ms DHT wait (a fetch of
+# a random CID waits that long for a provider before answering 404).
 #
 #   scripts/fuzz-api.sh [MAX_EXAMPLES]    (default 60 per operation)
 set -euo pipefail
@@ -38,8 +37,10 @@ chmod 600 "$work/deployer.key" "$work/node-account.key" # key files must be priv
 "$target/debug/medmesh" chain deploy --chain-rpc "http://127.0.0.1:$chain_port" \
   --key-file "$work/deployer.key" --output "$work/deployment.json" >/dev/null
 export MEDMESH_PASSPHRASE="fuzzing passphrase"
+"$target/debug/medmesh" --data-dir "$work/node" init --institution "Fuzzing Hospital" >/dev/null
+sed -i 's/^find_timeout_ms = .*/find_timeout_ms = 300/' "$work/node/medmesh.toml"
 "$target/debug/medmesh" --data-dir "$work/node" node --listen "127.0.0.1:$port" --rate-limit 100000 \
-  --no-network \
+  --p2p-listen /ip4/127.0.0.1/tcp/0 \
   --chain-rpc "http://127.0.0.1:$chain_port" --chain-deployment "$work/deployment.json" \
   --chain-key-file "$work/node-account.key" >"$work/node.log" 2>&1 &
 node_pid=$!

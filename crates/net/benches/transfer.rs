@@ -96,7 +96,7 @@ async fn transfer(
     let options = FetchOptions {
         providers: vec![source.net.peer_id()],
         transfer: how,
-        find_timeout: Duration::from_millis(1),
+        find_timeout: Some(Duration::from_millis(1)),
         ..FetchOptions::default()
     };
     let start = Instant::now();

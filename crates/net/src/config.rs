@@ -29,6 +29,9 @@ pub struct NetConfig {
     pub repair_interval_secs: u64,
     /// Seconds a peer has to send a block asked by bitswap.
     pub block_timeout_secs: u64,
+    /// Milliseconds a fetch waits for the DHT to name a provider of a record nobody is
+    /// known to hold (a record announced a moment ago takes a little while to arrive).
+    pub find_timeout_ms: u64,
 }
 
 impl Default for NetConfig {
@@ -47,6 +50,7 @@ impl Default for NetConfig {
             kad_protocol: "/medmesh/kad/1.0.0".into(),
             repair_interval_secs: 300,
             block_timeout_secs: 60,
+            find_timeout_ms: 10_000,
         }
     }
 }
@@ -86,6 +90,11 @@ impl NetConfig {
     /// [`NetConfig::repair_interval_secs`] as a duration.
     pub fn repair_interval(&self) -> Duration {
         Duration::from_secs(self.repair_interval_secs)
+    }
+
+    /// [`NetConfig::find_timeout_ms`] as a duration.
+    pub fn find_timeout(&self) -> Duration {
+        Duration::from_millis(self.find_timeout_ms)
     }
 
     /// [`NetConfig::block_timeout_secs`] as a duration.

@@ -40,8 +40,9 @@ pub struct FetchOptions {
     pub streams_per_provider: usize,
     /// Chunks per fast-path request.
     pub batch: usize,
-    /// How long to wait for the DHT to name providers.
-    pub find_timeout: Duration,
+    /// How long to wait for the DHT to name providers (default: the network's
+    /// `find_timeout_ms`).
+    pub find_timeout: Option<Duration>,
 }
 
 impl Default for FetchOptions {
@@ -52,7 +53,7 @@ impl Default for FetchOptions {
             parallel: 4,
             streams_per_provider: 2,
             batch: 64,
-            find_timeout: Duration::from_secs(10),
+            find_timeout: None,
         }
     }
 }
@@ -178,7 +179,10 @@ impl Network {
     async fn candidates(&self, root: &RecordId, options: &FetchOptions) -> Vec<PeerId> {
         // A record announced a moment ago may not have reached the DHT nodes we ask:
         // look again until the timeout while nobody is known.
-        let deadline = tokio::time::Instant::now() + options.find_timeout;
+        let wait = options
+            .find_timeout
+            .unwrap_or_else(|| self.inner.config.find_timeout());
+        let deadline = tokio::time::Instant::now() + wait;
         let mut found = Vec::new();
         loop {
             match tokio::time::timeout_at(deadline, self.find_providers(*root.cid())).await {

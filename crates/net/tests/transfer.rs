@@ -109,7 +109,7 @@ async fn fast_path_and_bitswap_move_a_record_and_resume() {
             missing,
             FetchOptions {
                 providers: vec![a.net.peer_id()],
-                find_timeout: Duration::from_secs(2),
+                find_timeout: Some(Duration::from_secs(2)),
                 ..FetchOptions::default()
             },
             Arc::new(|_| {}),
@@ -253,5 +253,80 @@ async fn providers_are_found_through_the_dht_and_replicas_are_repaired() {
     assert_eq!(
         a.store.replication(&id).unwrap().unwrap().holders,
         vec![c.net.peer_id().to_string()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_two_providers_at_once_and_gossip() {
+    let quic = "/ip4/127.0.0.1/udp/0/quic-v1";
+    let tmp = std::env::temp_dir();
+    let a = Node::start_with(&tmp, &[], quic, |s| s).await;
+    let b = Node::start_with(&tmp, &[&a], quic, |s| s).await;
+    let c = Node::start_with(&tmp, &[&a, &b], quic, |s| s).await;
+    c.wait_connected(a.net.peer_id()).await;
+    c.wait_connected(b.net.peer_id()).await;
+    assert!(c.net.listen_addrs()[0].to_string().contains("quic-v1"));
+    let id = put(&a.store, &noise(2 * 1024 * 1024, 4));
+    for cid in blocks_of(&a.store, &id) {
+        b.store
+            .blocks()
+            .put(&cid, &a.store.blocks().get(&cid).unwrap())
+            .unwrap();
+    }
+    // Small batches over QUIC from both providers at once.
+    let report = c
+        .net
+        .fetch_record(
+            id,
+            FetchOptions {
+                providers: vec![a.net.peer_id(), b.net.peer_id()],
+                batch: 2,
+                find_timeout: Some(Duration::from_millis(1)),
+                ..FetchOptions::default()
+            },
+            Arc::new(|_| {}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        report.providers.len(),
+        2,
+        "both providers served: {report:?}"
+    );
+    same_blocks(&a.store, &c.store, &id);
+
+    // A dataset announcement published on B reaches A over gossipsub (once the mesh
+    // has formed: publishing is retried until a peer is subscribed).
+    let mut events = a.net.events();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while b
+        .net
+        .publish(
+            medmesh_net::DATASETS_TOPIC,
+            b"dataset bafy-example".to_vec(),
+        )
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gossip mesh never formed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let heard = tokio::time::timeout_at(deadline, async {
+        loop {
+            if let Ok(medmesh_net::NetEvent::Gossip { topic, data, from }) = events.recv().await {
+                if topic == medmesh_net::DATASETS_TOPIC {
+                    return (data, from);
+                }
+            }
+        }
+    })
+    .await
+    .expect("the announcement arrived");
+    assert_eq!(
+        heard,
+        (b"dataset bafy-example".to_vec(), Some(b.net.peer_id()))
     );
 }
