@@ -429,7 +429,7 @@ async fn write_messages(mut control: Control, peer: PeerId, mut rx: mpsc::Receiv
 
 async fn open(control: &mut Control, peer: PeerId) -> Option<libp2p::Stream> {
     for protocol in PROTOCOLS {
-        match control.open_stream(peer, protocol.clone()).await {
+        match crate::wire::open_stream(control, peer, protocol.clone()).await {
             Ok(stream) => return Some(stream),
             Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_)) => continue,
             Err(e) => {

@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use crate::blockstore::Blockstore;
-use crate::wire::{read_frame, read_json, varint, write_frame, write_json, Reply};
+use crate::wire::{
+    open_stream, read_frame, read_json, varint, within_idle, write_frame, write_json, Reply,
+};
 use crate::NetError;
 
 /// The fast-path protocol id.
@@ -59,7 +61,7 @@ pub(crate) fn serve(control: &mut Control, store: Arc<dyn Blockstore>) -> Result
 }
 
 async fn answer(store: Arc<dyn Blockstore>, mut stream: libp2p::Stream) -> std::io::Result<()> {
-    let request: Request = read_json(&mut stream).await?;
+    let request: Request = within_idle(read_json(&mut stream)).await?;
     let plan = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || plan(&*store, &request))
@@ -170,8 +172,7 @@ pub(crate) async fn fetch(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(), NetError> {
     let peer_error = |reason: String| NetError::Peer { peer, reason };
-    let mut stream = control
-        .open_stream(peer, PROTOCOL)
+    let mut stream = open_stream(control, peer, PROTOCOL)
         .await
         .map_err(|e| peer_error(e.to_string()))?;
     let request = Request {
@@ -182,7 +183,7 @@ pub(crate) async fn fetch(
     write_json(&mut stream, &request)
         .await
         .map_err(|e| peer_error(e.to_string()))?;
-    let reply: Reply = read_json(&mut stream)
+    let reply: Reply = within_idle(read_json(&mut stream))
         .await
         .map_err(|e| peer_error(format!("no reply: {e}")))?;
     if !reply.ok {
@@ -207,7 +208,7 @@ pub(crate) async fn fetch(
     let mut pending: JoinSet<Result<(Option<u32>, u64), NetError>> = JoinSet::new();
     let mut next = 0usize;
     loop {
-        let frame = read_frame(&mut stream, MAX_BLOCK_SIZE + 128)
+        let frame = within_idle(read_frame(&mut stream, MAX_BLOCK_SIZE + 128))
             .await
             .map_err(|e| peer_error(format!("transfer cut: {e}")))?
             .ok_or_else(|| peer_error("stream ended without the end marker".into()))?;

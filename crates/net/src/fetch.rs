@@ -283,6 +283,9 @@ impl Network {
             missing.chunks(batch).map(<[u32]>::to_vec).collect(),
         ));
         let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+        // Batches taken but not finished: a worker that finds the queue empty waits
+        // while others still hold batches, which may come back if their provider fails.
+        let in_flight = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let manifest = Arc::new(manifest.clone());
         let mut workers = tokio::task::JoinSet::new();
         let streams = options.streams_per_provider.max(1);
@@ -292,28 +295,56 @@ impl Network {
             .flat_map(|p| std::iter::repeat_n(*p, streams));
         for peer in workers_for {
             let (queue, errors, progress) = (queue.clone(), errors.clone(), progress.clone());
+            let in_flight = in_flight.clone();
             let (network, manifest, root) = (self.clone(), manifest.clone(), *root);
             workers.spawn(async move {
                 let mut control = network.inner.control.clone();
                 let mut served = false;
                 loop {
-                    let Some(chunks) = crate::lock(&queue).pop_front() else {
+                    // Another stream to this peer may have found it corrupt.
+                    if network.inner.scores.is_banned(&peer) {
                         return served.then_some(peer);
+                    }
+                    let taken = {
+                        let mut queue = crate::lock(&queue);
+                        let taken = queue.pop_front();
+                        if taken.is_some() {
+                            in_flight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        taken
+                    };
+                    let Some(chunks) = taken else {
+                        if in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                            return served.then_some(peer);
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
                     };
                     let mut done = Vec::new();
-                    let result = fastpath::fetch(
-                        &mut control,
-                        &network.inner.store,
-                        peer,
-                        &root,
-                        Some(&manifest),
-                        &chunks,
-                        &mut done,
-                        &*progress,
-                    )
-                    .await;
+                    // A ban found by another stream to this peer ends this one too,
+                    // instead of waiting for the banned peer's connection to wind down.
+                    let result = tokio::select! {
+                        result = fastpath::fetch(
+                            &mut control,
+                            &network.inner.store,
+                            peer,
+                            &root,
+                            Some(&manifest),
+                            &chunks,
+                            &mut done,
+                            &*progress,
+                        ) => result,
+                        () = network.inner.scores.until_banned(peer) => Err(NetError::Peer {
+                            peer,
+                            reason: "banned for a corrupt block on another stream".into(),
+                        }),
+                    };
+                    let finished = || in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                     match result {
-                        Ok(()) => served = true,
+                        Ok(()) => {
+                            served = true;
+                            finished();
+                        }
                         Err(e) => {
                             tracing::warn!(%peer, error = %e, "provider failed; its share goes to others");
                             network.penalise_if_corrupt(&e).await;
@@ -322,6 +353,7 @@ impl Network {
                             if !left.is_empty() {
                                 crate::lock(&queue).push_back(left);
                             }
+                            finished();
                             return served.then_some(peer);
                         }
                     }

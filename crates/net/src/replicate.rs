@@ -57,10 +57,11 @@ pub(crate) fn serve(network: &Network) -> Result<(), NetError> {
         while let Some((peer, mut stream)) = incoming.next().await {
             let network = network.clone();
             tokio::spawn(async move {
-                let reply = match read_json::<_, Request>(&mut stream).await {
-                    Ok(request) => network.hold_replica(peer, request).await,
-                    Err(e) => Reply::refused(format!("unreadable request: {e}")),
-                };
+                let reply =
+                    match crate::wire::within_idle(read_json::<_, Request>(&mut stream)).await {
+                        Ok(request) => network.hold_replica(peer, request).await,
+                        Err(e) => Reply::refused(format!("unreadable request: {e}")),
+                    };
                 let _ = write_json(&mut stream, &reply).await;
             });
         }
@@ -103,8 +104,7 @@ impl Network {
     pub async fn request_replica(&self, peer: PeerId, root: &RecordId) -> ReplicaOutcome {
         let outcome = async {
             let mut control = self.inner.control.clone();
-            let mut stream = control
-                .open_stream(peer, PROTOCOL)
+            let mut stream = crate::wire::open_stream(&mut control, peer, PROTOCOL)
                 .await
                 .map_err(|e| e.to_string())?;
             let request = Request {

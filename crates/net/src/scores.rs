@@ -12,9 +12,19 @@ use libp2p::PeerId;
 pub const BAN: Duration = Duration::from_secs(3600);
 
 /// Penalties per peer.
-#[derive(Default)]
 pub struct PeerScores {
     peers: Mutex<HashMap<PeerId, Penalty>>,
+    /// Bumped at every ban, so transfers in flight with that peer stop at once.
+    bans: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for PeerScores {
+    fn default() -> Self {
+        Self {
+            peers: Mutex::default(),
+            bans: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +43,7 @@ impl PeerScores {
         });
         penalty.corrupt_blocks += 1;
         penalty.banned_until = Instant::now() + BAN;
+        self.bans.send_modify(|n| *n += 1);
         tracing::warn!(%peer, corrupt_blocks = penalty.corrupt_blocks, "peer sent a corrupt block: banned for an hour");
     }
 
@@ -42,6 +53,16 @@ impl PeerScores {
         peers
             .get(peer)
             .is_some_and(|p| p.banned_until > Instant::now())
+    }
+
+    /// Resolves once `peer` is banned (never, if it stays in good standing).
+    pub async fn until_banned(&self, peer: PeerId) {
+        let mut bans = self.bans.subscribe();
+        while !self.is_banned(&peer) {
+            if bans.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Corrupt blocks `peer` has sent.

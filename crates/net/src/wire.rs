@@ -2,6 +2,10 @@
 //! unsigned-varint length followed by that many bytes (as in every libp2p protocol).
 
 use std::io;
+use std::time::Duration;
+
+use libp2p::{PeerId, StreamProtocol};
+use libp2p_stream::{Control, OpenStreamError};
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use serde::{de::DeserializeOwned, Serialize};
@@ -96,6 +100,43 @@ impl<T> Reply<T> {
             result: None,
         }
     }
+}
+
+/// How long opening a stream (dialing first if needed) may take.
+pub(crate) const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a peer may stay silent in the middle of an exchange.
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Opens a stream to `peer`, giving up after [`OPEN_TIMEOUT`]: `libp2p-stream` waits
+/// for a connection without a deadline of its own (a dial it could not start, or a
+/// connection closing under it, would otherwise leave the caller waiting forever).
+pub(crate) async fn open_stream(
+    control: &mut Control,
+    peer: PeerId,
+    protocol: StreamProtocol,
+) -> Result<libp2p::Stream, OpenStreamError> {
+    tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, protocol))
+        .await
+        .unwrap_or_else(|_| {
+            Err(OpenStreamError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no stream to {peer} within {OPEN_TIMEOUT:?}"),
+            )))
+        })
+}
+
+/// `operation`, failing with `TimedOut` if the peer stays silent for [`IDLE_TIMEOUT`].
+pub(crate) async fn within_idle<T>(
+    operation: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    tokio::time::timeout(IDLE_TIMEOUT, operation)
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the peer sent nothing for {IDLE_TIMEOUT:?}"),
+            ))
+        })
 }
 
 /// Reads one JSON control message.
