@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use medmesh_sdk::{Client, Transfer};
+use medmesh_sdk::{Client, FetchRequest, Transfer};
 use medmesh_testkit::{files_under, free_port, noise};
 
 const PASSPHRASE: &str = "network test passphrase";
@@ -388,4 +388,69 @@ async fn cli_get_and_fetch_pull_records_from_peers() {
         .output()
         .unwrap();
     assert!(!bad_peer.status.success());
+}
+
+/// A node whose disk corrupted the blocks it serves: the fetcher detects the first bad
+/// block, bans that node, and gets the record whole from the other provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serving_corrupt_blocks_is_banned_and_the_record_comes_from_another() {
+    let base = tempfile::tempdir().unwrap();
+    let a = Proc::start(base.path(), "a", &[]);
+    let b = Proc::start(base.path(), "b", &[&a]);
+    wait_for_peers(&b, 1).await;
+    let id = a
+        .client()
+        .upload(noise(6 * 1024 * 1024, 31), Default::default())
+        .await
+        .unwrap()
+        .id
+        .to_string();
+    let placed = a
+        .client()
+        .replicate(&id, 1, std::slice::from_ref(&b.peer_id))
+        .await
+        .unwrap();
+    assert_eq!(placed.holders, vec![b.peer_id.clone()]);
+    // B's disk flips a bit in every chunk (the fast path serves blocks without
+    // re-hashing them; the receiver checks each one).
+    let chunks = a.client().record(&id).await.unwrap().chunks;
+    let mut flipped = 0;
+    for file in files_under(&b.dir.join("store/blocks")) {
+        if file
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("bafk")
+        {
+            let mut bytes = std::fs::read(&file).unwrap();
+            bytes[100] ^= 1;
+            std::fs::write(&file, bytes).unwrap();
+            flipped += 1;
+        }
+    }
+    assert_eq!(flipped, chunks);
+
+    let c = Proc::start(base.path(), "c", &[&a, &b]);
+    wait_for_peers(&c, 2).await;
+    let request = FetchRequest {
+        providers: vec![b.peer_id.clone(), a.peer_id.clone()],
+        transfer: Transfer::FastPath,
+        batch: Some(1),
+    };
+    let report = c.client().fetch_record_with(&id, &request).await.unwrap();
+    assert_eq!(report.banned, vec![b.peer_id.clone()], "{report:?}");
+    assert!(report.providers.contains(&a.peer_id), "{report:?}");
+    assert!(c.client().check().await.unwrap().problems.is_empty());
+    // B's own check finds what its disk did.
+    assert_eq!(b.client().check().await.unwrap().problems.len(), chunks);
+    let bad_batch = FetchRequest {
+        batch: Some(0),
+        ..request
+    };
+    let err = c
+        .client()
+        .fetch_record_with(&id, &bad_batch)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(400), "{err}");
 }

@@ -478,10 +478,20 @@ impl Client {
         let body = FetchRequest {
             providers: providers.to_vec(),
             transfer,
+            batch: None,
         };
+        self.fetch_record_with(id, &body).await
+    }
+
+    /// `POST /v1/records/{id}/fetch` with every option.
+    pub async fn fetch_record_with(
+        &self,
+        id: &str,
+        body: &FetchRequest,
+    ) -> Result<FetchReport, Error> {
         Self::json(
             self.request(Method::POST, &format!("/v1/records/{id}/fetch"))
-                .json(&body),
+                .json(body),
         )
         .await
     }

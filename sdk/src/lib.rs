@@ -24,7 +24,8 @@ pub use client::{Client, SearchQuery, UploadOptions};
 pub use error::Error;
 pub use medmesh_api::{
     AuditPage, AuditVerification, ChainInfo, CheckResult, ConsentLinkResponse, CreatedToken,
-    Dialed, FetchReport, GcResult, GrantEntry, Health, KeyResponse, NetworkStatus, NonceResponse,
-    PeerInfo, Problem, RecordEntry, RecordInfo, RecordPage, RelayResponse, Removed, ReplicaOutcome,
-    ReplicationStatus, SessionResponse, SignedGrant, SignedRevocation, TokenView, Transfer, WhoAmI,
+    Dialed, FetchReport, FetchRequest, GcResult, GrantEntry, Health, KeyResponse, NetworkStatus,
+    NonceResponse, PeerInfo, Problem, RecordEntry, RecordInfo, RecordPage, RelayResponse, Removed,
+    ReplicaOutcome, ReplicationStatus, SessionResponse, SignedGrant, SignedRevocation, TokenView,
+    Transfer, WhoAmI,
 };

@@ -52,6 +52,10 @@ pub struct FetchRequest {
     /// `fast_path` (default) or `bitswap`.
     #[serde(default)]
     pub transfer: Transfer,
+    /// Chunks per fast-path request, 1–4096 (default 64): smaller batches spread a
+    /// record over more providers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<u32>,
 }
 
 /// Where a record should be replicated.
@@ -205,11 +209,17 @@ pub async fn fetch(
         .map(|p| parse_peer(p))
         .collect::<Result<Vec<_>, _>>()?;
     let net = network(&state)?;
-    let options = FetchOptions {
+    let mut options = FetchOptions {
         providers,
         transfer: request.transfer,
         ..FetchOptions::default()
     };
+    if let Some(batch) = request.batch {
+        if !(1..=4096).contains(&batch) {
+            return Err(ApiError::bad_request("`batch` must be 1–4096"));
+        }
+        options.batch = batch as usize;
+    }
     Ok(axum::Json(
         net.fetch_record(id, options, Arc::new(|_| {})).await?,
     ))
