@@ -126,8 +126,7 @@ mdns = false
 # Connection limits.
 max_connections = 256
 max_connections_per_peer = 4
-# Seconds between checks that replicated records still have their copies (and between
-# re-announcements of stored records in the DHT).
+# Seconds between checks that replicated records still have their copies.
 repair_interval_secs = 300
 # How long (ms) a fetch waits for the DHT to name a provider of a record.
 find_timeout_ms = 10000

@@ -64,27 +64,22 @@ pub async fn start(
     .context("starting the peer-to-peer network")
 }
 
-/// Announces every stored record in the DHT, once now and again every
-/// `repair_interval` (provider records expire), in the background.
-pub fn announce_records(network: Network, store: Arc<Store>, every: Duration) {
+/// Announces every stored record in the DHT, in the background. Once per start is
+/// enough: the DHT keeps provider records in memory (empty after a restart), and
+/// Kademlia itself republishes ours every 12 hours, before they expire (48 hours).
+pub fn announce_records(network: Network, store: Arc<Store>) {
     tokio::spawn(async move {
-        loop {
-            let listed = {
-                let store = store.clone();
-                tokio::task::spawn_blocking(move || store.list(&RecordQuery::default())).await
-            };
-            match listed {
-                Ok(Ok(records)) => {
-                    for (id, _) in records {
-                        if let Err(e) = network.provide(*id.cid()).await {
-                            tracing::debug!(record = %id, error = %e, "announcement failed");
-                        }
+        let listed = tokio::task::spawn_blocking(move || store.list(&RecordQuery::default())).await;
+        match listed {
+            Ok(Ok(records)) => {
+                for (id, _) in records {
+                    if let Err(e) = network.provide(*id.cid()).await {
+                        tracing::debug!(record = %id, error = %e, "announcement failed");
                     }
                 }
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot list records to announce"),
-                Err(_) => return,
             }
-            tokio::time::sleep(every).await;
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot list records to announce"),
+            Err(_) => {}
         }
     });
 }

@@ -152,11 +152,7 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
             let network =
                 crate::network::start(&node, store.clone(), config.clone(), policy, account)
                     .await?;
-            crate::network::announce_records(
-                network.clone(),
-                store.clone(),
-                config.repair_interval(),
-            );
+            crate::network::announce_records(network.clone(), store.clone());
             network.spawn_repair(store.clone());
             state.enable_network(network.clone());
             Some(network)

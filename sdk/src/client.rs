@@ -396,14 +396,7 @@ impl Client {
             purpose,
             certificate: certificate.to_string(),
             challenge: challenge.challenge,
-            signature: format!(
-                "0x{}",
-                signature
-                    .as_bytes()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            ),
+            signature: wallet::signature_hex(&signature),
         };
         Self::json(
             self.request(Method::POST, &format!("/v1/records/{id}/key"))

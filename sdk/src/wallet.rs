@@ -42,14 +42,7 @@ pub async fn sign_siwe(
         .sign_message(message.to_string().as_bytes())
         .await
         .map_err(|e| Error::Wallet(e.to_string()))?;
-    Ok(format!(
-        "0x{}",
-        signature
-            .as_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    ))
+    Ok(signature_hex(&signature))
 }
 
 /// Checks that `signature` over `message` was made by the message's address.
@@ -84,7 +77,8 @@ pub struct Consent {
     pub deadline: u64,
 }
 
-fn signature_hex(signature: &alloy_signer::Signature) -> String {
+/// `0x` + the 65-byte signature in hex, as wallets and the API write it.
+pub(crate) fn signature_hex(signature: &alloy_signer::Signature) -> String {
     format!(
         "0x{}",
         signature

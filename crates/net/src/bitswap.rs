@@ -195,7 +195,7 @@ impl Bitswap {
                 continue;
             }
             if let Ok(cid) = Cid::try_from(presence.cid.as_slice()) {
-                self.notify(&cid, |_| WantEvent::DontHave(peer), false);
+                self.notify(&cid, || WantEvent::DontHave(peer), false);
             }
         }
         if let Some(wantlist) = message.wantlist {
@@ -279,10 +279,10 @@ impl Bitswap {
             tracing::warn!(%cid, error = %e, "could not store a fetched block");
             return;
         }
-        self.notify(&cid, |_| WantEvent::Block(data.clone()), true);
+        self.notify(&cid, || WantEvent::Block(data.clone()), true);
     }
 
-    fn notify(&self, cid: &Cid, event: impl Fn(()) -> WantEvent, done: bool) {
+    fn notify(&self, cid: &Cid, event: impl Fn() -> WantEvent, done: bool) {
         let mut wants = crate::lock(&self.wants);
         let waiters = if done {
             wants.remove(cid).unwrap_or_default()
@@ -290,7 +290,7 @@ impl Bitswap {
             wants.get(cid).cloned().unwrap_or_default()
         };
         for waiter in waiters {
-            let _ = waiter.send(event(()));
+            let _ = waiter.send(event());
         }
     }
 

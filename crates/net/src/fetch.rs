@@ -98,20 +98,34 @@ impl Network {
             record: root.to_string(),
             ..FetchReport::default()
         };
-        let mut candidates = self.candidates(&root, &options).await;
+        // A record already whole here (a repair pass re-asking a holder) needs no DHT
+        // lookup and no peer.
+        let local = match self.local_manifest(&root).await? {
+            Some(manifest) => {
+                let missing = self.missing_chunks(&manifest).await?;
+                Some((manifest, missing))
+            }
+            None => None,
+        };
+        let complete = local
+            .as_ref()
+            .is_some_and(|(_, missing)| missing.is_empty());
+        let mut candidates = if complete {
+            Vec::new()
+        } else {
+            self.candidates(&root, &options).await
+        };
         let asked = candidates.clone();
-        let manifest = self
-            .manifest(&root, &mut candidates, &options, &mut report)
-            .await?;
-        let store = self.inner.store.clone();
-        let chunks = manifest.body.chunks.clone();
-        let missing: Vec<u32> = tokio::task::spawn_blocking(move || {
-            (0..chunks.len() as u32)
-                .filter(|&i| !store.has(&chunks[i as usize]))
-                .collect()
-        })
-        .await
-        .map_err(|e| NetError::Store(e.to_string()))?;
+        let (manifest, missing) = match local {
+            Some(local) => local,
+            None => {
+                let manifest = self
+                    .remote_manifest(&root, &mut candidates, &options, &mut report)
+                    .await?;
+                let missing = self.missing_chunks(&manifest).await?;
+                (manifest, missing)
+            }
+        };
         report.blocks_total = manifest.body.chunks.len() as u64 + 1;
         report.blocks_present = report.blocks_total - missing.len() as u64 - report.blocks_fetched;
         if !missing.is_empty() {
@@ -208,24 +222,43 @@ impl Network {
         out
     }
 
-    /// The record's manifest: local, or from the first candidate that serves a valid
-    /// one.
-    async fn manifest(
+    /// The record's manifest if it is stored here.
+    async fn local_manifest(&self, root: &RecordId) -> Result<Option<Manifest>, NetError> {
+        let store = self.inner.store.clone();
+        let cid = *root.cid();
+        let local = tokio::task::spawn_blocking(move || store.get(&cid))
+            .await
+            .map_err(|e| NetError::Store(e.to_string()))??;
+        local
+            .map(|bytes| {
+                Manifest::decode(&bytes)
+                    .map_err(|e| NetError::Store(format!("stored manifest of {root}: {e}")))
+            })
+            .transpose()
+    }
+
+    /// Indices of the chunks of `manifest` not stored here.
+    async fn missing_chunks(&self, manifest: &Manifest) -> Result<Vec<u32>, NetError> {
+        let store = self.inner.store.clone();
+        let chunks = manifest.body.chunks.clone();
+        tokio::task::spawn_blocking(move || {
+            (0..chunks.len() as u32)
+                .filter(|&i| !store.has(&chunks[i as usize]))
+                .collect()
+        })
+        .await
+        .map_err(|e| NetError::Store(e.to_string()))
+    }
+
+    /// The manifest from the first candidate that serves one hashing to `root`.
+    async fn remote_manifest(
         &self,
         root: &RecordId,
         candidates: &mut Vec<PeerId>,
         options: &FetchOptions,
         report: &mut FetchReport,
     ) -> Result<Manifest, NetError> {
-        let store = self.inner.store.clone();
         let cid = *root.cid();
-        let local = tokio::task::spawn_blocking(move || store.get(&cid))
-            .await
-            .map_err(|e| NetError::Store(e.to_string()))??;
-        if let Some(bytes) = local {
-            return Manifest::decode(&bytes)
-                .map_err(|e| NetError::Store(format!("stored manifest of {root}: {e}")));
-        }
         let mut errors = Vec::new();
         for &peer in candidates.iter() {
             let fetched = match options.transfer {
