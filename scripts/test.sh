@@ -17,6 +17,14 @@ if [ ! -d interop/helia/node_modules/helia ]; then
   (cd interop/helia && npm install --no-audit --no-fund --loglevel=error)
 fi
 
+# The SDK must not compile the server: no HTTP server, index, libp2p or EVM in its tree.
+heavy=$(cargo tree -p medmesh-sdk -e normal --prefix none --locked | grep -E '^(axum|redb|libp2p|revm)( |-)' | sort -u || true)
+if [ -n "$heavy" ]; then
+  echo "medmesh-sdk depends on server crates:" >&2
+  echo "$heavy" >&2
+  exit 1
+fi
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"

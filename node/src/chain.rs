@@ -1,5 +1,5 @@
 //! The node's link to the consent contracts: `medmesh chain deploy`, and the grant cache
-//! and key releaser behind the HTTP API's key release.
+//! and key releaser behind the service layer's key release.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -9,10 +9,10 @@ use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use medmesh_api::ChainServices;
 use medmesh_chain::devchain::DevChain;
 use medmesh_chain::{Deployment, GrantCache, KeyReleaser, Relayer};
 use medmesh_crypto::{Certificate, UnlockedDecryptor};
+use medmesh_service::ChainServices;
 use medmesh_store::Store;
 
 /// `medmesh chain …`.
@@ -184,18 +184,19 @@ impl ChainLink {
         let block = cache
             .sync(&self.provider)
             .await
-            .context("cannot reach the chain to catch up on consent events")?;
+            .context("cannot reach the chain to catch up on consent events")?
+            .latest;
         println!(
             "  chain:        consent synced to block {block} (ConsentRegistry {})",
             self.deployment.consent_registry
         );
         let relayer = self.account.map(|account| {
             println!("  relaying as:  {}", account.address());
-            let wallet = ProviderBuilder::new()
-                .wallet(EthereumWallet::from(account))
-                .connect_http(self.url.clone())
-                .erased();
-            Arc::new(Relayer::new(wallet, self.deployment.consent_registry))
+            Arc::new(Relayer::connect(
+                self.url.clone(),
+                account,
+                self.deployment.consent_registry,
+            ))
         });
         let releaser = KeyReleaser::new(
             store,

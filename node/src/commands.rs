@@ -2,69 +2,27 @@
 //! a user error changes nothing.
 
 use std::fs;
-use std::io::{self, IsTerminal, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use medmesh_core::{ContentType, PatientRef, RecordId};
 use medmesh_crypto::{Keystore, Passphrase};
 use medmesh_net::Transfer;
-use medmesh_store::{PutRequest, RecordQuery, Store, StoreError, TokenScope};
+use medmesh_store::{PutRequest, RecordQuery, StoreError, TokenScope};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::config::{self, Config};
+use crate::datadir::{open_store, Node};
 use crate::passphrase::PassphraseSource;
+use crate::progress::progress_bar;
 
 /// Who the CLI acts as in the audit log.
 pub const CLI_ACTOR: &str = "cli";
-/// Inputs at least this large get a progress bar (on a terminal).
-const PROGRESS_THRESHOLD: u64 = 16 << 20;
-
-/// An initialised data dir, opened.
-pub struct Node {
-    /// `medmesh.toml`.
-    pub config: Config,
-    /// The institution's keys and the node identity.
-    pub keystore: Keystore,
-    /// Blocks and index (shared with the network when it runs).
-    pub store: std::sync::Arc<Store>,
-}
-
-impl Node {
-    /// Opens config, keystore and store of `data_dir`.
-    pub fn open(data_dir: &Path) -> Result<Self> {
-        let config = Config::load(data_dir)?;
-        let keystore = Keystore::open(&data_dir.join("keys"))?;
-        let store = open_store(&data_dir.join("store"))?;
-        Ok(Self {
-            config,
-            keystore,
-            store: std::sync::Arc::new(store),
-        })
-    }
-}
-
-/// How long a command waits for another medmesh process to release the store.
-const LOCK_WAIT: Duration = Duration::from_secs(3);
-
-/// Opens the store, waiting briefly if another short-lived command holds it.
-fn open_store(dir: &Path) -> Result<Store> {
-    let deadline = Instant::now() + LOCK_WAIT;
-    loop {
-        match Store::open(dir) {
-            Err(StoreError::Locked(_)) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            other => return Ok(other?),
-        }
-    }
-}
 
 fn parse_id(id: &str) -> Result<RecordId> {
     Ok(id.parse::<RecordId>()?)
@@ -105,6 +63,7 @@ pub fn init_with(data_dir: &Path, institution: &str, passphrase: &Passphrase) ->
         fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&config_path)
             .and_then(|mut f| f.write_all(Config::template(institution).as_bytes()))
             .with_context(|| format!("writing {}", config_path.display()))?;
@@ -276,8 +235,28 @@ pub fn get(data_dir: &Path, source: &PassphraseSource, args: GetArgs) -> Result<
     if to_stdout {
         let stdout = io::stdout();
         let mut out = io::BufWriter::with_capacity(1 << 20, stdout.lock());
-        node.store
-            .read_record(&id, &cert, &mut decryptor, &mut out, CLI_ACTOR, &progress)?;
+        // A reader that stops early (`| head`) closes the pipe; Rust ignores SIGPIPE, so
+        // the write fails with EPIPE. That is the reader's choice, not an error: end
+        // quietly, as ripgrep does.
+        let read =
+            node.store
+                .read_record(&id, &cert, &mut decryptor, &mut out, CLI_ACTOR, &progress);
+        match read {
+            Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::BrokenPipe => {
+                bar.finish_and_clear();
+                return Ok(());
+            }
+            other => {
+                other?;
+            }
+        }
+        match out.flush() {
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                bar.finish_and_clear();
+                return Ok(());
+            }
+            other => other.context("writing the record to standard output")?,
+        }
     } else {
         // Plaintext goes to a private temp file first and takes the final name only
         // once every chunk has verified, so a failed read leaves no partial record.
@@ -310,29 +289,6 @@ fn partial_path(output: &Path) -> PathBuf {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "record".into());
     output.with_file_name(format!(".{name}.medmesh-partial"))
-}
-
-pub(crate) fn progress_bar(total: Option<u64>, what: &'static str) -> ProgressBar {
-    let show = io::stderr().is_terminal() && total.is_none_or(|t| t >= PROGRESS_THRESHOLD);
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let bar = match total {
-        Some(t) => ProgressBar::new(t),
-        None => ProgressBar::no_length(),
-    };
-    let template = if total.is_some() {
-        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"
-    } else {
-        "{msg} {bytes} {bytes_per_sec}"
-    };
-    bar.set_style(
-        ProgressStyle::with_template(template)
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_message(what);
-    bar
 }
 
 /// `medmesh ls`.
@@ -378,24 +334,42 @@ pub fn ls(data_dir: &Path, args: LsArgs) -> Result<()> {
         limit: args.limit.unwrap_or(0),
     };
     let node = Node::open(data_dir)?;
-    let records = node.store.list(&query)?;
     let mut out = io::stdout().lock();
-    for (id, meta) in records {
-        if args.json {
+    // Each record is printed as the index is read, so a large store's first lines come
+    // at once and memory stays flat; the first write error stops the scan.
+    let mut failed: Option<anyhow::Error> = None;
+    node.store.scan_records(&query, |id, meta| {
+        let printed = if args.json {
             let line = serde_json::json!({ "id": id, "meta": meta });
-            writeln!(out, "{line}")?;
+            writeln!(out, "{line}").map_err(anyhow::Error::from)
         } else {
-            writeln!(
-                out,
-                "{id}  {:>10}  {:<24}  {}  {}",
-                human_bytes(meta.size),
-                meta.content_type,
-                meta.created.format(&Rfc3339)?,
-                meta.patient.as_ref().map_or("-", |p| p.as_str())
-            )?;
+            meta.created
+                .format(&Rfc3339)
+                .map_err(anyhow::Error::from)
+                .and_then(|created| {
+                    writeln!(
+                        out,
+                        "{id}  {:>10}  {:<24}  {}  {}",
+                        human_bytes(meta.size),
+                        meta.content_type,
+                        created,
+                        meta.patient.as_ref().map_or("-", |p| p.as_str())
+                    )
+                    .map_err(anyhow::Error::from)
+                })
+        };
+        match printed {
+            Ok(()) => std::ops::ControlFlow::Continue(()),
+            Err(e) => {
+                failed = Some(e);
+                std::ops::ControlFlow::Break(())
+            }
         }
+    })?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 pub fn info(data_dir: &Path, id: &str, json: bool) -> Result<()> {

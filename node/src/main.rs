@@ -6,8 +6,10 @@
 mod chain;
 mod commands;
 mod config;
+mod datadir;
 mod network;
 mod passphrase;
+mod progress;
 mod serve;
 
 use std::path::PathBuf;
@@ -118,11 +120,23 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A reader that stopped early (`medmesh ls | head`) closed our standard output:
+        // its choice, not an error (as ripgrep treats it).
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `e` comes from writing to a closed pipe.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn init_tracing(verbose: u8) {

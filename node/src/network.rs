@@ -13,7 +13,7 @@ use medmesh_net::{
 };
 use medmesh_store::{RecordQuery, Store};
 
-use crate::commands::Node;
+use crate::datadir::Node;
 
 /// Network flags shared by `medmesh node`, `get` and `fetch`.
 #[derive(Debug, Clone, Args)]
@@ -117,7 +117,7 @@ pub fn fetch_for_cli(
                 Err(_) => eprintln!("warning: {addr} did not answer within 10 s"),
             }
         }
-        let bar = crate::commands::progress_bar(None, "fetching");
+        let bar = crate::progress::progress_bar(None, "fetching");
         let progress = {
             let bar = bar.clone();
             Arc::new(move |n: u64| bar.inc(n))

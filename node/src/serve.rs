@@ -7,12 +7,14 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use medmesh_api::{ApiConfig, AppState, NodeKeys};
-use medmesh_store::TokenScope;
+use medmesh_api::{ApiConfig, AppState};
+use medmesh_service::{NodeKeys, NodeServices, ServiceSettings};
+use medmesh_store::{Store, TokenScope};
 
 use crate::chain;
-use crate::commands::{self, Node, CLI_ACTOR};
+use crate::commands::{self, CLI_ACTOR};
 use crate::config;
+use crate::datadir::Node;
 use crate::passphrase::PassphraseSource;
 
 /// `medmesh node`.
@@ -31,9 +33,8 @@ pub struct NodeArgs {
     /// Sustained requests per second allowed per API token (burst: twice as many).
     #[arg(long, default_value_t = 100.0)]
     rate_limit: f64,
-    /// JSON-RPC URL of an EVM chain holding the consent contracts, instead of the
-    /// embedded dev chain
-    /// links and key release).
+    /// JSON-RPC URL of an EVM chain holding the consent contracts (consent checks, key
+    /// release, relayed grants), instead of the embedded dev chain.
     #[arg(long, requires = "chain_deployment")]
     chain_rpc: Option<String>,
     /// The deployment file (`medmesh chain deploy` writes it): contract addresses and
@@ -77,6 +78,15 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
         commands::init_with(data_dir, &args.institution, &passphrase)?;
         passphrase
     };
+    // The data dir holds keys, ciphertext and the index: nobody else may read it.
+    let repaired = medmesh_store::secure_permissions(data_dir)
+        .with_context(|| format!("securing the permissions of {}", data_dir.display()))?;
+    for path in &repaired {
+        eprintln!(
+            "warning: {} was readable by other users; made it private (0700/0600)",
+            path.display()
+        );
+    }
     let node = Node::open(data_dir)?;
     let listen = args.listen.unwrap_or(node.config.api.listen);
     check_listen(listen, args.allow_public)?;
@@ -100,7 +110,6 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
     }
     let config = ApiConfig {
         siwe_domain: args.siwe_domain.unwrap_or_else(|| listen.to_string()),
-        chunk_size: node.config.store.chunk_size,
         rate_per_second: args.rate_limit,
         rate_burst: 2.0 * args.rate_limit,
         ..ApiConfig::default()
@@ -108,7 +117,10 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
     let institution = keys.certificate.id();
     let certificate = keys.certificate.clone();
     let decryptor = keys.decryptor.clone();
-    let state = AppState::new(store.clone(), Arc::new(keys), config);
+    let settings = ServiceSettings {
+        chunk_size: node.config.store.chunk_size,
+    };
+    let services = Arc::new(NodeServices::new(store.clone(), Arc::new(keys), settings));
     let chain_source = match (&args.chain_rpc, &args.chain_deployment) {
         _ if args.no_chain => chain::Source::None,
         (Some(rpc), Some(deployment)) => chain::Source::External {
@@ -129,6 +141,8 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        let state = AppState::new(services.clone(), config);
+        spawn_orphan_sweep(store.clone());
         let mut policy: Arc<dyn medmesh_net::PeerPolicy> = Arc::new(medmesh_net::OpenPolicy);
         let mut policy_text = "any peer (no external chain)";
         let mut account = None;
@@ -140,10 +154,10 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
                 policy = Arc::new(chain.registered_institutions());
                 policy_text = "nodes of institutions registered in NodeRegistry";
             }
-            let services = chain
+            let chain_services = chain
                 .services(store.clone(), certificate, decryptor)
                 .await?;
-            state.enable_chain(services);
+            services.enable_chain(chain_services);
         }
         let network = if args.no_network {
             None
@@ -154,7 +168,7 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
                     .await?;
             crate::network::announce_records(network.clone(), store.clone());
             network.spawn_repair(store.clone());
-            state.enable_network(network.clone());
+            services.enable_network(network.clone());
             Some(network)
         };
         let listener = tokio::net::TcpListener::bind(listen)
@@ -183,6 +197,37 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
     })?;
     eprintln!("medmesh node stopped");
     Ok(())
+}
+
+/// Blocks an interrupted upload or fetch left behind (a kill mid-write) are deleted
+/// once they are this old: younger ones may belong to a fetch a restart resumes.
+const ORPHAN_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How often the node looks for such blocks.
+const ORPHAN_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Deletes orphan blocks and temp files at start and then periodically, so crashes do
+/// not leave gigabytes until someone runs `medmesh gc`.
+fn spawn_orphan_sweep(store: Arc<Store>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(ORPHAN_SWEEP_EVERY);
+        loop {
+            tick.tick().await;
+            let store = store.clone();
+            let swept =
+                tokio::task::spawn_blocking(move || store.sweep_orphans(ORPHAN_AGE, "node")).await;
+            match swept {
+                Ok(Ok(r)) if r.blocks_removed + r.temp_files_removed > 0 => tracing::warn!(
+                    blocks = r.blocks_removed,
+                    temp_files = r.temp_files_removed,
+                    bytes = r.bytes_freed,
+                    "deleted what interrupted writes left behind"
+                ),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "orphan sweep failed"),
+                Err(_) => return,
+            }
+        }
+    });
 }
 
 fn check_listen(listen: SocketAddr, allow_public: bool) -> Result<()> {

@@ -590,3 +590,104 @@ fn chain_key_files_must_be_private() {
     assert!(!stderr.contains("chmod"), "{stderr}");
     assert!(!out_file.exists());
 }
+
+/// `medmesh get ID -o - | head -c 1` and `medmesh ls | head -n 1`: the reader closes
+/// the pipe early, which is its choice, so the command ends quietly with success.
+#[test]
+fn a_closed_pipe_ends_get_and_ls_quietly() {
+    let node = Node::init();
+    let big = node.file("big.bin", &noise(8 << 20, 21));
+    let id = node.put(&big, &[]);
+    for _ in 0..40 {
+        node.put(&node.file("small.txt", b"small record"), &[]);
+    }
+    for args in [vec!["get", id.as_str(), "-o", "-"], vec!["ls"]] {
+        let mut child = node
+            .cmd()
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Read one byte, then close our end, as `head -c 1` does.
+        let mut stdout = child.stdout.take().unwrap();
+        let mut first = [0u8; 1];
+        std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+        drop(stdout);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {} {stderr}", out.status);
+        assert!(stderr.is_empty(), "{args:?} printed: {stderr}");
+    }
+}
+
+/// The data dir is private: `medmesh node` narrows modes an older version or a restored
+/// backup left open, names what it changed, and everything it creates is private.
+#[test]
+fn node_makes_its_data_dir_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let node = Node::init();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let chmod =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    node.put(&node.file("r.txt", b"a record"), &[]);
+    let data = node.data_dir();
+    let index = data.join("store/index.redb");
+    chmod(&data, 0o755);
+    chmod(&index, 0o644);
+    chmod(&data.join("store"), 0o755);
+
+    let api = free_port();
+    let mut child = node
+        .cmd()
+        .args([
+            "node",
+            "--listen",
+            &format!("127.0.0.1:{api}"),
+            "--no-chain",
+            "--no-network",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "node did not start");
+        let mut line = String::new();
+        assert!(
+            std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0,
+            "node exited"
+        );
+        if line.contains("stop with Ctrl-C") {
+            break;
+        }
+    }
+    std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for path in [&data, &index] {
+        assert!(
+            stderr.contains(&format!(
+                "warning: {} was readable by other users",
+                path.display()
+            )),
+            "{stderr}"
+        );
+    }
+    for path in files_under(&data) {
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+    for dir in [
+        data.clone(),
+        data.join("store"),
+        data.join("store/blocks"),
+        data.join("keys"),
+    ] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+}

@@ -5,7 +5,7 @@ use std::path::Path;
 use alloy_signer::Signer;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use medmesh_api::{
+use medmesh_api_types::{
     AuditPage, AuditVerification, ChainInfo, ChallengeResponse, CheckResult, ConsentLinkRequest,
     ConsentLinkResponse, CreatedToken, DialRequest, Dialed, FetchReport, FetchRequest, GcResult,
     GrantEntry, Health, KeyRequestBody, KeyResponse, NetworkStatus, NonceResponse, Problem,
@@ -381,7 +381,7 @@ impl Client {
         let record: medmesh_core::RecordId = id
             .parse()
             .map_err(|e: medmesh_core::CoreError| Error::Wallet(e.to_string()))?;
-        let message = medmesh_chain::KeyRequest::message(
+        let message = medmesh_consent::key_request_message(
             &record,
             grantee.address(),
             purpose,

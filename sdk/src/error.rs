@@ -1,4 +1,4 @@
-use medmesh_api::Problem;
+use medmesh_api_types::Problem;
 
 /// What can go wrong talking to a node.
 #[derive(Debug, thiserror::Error)]

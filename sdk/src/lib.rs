@@ -13,8 +13,9 @@
 //! ```
 //!
 //! Every method maps to one endpoint of the OpenAPI document (`/openapi.json`); errors
-//! carry the server's RFC 9457 problem details. Response types are the API crate's own,
-//! so client and server cannot drift apart.
+//! carry the server's RFC 9457 problem details. Request and response types are `medmesh-api-types`,
+//! the server's own, so client and server cannot drift apart; the SDK compiles none of
+//! the server (no axum, redb, libp2p or EVM).
 
 mod client;
 mod error;
@@ -22,7 +23,7 @@ pub mod wallet;
 
 pub use client::{Client, SearchQuery, UploadOptions};
 pub use error::Error;
-pub use medmesh_api::{
+pub use medmesh_api_types::{
     AuditPage, AuditVerification, ChainInfo, CheckResult, ConsentLinkResponse, CreatedToken,
     Dialed, FetchReport, FetchRequest, GcResult, GrantEntry, Health, KeyResponse, NetworkStatus,
     NonceResponse, PeerInfo, Problem, RecordEntry, RecordInfo, RecordPage, RelayResponse, Removed,

@@ -68,7 +68,7 @@ pub struct Consent {
     /// `ScopeKind`: 0 record, 1 patient at institution, 2 dataset.
     pub kind: u8,
     /// The scope (for a record: from the institution's consent link).
-    pub scope: medmesh_chain::alloy_primitives::B256,
+    pub scope: medmesh_consent::alloy_primitives::B256,
     /// GA4GH DUO purpose term number (42 for DUO:0000042).
     pub purpose: u32,
     /// The patient's next nonce on the ConsentRegistry (`nonces(patient)`).
@@ -92,19 +92,19 @@ pub(crate) fn signature_hex(signature: &alloy_signer::Signature) -> String {
 /// The EIP-712 domain of the node's ConsentRegistry.
 fn consent_domain(
     info: &crate::ChainInfo,
-) -> Result<medmesh_chain::sol_types::Eip712Domain, Error> {
+) -> Result<medmesh_consent::alloy_sol_types::Eip712Domain, Error> {
     let registry = info
         .consent_registry
         .parse()
         .map_err(|_| Error::Wallet("the node sent a malformed contract address".into()))?;
-    Ok(medmesh_chain::consent_domain(info.chain_id, registry))
+    Ok(medmesh_consent::consent_domain(info.chain_id, registry))
 }
 
 /// Signs a consent message with EIP-712 for the node's chain; returns the hex signature.
 async fn sign_typed(
     signer: &(impl Signer + Sync),
     info: &crate::ChainInfo,
-    message: &impl medmesh_chain::sol_types::SolStruct,
+    message: &impl medmesh_consent::alloy_sol_types::SolStruct,
 ) -> Result<String, Error> {
     let hash = message.eip712_signing_hash(&consent_domain(info)?);
     let signature = signer
@@ -123,8 +123,8 @@ pub async fn sign_grant(
     consent: &Consent,
     expiry: u64,
 ) -> Result<crate::SignedGrant, Error> {
-    use medmesh_chain::alloy_primitives::U256;
-    let message = medmesh_chain::bindings::GrantConsent {
+    use medmesh_consent::alloy_primitives::U256;
+    let message = medmesh_consent::GrantConsent {
         patient: consent.patient,
         grantee: consent.grantee,
         kind: consent.kind,
@@ -153,8 +153,8 @@ pub async fn sign_revocation(
     info: &crate::ChainInfo,
     consent: &Consent,
 ) -> Result<crate::SignedRevocation, Error> {
-    use medmesh_chain::alloy_primitives::U256;
-    let message = medmesh_chain::bindings::RevokeConsent {
+    use medmesh_consent::alloy_primitives::U256;
+    let message = medmesh_consent::RevokeConsent {
         patient: consent.patient,
         grantee: consent.grantee,
         kind: consent.kind,
@@ -178,10 +178,10 @@ pub async fn sign_revocation(
 /// The address that signed a [`crate::SignedGrant`] for the node's chain: the patient
 /// (or a delegate) if it verifies; compare with `grant.patient` before trusting it.
 pub fn verify_grant(info: &crate::ChainInfo, grant: &crate::SignedGrant) -> Result<Address, Error> {
-    use medmesh_chain::alloy_primitives::{Signature, U256};
-    use medmesh_chain::sol_types::SolStruct;
+    use medmesh_consent::alloy_primitives::{Signature, U256};
+    use medmesh_consent::alloy_sol_types::SolStruct;
     let bad = |what: &str| Error::Wallet(format!("malformed signed grant: {what}"));
-    let message = medmesh_chain::bindings::GrantConsent {
+    let message = medmesh_consent::GrantConsent {
         patient: grant.patient.parse().map_err(|_| bad("patient"))?,
         grantee: grant.grantee.parse().map_err(|_| bad("grantee"))?,
         kind: grant.kind,

@@ -1,19 +1,27 @@
 //! Who is calling: operators with API tokens (`mm_…`, scoped read/write/admin), and
 //! patients or researchers signed in with their wallet (Sign-In with Ethereum,
-//! EIP-4361) holding a session token (`mms_…`). Every denial is audited.
+//! EIP-4361) holding a session token (`mms_…`). Every denial is audited (see
+//! `denials.rs`), and every authenticated caller has a rate-limit bucket of its own.
+//!
+//! Handlers that need a scope take [`Authorized<Read>`], [`Authorized<Write>`] or
+//! [`Authorized<Admin>`] before any body extractor, so a caller without the scope is
+//! refused (403) before its body is even parsed.
 
+use std::marker::PhantomData;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use medmesh_core::siwe::SiweMessage;
 use medmesh_crypto::eth::{recover_personal_sign, Address, WalletSignatureError};
-use medmesh_store::{AuditAction, TokenScope};
+use medmesh_store::TokenScope;
 use ring::rand::{SecureRandom, SystemRandom};
 use time::OffsetDateTime;
 
 use crate::error::ApiError;
+use crate::ratelimit::address_key;
 use crate::state::{lock, AppState};
 
 const SESSION_PREFIX: &str = "mms_";
@@ -47,7 +55,7 @@ pub enum Principal {
 }
 
 impl Principal {
-    /// How the caller appears in the audit log.
+    /// How the caller appears in the audit log (and its rate-limit bucket).
     pub fn actor(&self) -> String {
         match self {
             Principal::Operator { token_id, .. } => format!("token:{token_id}"),
@@ -73,34 +81,99 @@ impl Principal {
             ),
         };
         state
-            .audit(
-                AuditAction::AccessDenied,
-                self.actor(),
-                subject.to_string(),
-                vec![("reason", refusal.clone())],
-            )
+            .inner
+            .denials
+            .record(self.actor(), subject.to_string(), refusal.clone(), true)
             .await;
         Err(ApiError::forbidden(refusal))
     }
+}
+
+/// The address a request came from, as its rate-limit and audit key.
+pub(crate) fn client_key(parts: &Parts) -> String {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(
+            || "anonymous".to_string(),
+            |ConnectInfo(a)| address_key(a.ip()),
+        )
 }
 
 impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let subject = parts.uri.path().to_string();
-        let result = authenticate(parts, state).await;
-        if let Err(e) = &result {
-            state
-                .audit(
-                    AuditAction::AccessDenied,
-                    "anonymous".into(),
-                    subject,
-                    vec![("reason", format!("{e:?}"))],
-                )
-                .await;
-        }
-        result
+        let principal = match authenticate(parts, state).await {
+            Ok(p) => p,
+            Err(e) => {
+                // Refused callers are audited by address: the token they sent proves
+                // nothing, and naming it would let anyone write entries in its name.
+                state
+                    .inner
+                    .denials
+                    .record(
+                        client_key(parts),
+                        parts.uri.path().to_string(),
+                        e.detail().to_string(),
+                        false,
+                    )
+                    .await;
+                return Err(e);
+            }
+        };
+        // The caller's own bucket: a shared address does not drain it, and rotating
+        // tokens does not refill one (bogus ones never get here).
+        state
+            .inner
+            .limiter
+            .check(&principal.actor())
+            .map_err(ApiError::rate_limited)?;
+        Ok(principal)
+    }
+}
+
+/// A scope an operator token must have.
+pub trait RequiredScope: Send + Sync + 'static {
+    /// The scope.
+    const SCOPE: TokenScope;
+}
+
+/// `read` scope.
+pub struct Read;
+/// `write` scope.
+pub struct Write;
+/// `admin` scope.
+pub struct Admin;
+
+impl RequiredScope for Read {
+    const SCOPE: TokenScope = TokenScope::Read;
+}
+impl RequiredScope for Write {
+    const SCOPE: TokenScope = TokenScope::Write;
+}
+impl RequiredScope for Admin {
+    const SCOPE: TokenScope = TokenScope::Admin;
+}
+
+/// An operator whose token has scope `S` (checked, and a refusal audited, before any
+/// later extractor reads the body).
+pub struct Authorized<S: RequiredScope>(pub Principal, PhantomData<S>);
+
+impl<S: RequiredScope> Authorized<S> {
+    /// How the caller appears in the audit log.
+    pub fn actor(&self) -> String {
+        self.0.actor()
+    }
+}
+
+impl<S: RequiredScope> FromRequestParts<AppState> for Authorized<S> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        principal.require(state, S::SCOPE, parts.uri.path()).await?;
+        Ok(Self(principal, PhantomData))
     }
 }
 
@@ -137,11 +210,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
             )),
         };
     }
-    let store = state.inner.store.clone();
-    let found = tokio::task::spawn_blocking(move || store.verify_token(&token))
-        .await
-        .map_err(|e| ApiError::internal("token check", e))??;
-    match found {
+    match state.services().verify_token(token).await? {
         Some(t) => Ok(Principal::Operator {
             token_id: t.id,
             scope: t.scope,
@@ -190,6 +259,13 @@ pub(crate) fn sign_in(
             parsed.domain, config.siwe_domain
         )));
     }
+    // EIP-4361: the URI is the resource the session is for; it must be this node.
+    if parsed.uri_authority() != Some(config.siwe_domain.as_str()) {
+        return Err(ApiError::unauthenticated(format!(
+            "the message's URI `{}` is not this node (http(s)://{})",
+            parsed.uri, config.siwe_domain
+        )));
+    }
     if parsed.chain_id != config.chain_id {
         return Err(ApiError::unauthenticated(format!(
             "the message is for chain {}, this node uses chain {}",
@@ -216,7 +292,9 @@ pub(crate) fn sign_in(
         return Err(ApiError::unauthenticated("the message has expired"));
     }
     let signer = recover_personal_sign(message.as_bytes(), signature).map_err(|e| match e {
-        WalletSignatureError::Malformed => ApiError::bad_request(e.to_string()),
+        WalletSignatureError::Malformed | WalletSignatureError::HighS => {
+            ApiError::bad_request(e.to_string())
+        }
         WalletSignatureError::Unrecoverable => ApiError::unauthenticated(e.to_string()),
     })?;
     if signer != address {
@@ -238,4 +316,15 @@ pub(crate) fn sign_in(
     let session = Session { address, expires };
     lock(&state.inner.sessions).insert(token.clone(), session.clone());
     Ok((token, session))
+}
+
+/// The client's address key (`ip:…`), for auditing unauthenticated calls.
+pub struct ClientAddr(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(client_key(parts)))
+    }
 }

@@ -3,25 +3,13 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+pub use medmesh_api_types::Problem;
+use medmesh_chain::{RelayError, ReleaseError};
 use medmesh_core::CoreError;
 use medmesh_crypto::CryptoError;
+use medmesh_net::NetError;
+use medmesh_service::ServiceError;
 use medmesh_store::StoreError;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
-
-/// A problem details object (RFC 9457).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct Problem {
-    /// A URI naming the kind of problem (`urn:medmesh:problem:<slug>`).
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Short summary of the kind.
-    pub title: String,
-    /// HTTP status code.
-    pub status: u16,
-    /// What went wrong in this case, and what to do.
-    pub detail: String,
-}
 
 /// An error answer; converts from every library error.
 #[derive(Debug)]
@@ -108,6 +96,11 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// What went wrong, as the client reads it (also the audit log's reason).
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -135,6 +128,27 @@ impl IntoResponse for ApiError {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
+    }
+}
+
+/// The one mapping from the node's errors to HTTP answers.
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::InvalidInput(_) | ServiceError::Core(_) => {
+                Self::bad_request(e.to_string())
+            }
+            ServiceError::Store(e) => e.into(),
+            ServiceError::Net(e) => (*e).into(),
+            ServiceError::NotFoundAnywhere { .. } => Self::not_found(e.to_string()),
+            ServiceError::Release(e) => e.into(),
+            ServiceError::Relay(e) => e.into(),
+            ServiceError::Chain(_) => Self::unavailable("chain", e.to_string()),
+            ServiceError::NoChain => Self::unavailable("no-chain", e.to_string()),
+            ServiceError::NoRelayer => Self::unavailable("no-relayer", e.to_string()),
+            ServiceError::NoNetwork => Self::unavailable("network-disabled", e.to_string()),
+            ServiceError::Task { what, .. } => Self::internal(what, e),
+        }
     }
 }
 
@@ -171,6 +185,55 @@ impl From<CryptoError> for ApiError {
             }
             CryptoError::NotARecipient { .. } => Self::forbidden(e.to_string()),
             other => Self::internal("cryptography", other),
+        }
+    }
+}
+
+impl From<NetError> for ApiError {
+    fn from(e: NetError) -> Self {
+        match e {
+            NetError::NotFound(_) => Self::not_found(e.to_string()),
+            NetError::Config(_) | NetError::Dial { .. } => Self::bad_request(e.to_string()),
+            NetError::Corrupt { .. } | NetError::Refused { .. } | NetError::Peer { .. } => {
+                Self::bad_gateway(e.to_string())
+            }
+            NetError::Store(e) => e.into(),
+            NetError::Stopped => Self::unavailable("network-stopped", e.to_string()),
+            NetError::Gossip(_) => Self::unavailable("gossip-not-sent", e.to_string()),
+            NetError::Setup { .. } | NetError::Task(_) | NetError::Provide(_) => {
+                Self::internal("the network", e)
+            }
+        }
+    }
+}
+
+impl From<ReleaseError> for ApiError {
+    fn from(e: ReleaseError) -> Self {
+        match e {
+            ReleaseError::BadChallenge | ReleaseError::NotGrantee(_) => {
+                Self::unauthenticated(e.to_string())
+            }
+            ReleaseError::UnknownRecord(_) => Self::not_found(e.to_string()),
+            ReleaseError::BadCertificate(_) => Self::bad_request(e.to_string()),
+            ReleaseError::NotLinked(_)
+            | ReleaseError::CertificateMismatch { .. }
+            | ReleaseError::Denied(_) => Self::forbidden(e.to_string()),
+            ReleaseError::Chain(_) => Self::unavailable("chain", e.to_string()),
+            other => Self::internal("key release", other),
+        }
+    }
+}
+
+impl From<RelayError> for ApiError {
+    fn from(e: RelayError) -> Self {
+        match e {
+            RelayError::Rejected(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "consent-rejected",
+                e.to_string(),
+            ),
+            RelayError::Unconfirmed { .. } => Self::unavailable("relay-unconfirmed", e.to_string()),
+            RelayError::Chain(_) => Self::unavailable("chain", e.to_string()),
         }
     }
 }

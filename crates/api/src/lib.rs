@@ -2,13 +2,19 @@
 //! administration, health and metrics, described by an OpenAPI 3.1 document served at
 //! `/openapi.json` with an interactive page at `/docs`.
 //!
+//! A transport only: each handler extracts its input, calls one method of
+//! [`medmesh_service::NodeServices`] and maps the answer; the request and response
+//! bodies are `medmesh-api-types`, shared with the SDK.
+//!
 //! Every `/v1` request is authenticated (operator API token or wallet session) and
-//! authorised; denials are audited. Errors are RFC 9457 problem+json. Uploads and
-//! downloads stream: a record never sits whole in memory. Each client gets a token
-//! bucket (429 with `Retry-After` beyond it); requests that do not stream a record have a
-//! time limit.
+//! authorised; denials are audited without one disk write each. Errors are RFC 9457
+//! problem+json. Uploads and downloads stream: a record never sits whole in memory.
+//! Each client address and each authenticated caller gets a token bucket (429 with
+//! `Retry-After` beyond it); requests that do not stream a record have a time limit;
+//! connections are bounded in number and closed when idle or too slow.
 
 mod auth;
+mod denials;
 mod error;
 mod metrics;
 mod openapi;
@@ -18,32 +24,24 @@ mod state;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceExt;
 
 pub use auth::Principal;
 pub use error::{ApiError, Problem};
-pub use medmesh_net::{FetchReport, PeerInfo, ReplicaOutcome, Transfer};
+pub use medmesh_api_types::*;
 pub use openapi::document_json;
-pub use routes::access::{
-    ChallengeResponse, ConsentLinkRequest, ConsentLinkResponse, KeyRequestBody, KeyResponse,
-};
-pub use routes::audit::{AuditEntryView, AuditPage, AuditVerification};
-pub use routes::auth::{NonceResponse, SessionResponse, SignInRequest, WhoAmI};
-pub use routes::grants::{ChainInfo, GrantEntry, RelayResponse, SignedGrant, SignedRevocation};
-pub use routes::network::{
-    DialRequest, Dialed, FetchRequest, NetworkStatus, ReplicationRequest, ReplicationStatus,
-};
-pub use routes::records::{RecordEntry, RecordInfo, RecordPage, Removed};
-pub use routes::system::{CheckResult, CreatedToken, GcResult, Health, TokenRequest, TokenView};
-pub use state::{ApiConfig, AppState, ChainServices, NodeKeys};
+pub use state::{ApiConfig, AppState};
 
 use routes::{access, audit, grants, records, system};
 
@@ -119,16 +117,72 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// How long in-flight requests get to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// Serves the API on `listener` until `shutdown` completes.
+///
+/// At most `max_connections` connections are served at once (more wait in the
+/// kernel's backlog, so a flood of idle sockets cannot exhaust file descriptors), and a
+/// connection that does not deliver a complete request header within
+/// `header_timeout` — idle, or trickling bytes — is closed.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    let config = state.config().clone();
+    let app = router(state.clone());
+    let slots = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accepting an API connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let app = app.clone();
+        let service =
+            hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(remote));
+                app.clone().oneshot(request.map(axum::body::Body::new))
+            });
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(config.header_timeout)
+            .keep_alive(true);
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%remote, error = %e, "API connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
+        .is_err()
+    {
+        tracing::warn!("some API requests were still running at shutdown");
+    }
+    state.inner.denials.flush().await;
+    Ok(())
 }
 
 /// Counts every answered request by route and status.
@@ -147,19 +201,14 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     response
 }
 
-/// One token bucket per bearer token, or per client address for anonymous calls.
+/// One token bucket per client address, before anything else is looked at (the
+/// authenticated caller's own bucket is checked when it is authenticated).
 async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let key = match request.headers().get(AUTHORIZATION) {
-        Some(v) => format!(
-            "auth:{}",
-            hex::encode(ring::digest::digest(&ring::digest::SHA256, v.as_bytes()))
-        ),
-        None => match request.extensions().get::<ConnectInfo<SocketAddr>>() {
-            Some(ConnectInfo(addr)) => format!("ip:{}", addr.ip()),
-            None => "anonymous".into(),
-        },
+    let key = match request.extensions().get::<ConnectInfo<SocketAddr>>() {
+        Some(ConnectInfo(addr)) => ratelimit::address_key(addr.ip()),
+        None => "anonymous".into(),
     };
-    match state.inner.limiter.check(&key) {
+    match state.inner.address_limiter.check(&key) {
         Ok(()) => next.run(request).await,
         Err(retry_after) => ApiError::rate_limited(retry_after).into_response(),
     }

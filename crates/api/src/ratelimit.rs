@@ -1,22 +1,39 @@
-//! Per-client token buckets: each token (or anonymous client address) gets a sustained
-//! rate and a burst; beyond it the API answers 429 with `Retry-After`.
+//! Token buckets: one per client address before authentication, one per token (or
+//! wallet) after it, so rotating bogus tokens gains nothing and a shared address does
+//! not exhaust a valid token's allowance. Beyond its bucket a client gets 429 with
+//! `Retry-After`.
+//!
+//! The table is bounded without scanning it: buckets live in two generations, and when
+//! the current one is full it becomes the previous and the old previous is dropped
+//! whole. A bucket untouched for a generation is forgotten (it was refilling anyway).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::state::lock;
 
+/// Buckets per generation.
+const GENERATION: usize = 16_384;
+
+#[derive(Clone, Copy)]
 struct Bucket {
     tokens: f64,
     last: Instant,
+}
+
+#[derive(Default)]
+struct Generations {
+    current: HashMap<String, Bucket>,
+    previous: HashMap<String, Bucket>,
 }
 
 /// Token buckets keyed by client.
 pub struct RateLimiter {
     rate: f64,
     burst: f64,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    buckets: Mutex<Generations>,
 }
 
 impl RateLimiter {
@@ -25,32 +42,58 @@ impl RateLimiter {
         Self {
             rate: rate.max(0.001),
             burst: burst.max(1.0),
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(Generations::default()),
         }
     }
 
     /// Takes one request from `key`'s bucket; `Err(seconds)` says when to retry.
     pub fn check(&self, key: &str) -> Result<(), u64> {
         let now = Instant::now();
-        let mut buckets = lock(&self.buckets);
-        if buckets.len() > 10_000 {
-            // Forget clients that have been quiet long enough to be full again.
-            let full_after = self.burst / self.rate;
-            buckets.retain(|_, b| now.duration_since(b.last).as_secs_f64() < full_after);
-        }
-        let bucket = buckets.entry(key.to_string()).or_insert(Bucket {
+        let mut g = lock(&self.buckets);
+        let found = match g.current.get(key) {
+            Some(b) => Some(*b),
+            None => g.previous.remove(key),
+        };
+        let mut bucket = found.unwrap_or(Bucket {
             tokens: self.burst,
             last: now,
         });
         let elapsed = now.duration_since(bucket.last).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
         bucket.last = now;
-        if bucket.tokens >= 1.0 {
+        let answer = if bucket.tokens >= 1.0 {
             bucket.tokens -= 1.0;
             Ok(())
         } else {
             Err(((1.0 - bucket.tokens) / self.rate).ceil() as u64)
+        };
+        if g.current.len() >= GENERATION && !g.current.contains_key(key) {
+            g.previous = std::mem::take(&mut g.current);
         }
+        g.current.insert(key.to_string(), bucket);
+        answer
+    }
+
+    /// Buckets held (both generations), for tests.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        let g = lock(&self.buckets);
+        g.current.len() + g.previous.len()
+    }
+}
+
+/// The bucket key of a client address: IPv6 clients by their /64, since one host
+/// usually holds a whole /64.
+pub fn address_key(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("ip:{v4}"),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => format!("ip:{v4}"),
+            None => {
+                let s = v6.segments();
+                format!("ip6:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
     }
 }
 
@@ -66,5 +109,34 @@ mod tests {
         }
         assert_eq!(limiter.check("a"), Err(1));
         assert!(limiter.check("b").is_ok(), "buckets are per client");
+    }
+
+    #[test]
+    fn the_table_stays_bounded_and_keeps_recent_buckets() {
+        let limiter = RateLimiter::new(0.001, 1.0);
+        assert!(limiter.check("steady").is_ok());
+        for i in 0..(5 * GENERATION) {
+            let _ = limiter.check(&format!("flood-{i}"));
+            if i % 1000 == 0 {
+                // A client seen in every generation keeps its (empty) bucket.
+                assert!(limiter.check("steady").is_err(), "bucket forgotten at {i}");
+            }
+        }
+        assert!(
+            limiter.len() <= 2 * GENERATION + 1,
+            "{} buckets",
+            limiter.len()
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_64() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(address_key(a), address_key(b));
+        assert_ne!(address_key(a), address_key(c));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(address_key(mapped), "ip:10.0.0.1");
     }
 }

@@ -1,40 +1,17 @@
-//! Shared state of the API: the store, the unlocked institution keys, sessions, limits.
+//! Shared state of the API: the node's services, plus what only HTTP has (sessions,
+//! nonces, rate limits, request metrics, settings).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use medmesh_chain::{Deployment, KeyReleaser, Relayer};
-use medmesh_crypto::{Certificate, UnlockedDecryptor, UnlockedSigner};
-use medmesh_store::{AuditAction, AuditEvent, Store, DEFAULT_CHUNK_SIZE};
+use medmesh_service::NodeServices;
 use time::OffsetDateTime;
 
 use crate::auth::Session;
+use crate::denials::DenialLog;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
-
-/// The institution's keys, unlocked once at node start.
-pub struct NodeKeys {
-    /// Public certificate (owner of the records this node writes).
-    pub certificate: Certificate,
-    /// Signs manifests; locked only for the signature itself.
-    pub signer: Mutex<UnlockedSigner>,
-    /// Unwraps data keys; locked only while a record is opened (shared with key release).
-    pub decryptor: Arc<Mutex<UnlockedDecryptor>>,
-}
-
-/// What the API uses of a chain.
-pub struct ChainServices {
-    /// EIP-155 chain id (for EIP-712 domains).
-    pub chain_id: u64,
-    /// Contract addresses.
-    pub deployment: Deployment,
-    /// Key release (with the grant cache).
-    pub releaser: Arc<KeyReleaser>,
-    /// Relays signed grants from the node's account; `None` when the node has no
-    /// account on this chain.
-    pub relayer: Option<Arc<Relayer>>,
-}
 
 /// API settings; [`ApiConfig::default`] is what `medmesh node` uses unless told otherwise.
 #[derive(Debug, Clone)]
@@ -47,7 +24,8 @@ pub struct ApiConfig {
     pub max_record_bytes: u64,
     /// Largest JSON request body, in bytes.
     pub max_json_bytes: usize,
-    /// Sustained requests per second per token (or per client address if anonymous).
+    /// Sustained requests per second per authenticated caller (token or wallet); a
+    /// client address may send ten times as many before authentication.
     pub rate_per_second: f64,
     /// Burst allowance on top of the sustained rate.
     pub rate_burst: f64,
@@ -57,8 +35,13 @@ pub struct ApiConfig {
     pub max_session: Duration,
     /// How long a sign-in nonce stays usable.
     pub nonce_ttl: Duration,
-    /// Plaintext bytes per chunk for uploads.
-    pub chunk_size: u32,
+    /// Most connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// A connection that sends no complete request header within this time is closed
+    /// (slow or idle clients).
+    pub header_timeout: Duration,
+    /// An upload whose body sends nothing for this long is aborted.
+    pub body_idle_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -73,10 +56,15 @@ impl Default for ApiConfig {
             request_timeout: Duration::from_secs(30),
             max_session: Duration::from_secs(24 * 3600),
             nonce_ttl: Duration::from_secs(600),
-            chunk_size: DEFAULT_CHUNK_SIZE,
+            max_connections: 1024,
+            header_timeout: Duration::from_secs(10),
+            body_idle_timeout: Duration::from_secs(30),
         }
     }
 }
+
+/// How many callers' worth of requests one client address may send.
+const ADDRESS_RATE_FACTOR: f64 = 10.0;
 
 /// Cheap-to-clone handle on everything a request needs.
 #[derive(Clone)]
@@ -85,87 +73,55 @@ pub struct AppState {
 }
 
 pub(crate) struct Inner {
-    pub store: Arc<Store>,
-    pub keys: Arc<NodeKeys>,
+    pub services: Arc<NodeServices>,
     pub config: ApiConfig,
     pub sessions: Mutex<HashMap<String, Session>>,
     pub nonces: Mutex<HashMap<String, OffsetDateTime>>,
+    /// Per authenticated caller (token id or wallet).
     pub limiter: RateLimiter,
+    /// Per client address, before authentication.
+    pub address_limiter: RateLimiter,
+    pub denials: DenialLog,
     pub metrics: Metrics,
     pub started: Instant,
-    pub chain: std::sync::OnceLock<ChainServices>,
-    pub network: std::sync::OnceLock<medmesh_net::Network>,
 }
 
 impl AppState {
-    /// Builds the state for a store whose records are owned by `keys`.
-    pub fn new(store: Arc<Store>, keys: Arc<NodeKeys>, config: ApiConfig) -> Self {
+    /// The API over a node's services.
+    pub fn new(services: Arc<NodeServices>, config: ApiConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
                 limiter: RateLimiter::new(config.rate_per_second, config.rate_burst),
-                store,
-                keys,
+                // Several callers may share an address (every local client shares
+                // 127.0.0.1): its bucket is ten times a caller's.
+                address_limiter: RateLimiter::new(
+                    ADDRESS_RATE_FACTOR * config.rate_per_second,
+                    ADDRESS_RATE_FACTOR * config.rate_burst,
+                ),
+                denials: DenialLog::new(services.clone()),
+                services,
                 config,
                 sessions: Mutex::new(HashMap::new()),
                 nonces: Mutex::new(HashMap::new()),
                 metrics: Metrics::default(),
                 started: Instant::now(),
-                chain: std::sync::OnceLock::new(),
-                network: std::sync::OnceLock::new(),
             }),
         }
     }
 
-    /// Connects the API to a chain: key release, grants and relaying. Set once; later
-    /// calls keep the first and return `false`.
-    pub fn enable_chain(&self, services: ChainServices) -> bool {
-        self.inner.chain.set(services).is_ok()
+    /// The node's services.
+    pub fn services(&self) -> &Arc<NodeServices> {
+        &self.inner.services
     }
 
-    /// Connects the API to the peer-to-peer network: fetching records from peers,
-    /// replication, and announcing new records. Set once, like [`AppState::enable_chain`].
-    pub fn enable_network(&self, network: medmesh_net::Network) -> bool {
-        self.inner.network.set(network).is_ok()
-    }
-
-    /// The network, if enabled.
-    pub fn network(&self) -> Option<&medmesh_net::Network> {
-        self.inner.network.get()
-    }
-
-    /// The store.
-    pub fn store(&self) -> &Arc<Store> {
-        &self.inner.store
+    /// The store (through the services).
+    pub fn store(&self) -> &Arc<medmesh_store::Store> {
+        self.inner.services.store()
     }
 
     /// The settings.
     pub fn config(&self) -> &ApiConfig {
         &self.inner.config
-    }
-
-    /// Appends an audit entry off the async executor; failures are logged, not raised
-    /// (a denial must still be answered even if the log is unwritable).
-    pub(crate) async fn audit(
-        &self,
-        action: AuditAction,
-        actor: String,
-        subject: String,
-        detail: Vec<(&str, String)>,
-    ) {
-        let store = self.inner.store.clone();
-        let event = AuditEvent {
-            action,
-            actor,
-            subject,
-            detail: detail
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-        };
-        let result = tokio::task::spawn_blocking(move || store.audit(event)).await;
-        if !matches!(result, Ok(Ok(_))) {
-            tracing::error!("could not append to the audit log");
-        }
     }
 }
 

@@ -1,16 +1,29 @@
 //! The embedded dev chain: the compiled contracts executed in-process on `revm`, one
-//! block per transaction (instant), state and history persisted in a file of the node's
-//! data dir, served over the standard Ethereum JSON-RPC on a local port, so every
-//! client (the grant cache, the key releaser, alloy, wallets) talks to it exactly as to
-//! any other EVM chain.
+//! block per transaction (instant), state and history persisted beside the node's data,
+//! served over the standard Ethereum JSON-RPC on a local port, so every client (the
+//! grant cache, the key releaser, alloy, wallets) talks to it exactly as to any other
+//! EVM chain.
 //!
 //! It is a development chain: the ten funded accounts are anvil's well-known dev keys,
 //! and the contracts are deployed at genesis by the first one.
+//!
+//! Persistence is a snapshot plus a log. The snapshot (`devchain.json`, the path given
+//! to [`DevChain::open`]) is the whole state at some block, replaced atomically. The
+//! log beside it (`devchain.log`) holds one JSON line per block mined since — block
+//! number, timestamp and the raw signed transaction — appended and fsynced before the
+//! transaction is visible or answered, so a transaction is durable once acknowledged
+//! and a block costs one small append instead of a rewrite of the whole state. Every
+//! [`SNAPSHOT_EVERY`] blocks a new snapshot is written and the log emptied. Opening
+//! loads the snapshot and re-executes the logged transactions above its head with their
+//! recorded timestamps (execution is deterministic given the timestamp).
 
 use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Read;
 use std::net::SocketAddr;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use alloy::consensus::transaction::SignerRecoverable;
 use alloy::consensus::{Transaction as _, TxEnvelope};
@@ -20,11 +33,11 @@ use alloy::signers::local::PrivateKeySigner;
 use axum::extract::State;
 use axum::routing::post;
 use axum::Json;
-use revm::context::result::{ExecutionResult, Output};
+use revm::context::result::{ExecutionResult, Output, ResultAndState};
 use revm::context::TxEnv;
 use revm::database::{CacheDB, EmptyDB};
 use revm::state::AccountInfo;
-use revm::{Context, DatabaseRef, ExecuteCommitEvm, ExecuteEvm, MainBuilder, MainContext};
+use revm::{Context, DatabaseCommit, DatabaseRef, ExecuteEvm, MainBuilder, MainContext};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -36,6 +49,9 @@ pub const CHAIN_ID: u64 = 31337;
 const BASE_FEE: u64 = 1_000_000_000;
 /// Gas limit of a block, and of calls and estimates.
 const BLOCK_GAS_LIMIT: u64 = 16_000_000;
+/// Blocks between two snapshots of a persisted chain: bounds both the log's length (so
+/// the replay at open) and the amortized cost of rewriting the whole state.
+pub const SNAPSHOT_EVERY: u64 = 1000;
 
 /// Private keys of the funded dev accounts (anvil's, from the mnemonic
 /// "test test test test test test test test test test test junk").
@@ -84,6 +100,7 @@ struct ReceiptRec {
     logs: Vec<Log>,
 }
 
+/// The whole chain; also the snapshot's format.
 #[derive(Serialize, Deserialize)]
 struct ChainState {
     db: CacheDB<EmptyDB>,
@@ -109,11 +126,45 @@ struct Call {
     tx_type: u8,
 }
 
+/// One line of the transaction log: what re-executing a block needs.
+#[derive(Serialize, Deserialize)]
+struct LogEntry {
+    /// The block the transaction made.
+    block: u64,
+    /// The block's timestamp, which execution depends on.
+    timestamp: u64,
+    /// The signed transaction, EIP-2718 encoded.
+    tx: Bytes,
+}
+
+/// Where a persisted chain lives: the snapshot, and the log of the blocks mined since.
+struct Persistence {
+    snapshot: PathBuf,
+    log_path: PathBuf,
+    log: File,
+    /// Length of the complete entries in the log. Appends write at this offset, so a
+    /// failed append is overwritten by the next one instead of corrupting the middle.
+    log_len: u64,
+    /// Head at which the next snapshot is due.
+    next_snapshot: u64,
+    every: u64,
+}
+
+/// What the lock guards: the state and, for a persisted chain, its files, so that a
+/// block is appended to the log in the order it is mined.
+struct Inner {
+    chain: ChainState,
+    persistence: Option<Persistence>,
+}
+
+type Shared = Arc<Mutex<Inner>>;
+
 /// An in-process EVM chain; cheap to share.
 #[derive(Clone)]
 pub struct DevChain {
-    state: Arc<Mutex<ChainState>>,
-    path: Option<PathBuf>,
+    shared: Shared,
+    // Known once `open` returns, so reading it can neither block nor fail.
+    deployment: Deployment,
 }
 
 fn now() -> u64 {
@@ -122,71 +173,63 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+fn lock(shared: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn persist_error(path: &Path, reason: impl std::fmt::Display) -> ChainError {
+    ChainError::Snapshot {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
 impl DevChain {
     /// Opens the chain persisted at `path` (creating it, with the contracts deployed,
     /// if the file does not exist), or an ephemeral chain when `path` is `None`.
+    ///
+    /// `path` is the snapshot; the log of the blocks mined since lives beside it, with
+    /// the extension `log`. A snapshot without a deployment (a first start that crashed
+    /// during genesis) is discarded, with a warning, and the chain starts afresh.
     pub async fn open(path: Option<&Path>) -> Result<Self, ChainError> {
-        let loaded = match path {
-            Some(p) if p.exists() => {
-                let bytes = std::fs::read(p).map_err(|e| ChainError::Snapshot {
-                    path: p.display().to_string(),
-                    reason: e.to_string(),
-                })?;
-                Some(serde_json::from_slice::<ChainState>(&bytes).map_err(|e| {
-                    ChainError::Snapshot {
-                        path: p.display().to_string(),
-                        reason: format!("unreadable dev chain state: {e}"),
-                    }
-                })?)
+        Self::open_with_snapshot_every(path, SNAPSHOT_EVERY).await
+    }
+
+    /// [`DevChain::open`] with a snapshot every `every` blocks instead of
+    /// [`SNAPSHOT_EVERY`], so tests can cross snapshot boundaries quickly.
+    #[doc(hidden)]
+    pub async fn open_with_snapshot_every(
+        path: Option<&Path>,
+        every: u64,
+    ) -> Result<Self, ChainError> {
+        let every = every.max(1);
+        let (chain, persistence) = match path {
+            None => (genesis(), None),
+            Some(path) => {
+                let owned = path.to_path_buf();
+                // Reading and replaying is file I/O and EVM work: off the executor.
+                let (chain, persistence) = tokio::task::spawn_blocking(move || load(&owned, every))
+                    .await
+                    .map_err(|e| persist_error(path, format!("loading failed: {e}")))??;
+                (chain, Some(persistence))
             }
-            _ => None,
         };
-        let fresh = loaded.is_none();
-        let state = loaded.unwrap_or_else(genesis);
-        let chain = Self {
-            state: Arc::new(Mutex::new(state)),
-            path: path.map(Path::to_path_buf),
+        let deployed = chain.deployment;
+        let shared = Arc::new(Mutex::new(Inner { chain, persistence }));
+        let deployment = match deployed {
+            Some(deployment) => deployment,
+            None => {
+                let deployment = deploy_contracts(&shared).await?;
+                finish_genesis(&shared, deployment)?;
+                deployment
+            }
         };
-        if fresh {
-            chain.deploy_contracts().await?;
-        }
-        Ok(chain)
+        Ok(Self { shared, deployment })
     }
 
     /// The contracts deployed at genesis.
     pub fn deployment(&self) -> Deployment {
-        self.lock().deployment.expect("deployed at genesis")
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, ChainState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    async fn deploy_contracts(&self) -> Result<(), ChainError> {
-        // Deploy through our own RPC, so genesis goes down the same path as any client.
-        let (url, server) = self.serve_ephemeral().await?;
-        let provider = alloy::providers::ProviderBuilder::new()
-            .wallet(alloy::network::EthereumWallet::from(
-                dev_signers().remove(0),
-            ))
-            .connect_http(url.parse().map_err(ChainError::rpc)?);
-        let deployment = crate::deploy(&provider, vec![]).await;
-        server.abort();
-        let deployment = deployment?;
-        self.lock().deployment = Some(deployment);
-        self.save()
-    }
-
-    async fn serve_ephemeral(&self) -> Result<(String, tokio::task::JoinHandle<()>), ChainError> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| ChainError::Rpc(e.to_string()))?;
-        let url = format!("http://{}", listener.local_addr().map_err(ChainError::rpc)?);
-        let app = self.router();
-        let handle = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok((url, handle))
+        self.deployment
     }
 
     /// Serves the JSON-RPC on `addr` (port 0 picks one); returns the URL and the task.
@@ -194,42 +237,285 @@ impl DevChain {
         &self,
         addr: SocketAddr,
     ) -> Result<(String, tokio::task::JoinHandle<()>), ChainError> {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| ChainError::Rpc(format!("cannot listen on {addr}: {e}")))?;
-        let url = format!("http://{}", listener.local_addr().map_err(ChainError::rpc)?);
-        let app = self.router();
-        let handle = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok((url, handle))
+        serve_on(&self.shared, addr).await
     }
+}
 
-    fn router(&self) -> axum::Router {
-        axum::Router::new()
-            .route("/", post(rpc))
-            .with_state(self.clone())
+async fn serve_on(
+    shared: &Shared,
+    addr: SocketAddr,
+) -> Result<(String, tokio::task::JoinHandle<()>), ChainError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| ChainError::Rpc(format!("cannot listen on {addr}: {e}")))?;
+    let url = format!("http://{}", listener.local_addr().map_err(ChainError::rpc)?);
+    let app = axum::Router::new()
+        .route("/", post(rpc))
+        .with_state(shared.clone());
+    let handle = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((url, handle))
+}
+
+async fn deploy_contracts(shared: &Shared) -> Result<Deployment, ChainError> {
+    // Deploy through our own RPC, so genesis goes down the same path as any client.
+    let (url, server) = serve_on(shared, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let provider = alloy::providers::ProviderBuilder::new()
+        .wallet(alloy::network::EthereumWallet::from(
+            dev_signers().remove(0),
+        ))
+        .connect_http(url.parse().map_err(ChainError::rpc)?);
+    let deployment = crate::deploy(&provider, vec![]).await;
+    server.abort();
+    deployment
+}
+
+/// Records the deployment and writes the first snapshot: only from then on does a
+/// restart keep this chain rather than start a new genesis.
+fn finish_genesis(shared: &Shared, deployment: Deployment) -> Result<(), ChainError> {
+    let mut guard = lock(shared);
+    let Inner { chain, persistence } = &mut *guard;
+    chain.deployment = Some(deployment);
+    match persistence {
+        Some(persistence) => persistence.snapshot(chain),
+        None => Ok(()),
     }
+}
 
-    fn save(&self) -> Result<(), ChainError> {
-        let Some(path) = &self.path else {
-            return Ok(());
+/// The log beside the snapshot `snapshot`: same stem, extension `log`.
+fn log_path_for(snapshot: &Path) -> PathBuf {
+    let log = snapshot.with_extension("log");
+    if log == snapshot {
+        snapshot.with_extension("log.log")
+    } else {
+        log
+    }
+}
+
+/// Loads the persisted chain: the snapshot, then the logged blocks above its head.
+/// Without a usable snapshot, a fresh genesis (not yet deployed) and an empty log.
+fn load(snapshot: &Path, every: u64) -> Result<(ChainState, Persistence), ChainError> {
+    let loaded = read_snapshot(snapshot)?;
+    let log_path = log_path_for(snapshot);
+    let (log, bytes) = open_log(&log_path)?;
+    let mut persistence = Persistence {
+        snapshot: snapshot.to_path_buf(),
+        log_path,
+        log,
+        log_len: 0,
+        next_snapshot: every,
+        every,
+    };
+    let Some(mut chain) = loaded else {
+        // Without a snapshot, logged blocks belong to a genesis that never finished.
+        if !bytes.is_empty() {
+            tracing::warn!(
+                log = %persistence.log_path.display(),
+                "discarding the dev chain log of an unfinished genesis"
+            );
+        }
+        persistence.truncate(0)?;
+        return Ok((genesis(), persistence));
+    };
+    let head = chain.head().number;
+    persistence.next_snapshot = head.saturating_add(every);
+    let valid = replay(&mut chain, &bytes, &persistence.log_path)?;
+    if valid < bytes.len() {
+        // Cut a torn tail off, so the next append does not land after it.
+        persistence.truncate(valid as u64)?;
+    } else {
+        persistence.log_len = valid as u64;
+    }
+    tracing::info!(
+        snapshot = %snapshot.display(),
+        snapshot_head = head,
+        head = chain.head().number,
+        "dev chain loaded"
+    );
+    Ok((chain, persistence))
+}
+
+/// The snapshot at `path`, or `None` when there is none or it is incomplete.
+fn read_snapshot(path: &Path) -> Result<Option<ChainState>, ChainError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(persist_error(path, e)),
+    };
+    let state = serde_json::from_slice::<ChainState>(&bytes)
+        .map_err(|e| persist_error(path, format!("unreadable dev chain state: {e}")))?;
+    state
+        .check()
+        .map_err(|e| persist_error(path, format!("unreadable dev chain state: {e}")))?;
+    if state.deployment.is_none() {
+        tracing::warn!(
+            path = %path.display(),
+            "dev chain state has no deployment (a start crashed during genesis); \
+             discarding it and starting from a fresh genesis"
+        );
+        return Ok(None);
+    }
+    Ok(Some(state))
+}
+
+/// Opens (creating, private) the log at `path` and reads it whole.
+fn open_log(path: &Path) -> Result<(File, Vec<u8>), ChainError> {
+    let fail = |e: std::io::Error| persist_error(path, format!("dev chain log: {e}"));
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        // Kept: it holds the blocks since the last snapshot.
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(fail)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(fail)?;
+    // The log's directory entry must survive a crash as well as its content.
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    File::open(dir).and_then(|d| d.sync_all()).map_err(fail)?;
+    Ok((file, bytes))
+}
+
+/// Re-executes the log's entries above the chain's head; returns the length of the
+/// log's readable prefix (shorter than `bytes` when its last entry is torn).
+fn replay(chain: &mut ChainState, bytes: &[u8], log: &Path) -> Result<usize, ChainError> {
+    let mut offset = 0;
+    while offset < bytes.len() {
+        let rest = &bytes[offset..];
+        let newline = rest.iter().position(|&b| b == b'\n');
+        let line = &rest[..newline.unwrap_or(rest.len())];
+        let end = offset + line.len() + usize::from(newline.is_some());
+        // An entry is complete only with its newline: it is written in one piece.
+        let entry = newline.and_then(|_| serde_json::from_slice::<LogEntry>(line).ok());
+        let Some(entry) = entry else {
+            if end >= bytes.len() {
+                // A crash while appending: that transaction was never acknowledged.
+                tracing::warn!(
+                    log = %log.display(),
+                    offset,
+                    "ignoring a torn entry at the end of the dev chain log"
+                );
+                return Ok(offset);
+            }
+            return Err(persist_error(
+                log,
+                format!("corrupt dev chain log: unreadable entry at byte {offset}"),
+            ));
         };
-        let err = |reason: String| ChainError::Snapshot {
-            path: path.display().to_string(),
-            reason,
+        let head = chain.head().number;
+        // Entries at or below the head are already in the snapshot (a crash between
+        // writing a snapshot and emptying the log leaves them).
+        if entry.block > head {
+            if entry.block != head + 1 {
+                return Err(persist_error(
+                    log,
+                    format!(
+                        "dev chain log continues at block {} but the state ends at block {head}",
+                        entry.block
+                    ),
+                ));
+            }
+            chain
+                .send_raw(&entry.tx, entry.timestamp, |_| Ok(()))
+                .map_err(|e| {
+                    persist_error(
+                        log,
+                        format!(
+                            "block {} of the log does not replay: {}",
+                            entry.block, e.message
+                        ),
+                    )
+                })?;
+        }
+        offset = end;
+    }
+    Ok(offset)
+}
+
+impl Persistence {
+    /// Appends the block `block` (made by `tx` at `timestamp`) and waits until it is on
+    /// disk.
+    fn append(&mut self, block: u64, timestamp: u64, tx: &[u8]) -> std::io::Result<()> {
+        let entry = LogEntry {
+            block,
+            timestamp,
+            tx: Bytes::copy_from_slice(tx),
         };
-        let bytes = serde_json::to_vec(&*self.lock()).map_err(|e| err(e.to_string()))?;
-        let temp = path.with_extension("tmp");
-        std::fs::write(&temp, bytes)
-            .and_then(|()| std::fs::File::open(&temp)?.sync_all())
-            .and_then(|()| std::fs::rename(&temp, path))
-            .map_err(|e| err(e.to_string()))
+        let mut line = serde_json::to_vec(&entry).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        let written = self
+            .log
+            .write_all_at(&line, self.log_len)
+            .and_then(|()| self.log.sync_data());
+        match written {
+            Ok(()) => {
+                self.log_len += line.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // Best effort: the next append overwrites this offset anyway.
+                let _ = self.log.set_len(self.log_len);
+                Err(e)
+            }
+        }
     }
 
-    fn handle(&self, method: &str, params: &[Value]) -> Result<Value, RpcError> {
+    /// Takes a snapshot if one is due; a failure is only logged, since every block is
+    /// already durable in the log.
+    fn snapshot_if_due(&mut self, chain: &ChainState) {
+        // No snapshot before the deployment is recorded: a snapshot on disk means a
+        // finished genesis.
+        if chain.deployment.is_none() || chain.head().number < self.next_snapshot {
+            return;
+        }
+        if let Err(e) = self.snapshot(chain) {
+            tracing::warn!(error = %e, "dev chain snapshot failed; retrying later");
+        }
+    }
+
+    /// Writes `chain` as the snapshot, then empties the log.
+    fn snapshot(&mut self, chain: &ChainState) -> Result<(), ChainError> {
+        let head = chain.head().number;
+        // Also after a failure, so a failing disk is not retried on every block.
+        self.next_snapshot = head.saturating_add(self.every);
+        let bytes = serde_json::to_vec(chain).map_err(|e| persist_error(&self.snapshot, e))?;
+        medmesh_store::atomic_write(&self.snapshot, &bytes)
+            .map_err(|e| persist_error(&self.snapshot, e))?;
+        // Everything in the log is now at or below the snapshot's head, which replay
+        // skips: a crash before this truncation is harmless.
+        self.truncate(0)?;
+        tracing::debug!(
+            snapshot = %self.snapshot.display(),
+            head,
+            bytes = bytes.len(),
+            "dev chain snapshot written"
+        );
+        Ok(())
+    }
+
+    /// Cuts the log to `len` bytes.
+    fn truncate(&mut self, len: u64) -> Result<(), ChainError> {
+        let fail = |e: std::io::Error| persist_error(&self.log_path, format!("dev chain log: {e}"));
+        self.log.set_len(len).map_err(fail)?;
+        // Appends go here from now on, even if the sync below fails (never past a hole).
+        self.log_len = len;
+        self.log.sync_all().map_err(fail)
+    }
+}
+
+impl Inner {
+    fn handle(&mut self, method: &str, params: &[Value]) -> Result<Value, RpcError> {
         let param = |i: usize| params.get(i).cloned().unwrap_or(Value::Null);
-        let mut state = self.lock();
+        let Inner {
+            chain: state,
+            persistence,
+        } = self;
         match method {
             "eth_chainId" => Ok(json!(hex_u64(CHAIN_ID))),
             "net_version" => Ok(json!(CHAIN_ID.to_string())),
@@ -256,9 +542,9 @@ impl DevChain {
             }
             "eth_getBlockByNumber" => {
                 let number = state.block_number(&param(0))?;
-                Ok(state
-                    .blocks
-                    .get(number as usize)
+                Ok(usize::try_from(number)
+                    .ok()
+                    .and_then(|n| state.blocks.get(n))
                     .map_or(Value::Null, block_json))
             }
             "eth_getBlockByHash" => {
@@ -288,8 +574,8 @@ impl DevChain {
             }
             "eth_call" => {
                 let call = call_from_request(&param(0))?;
-                let result = state.execute(call, false)?;
-                match result {
+                let timestamp = state.next_timestamp();
+                match state.execute(call, false, timestamp)?.result {
                     ExecutionResult::Success { output, .. } => Ok(json!(output.into_data())),
                     ExecutionResult::Revert { output, .. } => Err(RpcError::revert(output)),
                     ExecutionResult::Halt { reason, .. } => Err(RpcError::new(
@@ -300,7 +586,8 @@ impl DevChain {
             }
             "eth_estimateGas" => {
                 let call = call_from_request(&param(0))?;
-                match state.execute(call, false)? {
+                let timestamp = state.next_timestamp();
+                match state.execute(call, false, timestamp)?.result {
                     ExecutionResult::Success { gas, .. } => {
                         let used = gas.tx_gas_used();
                         Ok(json!(hex_u64(
@@ -316,18 +603,28 @@ impl DevChain {
             }
             "eth_sendRawTransaction" => {
                 let raw: Bytes = serde_json::from_value(param(0)).map_err(RpcError::invalid)?;
-                let hash = state.send_raw(&raw)?;
-                drop(state);
-                self.save()
-                    .map_err(|e| RpcError::new(-32000, e.to_string()))?;
+                let timestamp = state.next_timestamp();
+                // The block goes to the log, on disk, before it is applied or answered,
+                // all under the lock: log order is block order.
+                let hash = state.send_raw(&raw, timestamp, |block| match persistence.as_mut() {
+                    Some(p) => p.append(block, timestamp, &raw).map_err(|e| {
+                        tracing::error!(error = %e, "cannot append to the dev chain log");
+                        RpcError::new(-32000, format!("transaction not persisted: {e}"))
+                    }),
+                    None => Ok(()),
+                })?;
+                if let Some(p) = persistence.as_mut() {
+                    p.snapshot_if_due(state);
+                }
                 Ok(json!(hash))
             }
             "eth_getTransactionReceipt" => {
                 let hash: B256 = serde_json::from_value(param(0)).map_err(RpcError::invalid)?;
+                let state: &ChainState = state;
                 Ok(state
                     .receipts
                     .get(&hash)
-                    .map_or(Value::Null, |r| receipt_json(&state, r)))
+                    .map_or(Value::Null, |r| receipt_json(state, r)))
             }
             "eth_getLogs" => state.logs(&param(0)),
             "eth_newBlockFilter" => {
@@ -392,7 +689,37 @@ fn genesis() -> ChainState {
 
 impl ChainState {
     fn head(&self) -> &BlockRec {
+        // `genesis` creates block 0 and `check` refuses a loaded state without it.
         self.blocks.last().expect("genesis exists")
+    }
+
+    /// What the rest of this module relies on in a loaded state: block `n` at index
+    /// `n`, starting with genesis, and every receipt's block present.
+    fn check(&self) -> Result<(), String> {
+        if self.blocks.is_empty() {
+            return Err("no genesis block".into());
+        }
+        if let Some((i, b)) = self
+            .blocks
+            .iter()
+            .enumerate()
+            .find(|(i, b)| b.number != *i as u64)
+        {
+            return Err(format!("block {} stored at height {i}", b.number));
+        }
+        let len = self.blocks.len() as u64;
+        if let Some(r) = self.receipts.values().find(|r| r.block >= len) {
+            return Err(format!(
+                "receipt of {} names missing block {}",
+                r.tx, r.block
+            ));
+        }
+        Ok(())
+    }
+
+    /// The timestamp of a block mined now: never before its parent's.
+    fn next_timestamp(&self) -> u64 {
+        now().max(self.head().timestamp)
     }
 
     fn account(&self, address: Address) -> AccountInfo {
@@ -412,9 +739,16 @@ impl ChainState {
         }
     }
 
-    fn execute(&mut self, call: Call, commit: bool) -> Result<ExecutionResult, RpcError> {
-        let number = self.head().number + u64::from(commit);
-        let timestamp = now().max(self.head().timestamp);
+    /// Executes `call` on top of the head, without committing: `mined` runs it as the
+    /// transaction of the next block (nonce checked, base fee charged), otherwise as a
+    /// call. Deterministic given `timestamp`, which is what makes the log replayable.
+    fn execute(
+        &mut self,
+        call: Call,
+        mined: bool,
+        timestamp: u64,
+    ) -> Result<ResultAndState, RpcError> {
+        let number = self.head().number + u64::from(mined);
         let from = call.from;
         let tx = TxEnv::builder()
             .tx_type(Some(call.tx_type))
@@ -433,24 +767,28 @@ impl ChainState {
             .with_db(&mut self.db)
             .modify_cfg_chained(|cfg| {
                 cfg.chain_id = CHAIN_ID;
-                cfg.disable_nonce_check = !commit;
+                cfg.disable_nonce_check = !mined;
             })
             .modify_block_chained(|block| {
                 block.number = U256::from(number);
                 block.timestamp = U256::from(timestamp);
                 block.gas_limit = BLOCK_GAS_LIMIT;
-                block.basefee = if commit { BASE_FEE } else { 0 };
+                block.basefee = if mined { BASE_FEE } else { 0 };
             })
             .build_mainnet();
-        let result = if commit {
-            evm.transact_commit(tx)
-        } else {
-            evm.transact(tx).map(|r| r.result)
-        };
-        result.map_err(|e| RpcError::new(-32000, format!("transaction rejected: {e:?}")))
+        evm.transact(tx)
+            .map_err(|e| RpcError::new(-32000, format!("transaction rejected: {e:?}")))
     }
 
-    fn send_raw(&mut self, raw: &[u8]) -> Result<B256, RpcError> {
+    /// Mines `raw` as the next block, at `timestamp`. `persist` is called with the new
+    /// block's number once the transaction has executed and before anything changes:
+    /// if it fails, the chain is left as it was.
+    fn send_raw(
+        &mut self,
+        raw: &[u8],
+        timestamp: u64,
+        persist: impl FnOnce(u64) -> Result<(), RpcError>,
+    ) -> Result<B256, RpcError> {
         let envelope = TxEnvelope::decode_2718(&mut &raw[..])
             .map_err(|e| RpcError::invalid(format!("transaction: {e}")))?;
         let from = envelope
@@ -494,7 +832,8 @@ impl ChainState {
             .map_or(envelope.max_fee_per_gas(), |p| {
                 (u128::from(BASE_FEE) + p).min(envelope.max_fee_per_gas())
             });
-        let result = self.execute(call, true)?;
+        let executed = self.execute(call, true, timestamp)?;
+        let (result, changes) = (executed.result, executed.state);
         let (success, gas_used, logs, contract) = match result {
             ExecutionResult::Success {
                 gas, logs, output, ..
@@ -511,7 +850,8 @@ impl ChainState {
         };
         let parent = self.head().hash;
         let number = self.head().number + 1;
-        let timestamp = now().max(self.head().timestamp);
+        persist(number)?;
+        self.db.commit(changes);
         let block_hash = keccak256([parent.as_slice(), hash.as_slice()].concat());
         self.blocks.push(BlockRec {
             number,
@@ -548,7 +888,8 @@ impl ChainState {
         let to = match filter.get("toBlock") {
             Some(v) if !v.is_null() => self.block_number(v)?,
             _ => head,
-        };
+        }
+        .min(head);
         let addresses: Vec<Address> = match filter.get("address") {
             Some(Value::String(s)) => vec![s.parse().map_err(|_| RpcError::invalid("address"))?],
             Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str()?.parse().ok()).collect(),
@@ -568,12 +909,14 @@ impl ChainState {
                 .collect(),
             _ => vec![],
         };
+        // Block `n` is at index `n`: only the range is visited, not the whole history.
+        let range: &[BlockRec] = if from > to {
+            &[]
+        } else {
+            &self.blocks[from as usize..=to as usize]
+        };
         let mut out = Vec::new();
-        for block in self
-            .blocks
-            .iter()
-            .filter(|b| b.number >= from && b.number <= to)
-        {
+        for block in range {
             let mut log_index = 0u64;
             for tx in &block.txs {
                 let Some(receipt) = self.receipts.get(tx) else {
@@ -736,31 +1079,45 @@ impl RpcError {
     }
 }
 
-async fn rpc(State(chain): State<DevChain>, Json(request): Json<Value>) -> Json<Value> {
-    let answer = |req: &Value| -> Value {
-        let id = req.get("id").cloned().unwrap_or(Value::Null);
-        let method = req
-            .get("method")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let params = req
-            .get("params")
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        match chain.handle(method, &params) {
-            Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
-            Err(e) => {
-                let mut error = json!({"code": e.code, "message": e.message});
-                if let Some(data) = e.data {
-                    error["data"] = json!(data);
-                }
-                json!({"jsonrpc": "2.0", "id": id, "error": error})
+/// Answers one JSON-RPC request object.
+fn answer(shared: &Mutex<Inner>, request: &Value) -> Value {
+    let id = request.get("id").cloned().unwrap_or(Value::Null);
+    let method = request
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let params = request
+        .get("params")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let result = lock(shared).handle(method, &params);
+    match result {
+        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        Err(e) => {
+            let mut error = json!({"code": e.code, "message": e.message});
+            if let Some(data) = e.data {
+                error["data"] = json!(data);
             }
+            json!({"jsonrpc": "2.0", "id": id, "error": error})
         }
-    };
-    Json(match &request {
-        Value::Array(batch) => Value::Array(batch.iter().map(answer).collect()),
-        single => answer(single),
+    }
+}
+
+async fn rpc(State(shared): State<Shared>, Json(request): Json<Value>) -> Json<Value> {
+    // Requests wait for the state lock, and transactions for an fsync: not on the async
+    // executor.
+    let answered = tokio::task::spawn_blocking(move || match &request {
+        Value::Array(batch) => Value::Array(batch.iter().map(|r| answer(&shared, r)).collect()),
+        single => answer(&shared, single),
     })
+    .await;
+    Json(answered.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "dev chain request failed");
+        json!({
+            "jsonrpc": "2.0",
+            "id": Value::Null,
+            "error": {"code": -32603, "message": "internal error"},
+        })
+    }))
 }

@@ -1,3 +1,6 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
 /// What can go wrong talking to the chain.
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
@@ -7,7 +10,7 @@ pub enum ChainError {
     /// A contract deployment produced no address.
     #[error("deploying {0} failed: {1}")]
     Deploy(&'static str, String),
-    /// The cache snapshot could not be read or written.
+    /// A snapshot (the dev chain's state) could not be read or written.
     #[error("grant cache snapshot {path}: {reason}")]
     Snapshot {
         /// The snapshot file.
@@ -15,6 +18,39 @@ pub enum ChainError {
         /// What went wrong.
         reason: String,
     },
+    /// The grant cache snapshot could not be read or written.
+    #[error("grant cache snapshot {}: {source}", .path.display())]
+    SnapshotIo {
+        /// The snapshot file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The grant cache snapshot is not JSON of the shape this version writes.
+    #[error(
+        "grant cache snapshot {} is unreadable: {source}; delete it and the node rebuilds \
+         the cache from the chain's events",
+        .path.display()
+    )]
+    SnapshotFormat {
+        /// The snapshot file.
+        path: PathBuf,
+        /// What the JSON decoder (or encoder) said.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A chain request did not finish in time.
+    #[error("{what} did not finish within {} s", .after.as_secs())]
+    Timeout {
+        /// What was waited for.
+        what: &'static str,
+        /// How long.
+        after: Duration,
+    },
+    /// A background (blocking) task of the chain client panicked or was cancelled.
+    #[error("a background task of the chain client failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
     /// Anvil could not be found or started.
     #[error("anvil: {0}")]
     Anvil(String),

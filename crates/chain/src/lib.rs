@@ -19,7 +19,9 @@ pub mod registry;
 pub mod relay;
 pub mod release;
 
-pub use cache::{Access, AccessQuery, Denial, GrantCache, GrantView};
+pub use cache::{
+    Access, AccessQuery, Denial, GrantCache, GrantView, SyncReport, SNAPSHOT_EVERY_BLOCKS,
+};
 pub use deploy::{deploy, Deployment};
 pub use error::ChainError;
 pub use registry::registered_peer_id;
@@ -48,51 +50,7 @@ pub mod bindings {
         "../../contracts/artifacts/AuditAnchor.json"
     );
 
-    alloy::sol! {
-        /// EIP-712 message of a grant a patient signs for a relayer.
-        #[derive(Debug)]
-        struct GrantConsent {
-            address patient;
-            address grantee;
-            uint8 kind;
-            bytes32 scope;
-            uint32 purpose;
-            uint64 expiry;
-            uint256 nonce;
-            uint256 deadline;
-        }
-
-        /// EIP-712 message of a revocation a patient signs for a relayer.
-        #[derive(Debug)]
-        struct RevokeConsent {
-            address patient;
-            address grantee;
-            uint8 kind;
-            bytes32 scope;
-            uint32 purpose;
-            uint256 nonce;
-            uint256 deadline;
-        }
-    }
+    pub use medmesh_consent::{GrantConsent, RevokeConsent};
 }
 
-/// The EIP-712 domain of a `ConsentRegistry` deployment.
-pub fn consent_domain(
-    chain_id: u64,
-    consent_registry: alloy::primitives::Address,
-) -> alloy::sol_types::Eip712Domain {
-    alloy::sol_types::eip712_domain! {
-        name: "medmesh ConsentRegistry",
-        version: "1",
-        chain_id: chain_id,
-        verifying_contract: consent_registry,
-    }
-}
-
-/// GA4GH DUO purposes used in examples and tests (the term number of `DUO:00000NN`).
-pub mod duo {
-    /// DUO:0000042, general research use.
-    pub const GENERAL_RESEARCH_USE: u32 = 42;
-    /// DUO:0000006, health/medical/biomedical research.
-    pub const HEALTH_MEDICAL_BIOMEDICAL: u32 = 6;
-}
+pub use medmesh_consent::{consent_domain, duo};

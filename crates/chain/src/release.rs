@@ -9,8 +9,11 @@
 //!    record scope, purpose) now: a live grant or an open break-glass access.
 //!
 //! Only then is the data key unwrapped and re-wrapped for the grantee's post-quantum
-//! certificate, and the release audited. The same code serves every transport (HTTP
-//! now, the libp2p request/response protocol later).
+//! certificate, and the release audited under the caller the transport authenticated.
+//! The certificate parse, the manifest's ML-DSA check, the ML-KEM unwrap (under the
+//! decryptor lock shared with downloads) and the re-wrap run on tokio's blocking pool,
+//! never on the async executor. The same code serves every transport (HTTP now, the
+//! libp2p request/response protocol later).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -20,7 +23,7 @@ use alloy::primitives::{keccak256, Address, B256};
 use alloy::providers::DynProvider;
 use medmesh_core::{KeyWrap, RecordId};
 use medmesh_crypto::eth::recover_personal_sign;
-use medmesh_crypto::{Certificate, UnlockedDecryptor};
+use medmesh_crypto::{Certificate, CryptoError, UnlockedDecryptor};
 use medmesh_store::{AuditAction, AuditEvent, Store, StoreError};
 use ring::rand::{SecureRandom, SystemRandom};
 
@@ -38,8 +41,10 @@ pub const CHALLENGE_TTL: Duration = Duration::from_secs(300);
 /// The on-chain consent scope of a record: keccak256 of a domain tag, the link's salt
 /// and the record id. Without the salt nobody can tell which record a grant covers.
 pub fn record_scope(record: &RecordId, salt_hex: &str) -> Result<B256, ReleaseError> {
-    let salt = hex::decode(salt_hex)
-        .map_err(|_| ReleaseError::Internal("consent link salt is not hex".into()))?;
+    let salt = hex::decode(salt_hex).map_err(|source| ReleaseError::BadSalt {
+        record: record.to_string(),
+        source,
+    })?;
     let mut input = b"medmesh/record-scope/v1".to_vec();
     input.extend_from_slice(&salt);
     input.extend_from_slice(&record.cid().to_bytes());
@@ -91,7 +96,8 @@ impl KeyRequest {
     }
 }
 
-/// Why a key was not released.
+/// Why a key was not released. The first kinds are the requester's to fix; `Chain`,
+/// `Store`, `Crypto`, `BadSalt`, `BadPatient` and `Internal` are the node's.
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {
     /// The challenge is unknown, expired or used.
@@ -116,18 +122,56 @@ pub enum ReleaseError {
         /// Fingerprint published (zero if none).
         published: String,
     },
-    /// The certificate cannot receive keys.
+    /// The certificate sent cannot receive keys (unparsable, no post-quantum subkey, …).
     #[error("unusable certificate: {0}")]
-    BadCertificate(String),
+    BadCertificate(#[source] CryptoError),
     /// The chain does not allow it.
     #[error("denied by consent: {0}")]
     Denied(#[from] Denial),
     /// Talking to the chain failed.
     #[error(transparent)]
     Chain(#[from] ChainError),
-    /// Something failed on this node.
+    /// The node's store failed (other than not having the record).
     #[error("key release failed on the node: {0}")]
-    Internal(String),
+    Store(#[source] StoreError),
+    /// The node's own keys failed: its manifest signature does not verify, or its
+    /// secret key does not unwrap the record's data key.
+    #[error("key release failed on the node: {0}")]
+    Crypto(#[source] CryptoError),
+    /// The record's consent link holds a salt that is not hex (a damaged store).
+    #[error("key release failed on the node: the consent link of record {record} has a salt that is not hex: {source}")]
+    BadSalt {
+        /// The record.
+        record: String,
+        /// The hex decoder's complaint.
+        #[source]
+        source: hex::FromHexError,
+    },
+    /// The record's consent link holds a patient that is not an address (a damaged store).
+    #[error("key release failed on the node: the consent link of record {record} names `{patient}`, which is not an Ethereum address: {source}")]
+    BadPatient {
+        /// The record.
+        record: String,
+        /// What the link holds.
+        patient: String,
+        /// The address parser's complaint.
+        #[source]
+        source: <Address as std::str::FromStr>::Err,
+    },
+    /// A blocking task of the release panicked or was cancelled.
+    #[error("key release failed on the node: a background task ended abnormally: {0}")]
+    Internal(#[source] tokio::task::JoinError),
+}
+
+// Not `#[from]`: a missing record is the requester's `UnknownRecord`, not a store failure,
+// so every `?` on a store call maps it the same way.
+impl From<StoreError> for ReleaseError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UnknownRecord(id) => ReleaseError::UnknownRecord(id),
+            other => ReleaseError::Store(other),
+        }
+    }
 }
 
 /// A released key.
@@ -142,7 +186,8 @@ pub struct Released {
 /// The owner node's key-release service.
 pub struct KeyReleaser {
     store: Arc<Store>,
-    owner_certificate: Certificate,
+    // `Arc`s: the manifest check, unwrap and re-wrap run in `spawn_blocking`.
+    owner_certificate: Arc<Certificate>,
     decryptor: Arc<Mutex<UnlockedDecryptor>>,
     cache: Arc<GrantCache>,
     provider: DynProvider,
@@ -162,7 +207,7 @@ impl KeyReleaser {
     ) -> Self {
         Self {
             store,
-            owner_certificate,
+            owner_certificate: Arc::new(owner_certificate),
             decryptor,
             cache,
             provider,
@@ -186,7 +231,7 @@ impl KeyReleaser {
         let mut bytes = [0u8; 16];
         SystemRandom::new()
             .fill(&mut bytes)
-            .map_err(|_| ReleaseError::Internal("random generator failed".into()))?;
+            .map_err(|_| ReleaseError::Crypto(CryptoError::Random))?;
         let challenge = hex::encode(bytes);
         let mut map = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, issued| is_fresh(*issued));
@@ -195,8 +240,14 @@ impl KeyReleaser {
     }
 
     /// Checks a request and, if everything allows it, releases the key. Every outcome is
-    /// audited.
-    pub async fn release(&self, request: &KeyRequest) -> Result<Released, ReleaseError> {
+    /// audited under `caller`, the principal the transport authenticated (`token:…`,
+    /// `wallet:0x…`, a peer id), never under the grantee the request names: the grantee
+    /// is recorded in the entry's detail.
+    pub async fn release(
+        &self,
+        request: &KeyRequest,
+        caller: &str,
+    ) -> Result<Released, ReleaseError> {
         let result = self.check_and_wrap(request).await;
         let (action, mut detail) = match &result {
             Ok(r) => (
@@ -221,17 +272,34 @@ impl KeyReleaser {
             ),
         };
         detail.insert("purpose".into(), format!("DUO:{:07}", request.purpose));
+        detail.insert("grantee".into(), request.grantee.to_string());
+        match &result {
+            Ok(r) => tracing::info!(
+                record = %request.record,
+                grantee = %request.grantee,
+                caller,
+                access = ?r.access,
+                "key released"
+            ),
+            Err(e) => tracing::info!(
+                record = %request.record,
+                grantee = %request.grantee,
+                caller,
+                reason = %e,
+                "key release refused"
+            ),
+        }
         let event = AuditEvent {
             action,
-            actor: format!("wallet:{}", request.grantee),
+            actor: caller.to_string(),
             subject: request.record.to_string(),
             detail,
         };
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.audit(event))
             .await
-            .map_err(|e| ReleaseError::Internal(e.to_string()))?
-            .map_err(|e| ReleaseError::Internal(e.to_string()))?;
+            .map_err(ReleaseError::Internal)?
+            .map_err(ReleaseError::Store)?;
         result
     }
 
@@ -246,7 +314,7 @@ impl KeyReleaser {
         if !fresh {
             return Err(ReleaseError::BadChallenge);
         }
-        // 2. Signed by the grantee.
+        // 2. Signed by the grantee (one secp256k1 recovery: cheap enough inline).
         let message = KeyRequest::message(
             &request.record,
             request.grantee,
@@ -258,28 +326,32 @@ impl KeyReleaser {
         if signer != request.grantee {
             return Err(ReleaseError::NotGrantee(request.grantee));
         }
-        // 3. The record and its consenting patient.
+        // 3. The record and its consenting patient, and the certificate sent parsed
+        // (its self-signatures are ML-DSA: CPU work), off the executor.
         let store = self.store.clone();
         let record = request.record;
-        let (link, manifest) = tokio::task::spawn_blocking(move || {
+        let certificate_bytes = request.certificate.clone();
+        let (link, patient, manifest, certificate) = tokio::task::spawn_blocking(move || {
             let link = store.consent_link(&record)?;
             let manifest = store.manifest(&record)?;
-            Ok::<_, StoreError>((link, manifest))
+            // Same order of refusals as ever: unknown record, unlinked, bad certificate.
+            let link = link.ok_or_else(|| ReleaseError::NotLinked(record.to_string()))?;
+            let patient =
+                link.patient
+                    .parse::<Address>()
+                    .map_err(|source| ReleaseError::BadPatient {
+                        record: record.to_string(),
+                        patient: link.patient.clone(),
+                        source,
+                    })?;
+            let certificate = Certificate::from_bytes(&certificate_bytes)
+                .map_err(ReleaseError::BadCertificate)?;
+            Ok::<_, ReleaseError>((link, patient, manifest, certificate))
         })
         .await
-        .map_err(|e| ReleaseError::Internal(e.to_string()))?
-        .map_err(|e| match e {
-            StoreError::UnknownRecord(id) => ReleaseError::UnknownRecord(id),
-            other => ReleaseError::Internal(other.to_string()),
-        })?;
-        let link = link.ok_or_else(|| ReleaseError::NotLinked(record.to_string()))?;
-        let patient: Address = link
-            .patient
-            .parse()
-            .map_err(|_| ReleaseError::Internal("consent link holds a bad address".into()))?;
-        // 4. The certificate the grantee published.
-        let certificate = Certificate::from_bytes(&request.certificate)
-            .map_err(|e| ReleaseError::BadCertificate(e.to_string()))?;
+        .map_err(ReleaseError::Internal)??;
+        // 4. The certificate the grantee published, before consent and before any key
+        // is touched.
         let registry = NodeRegistry::new(self.node_registry, self.provider.clone());
         let published = registry
             .keyOf(request.grantee)
@@ -328,19 +400,25 @@ impl KeyReleaser {
                 Err(_) => return Err(record_denial.into()),
             },
         };
-        // Allowed: unwrap with our key, wrap for theirs.
-        self.owner_certificate
-            .verify_manifest(&manifest)
-            .map_err(|e| ReleaseError::Internal(e.to_string()))?;
-        let key = self
-            .decryptor
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .unwrap_key(&manifest.body)
-            .map_err(|e| ReleaseError::Internal(e.to_string()))?;
-        let key_wrap = certificate
-            .wrap(&key)
-            .map_err(|e| ReleaseError::BadCertificate(e.to_string()))?;
+        // Allowed: verify our manifest, unwrap with our key, wrap for theirs. ML-DSA,
+        // ML-KEM and the wait for the decryptor (shared with downloads) all block, so
+        // they run on the blocking pool.
+        let owner = self.owner_certificate.clone();
+        let decryptor = self.decryptor.clone();
+        let key_wrap = tokio::task::spawn_blocking(move || {
+            owner
+                .verify_manifest(&manifest)
+                .map_err(ReleaseError::Crypto)?;
+            // The guard is a temporary: the decryptor is free again before the re-wrap.
+            let key = decryptor
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_key(&manifest.body)
+                .map_err(ReleaseError::Crypto)?;
+            certificate.wrap(&key).map_err(ReleaseError::BadCertificate)
+        })
+        .await
+        .map_err(ReleaseError::Internal)??;
         Ok(Released { key_wrap, access })
     }
 }

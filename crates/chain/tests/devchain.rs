@@ -1,5 +1,6 @@
 //! The embedded dev chain's own promises: its state and history survive a restart, a
-//! grant cache catches up on it like on any chain, and unsupported calls say so.
+//! grant cache catches up on it like on any chain, a start that crashed during genesis
+//! does not break the next ones, and unsupported calls say so.
 
 use alloy::primitives::B256;
 use alloy::providers::{Provider, ProviderBuilder};
@@ -85,4 +86,36 @@ async fn state_and_history_survive_a_restart() {
         err.to_string().contains("unreadable dev chain state"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn a_state_left_by_a_crash_during_genesis_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("devchain.json");
+    drop(DevChain::open(Some(&path)).await.unwrap());
+    // What a first start that crashed between the deploy transactions and recording
+    // the deployment left behind: the state, without its deployment.
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    state["deployment"] = serde_json::Value::Null;
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+
+    let chain = DevChain::open(Some(&path)).await.unwrap();
+    let deployment = chain.deployment();
+    let (url, task) = chain.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let provider = ProviderBuilder::new().connect_http(url.parse().unwrap());
+    for address in [
+        deployment.node_registry,
+        deployment.consent_registry,
+        deployment.audit_anchor,
+    ] {
+        let code = provider.get_code_at(address).await.unwrap();
+        assert!(!code.is_empty(), "no contract at {address}");
+    }
+    task.abort();
+    drop(chain);
+
+    // The fresh genesis is what later starts find.
+    let chain = DevChain::open(Some(&path)).await.unwrap();
+    assert_eq!(chain.deployment(), deployment);
 }

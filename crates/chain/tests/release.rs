@@ -2,14 +2,16 @@
 //! key directory and consent, answered with the data key wrapped for the grantee's
 //! post-quantum certificate. Every refusal says why and is audited.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use alloy::primitives::B256;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::signers::Signer;
 use medmesh_chain::{duo, record_scope, Denial, KeyReleaser, KeyRequest, ReleaseError};
 use medmesh_core::{ContentType, RecordId};
-use medmesh_crypto::Certificate;
+use medmesh_crypto::{Certificate, CryptoError, UnlockedDecryptor};
 use medmesh_store::{AuditAction, PutRequest, Store, DEFAULT_CHUNK_SIZE};
 use medmesh_testkit::chain::{grant_scope, open_released, Backend, Chain, Mined, BACKENDS};
 use medmesh_testkit::{institution, passphrase};
@@ -18,7 +20,9 @@ struct Setup {
     chain: Chain,
     _dir: tempfile::TempDir,
     store: Arc<Store>,
-    releaser: KeyReleaser,
+    releaser: Arc<KeyReleaser>,
+    /// The releaser's decryptor, shared (as with downloads in a node).
+    decryptor: Arc<Mutex<UnlockedDecryptor>>,
     record: RecordId,
     plaintext: Vec<u8>,
     scope: B256,
@@ -26,6 +30,12 @@ struct Setup {
 }
 
 async fn setup(backend: Backend) -> Setup {
+    setup_with_keys_of(backend, 0).await
+}
+
+/// A setup whose releaser unwraps with the secret keys of test institution `decrypting`
+/// (0 is the records' owner).
+async fn setup_with_keys_of(backend: Backend, decrypting: usize) -> Setup {
     let chain = Chain::start_on(backend).await;
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
@@ -58,19 +68,25 @@ async fn setup(backend: Backend) -> Setup {
     let researcher_cert = institution(1).certificate().unwrap();
     chain.publish_key(&chain.researcher, &researcher_cert).await;
 
-    let releaser = KeyReleaser::new(
+    let decryptor = Arc::new(Mutex::new(
+        institution(decrypting)
+            .unlock_decryption(&passphrase())
+            .unwrap(),
+    ));
+    let releaser = Arc::new(KeyReleaser::new(
         store.clone(),
         owner_cert,
-        Arc::new(Mutex::new(owner.unlock_decryption(&passphrase()).unwrap())),
+        decryptor.clone(),
         Arc::new(chain.cache()),
         chain.provider(&chain.admin),
         chain.deployment.node_registry,
-    );
+    ));
     Setup {
         chain,
         _dir: dir,
         store,
         releaser,
+        decryptor,
         record,
         plaintext,
         scope,
@@ -119,7 +135,7 @@ impl Setup {
         let req = self
             .request(&self.chain.researcher, purpose, &self.researcher_cert)
             .await;
-        self.releaser.release(&req).await
+        self.releaser.release(&req, "token:test").await
     }
 }
 
@@ -212,35 +228,35 @@ async fn forged_replayed_and_mismatched_requests_are_refused() {
         // Signed by someone else.
         let forged = s.request(&s.chain.stranger, 42, &s.researcher_cert).await;
         assert!(matches!(
-            s.releaser.release(&forged).await,
+            s.releaser.release(&forged, "token:test").await,
             Err(ReleaseError::NotGrantee(_))
         ));
         // A valid request works once; its challenge cannot be replayed.
         let good = s.request(&s.chain.researcher, 42, &s.researcher_cert).await;
-        s.releaser.release(&good).await.unwrap();
+        s.releaser.release(&good, "token:test").await.unwrap();
         assert!(matches!(
-            s.releaser.release(&good).await,
+            s.releaser.release(&good, "token:test").await,
             Err(ReleaseError::BadChallenge)
         ));
         // A challenge this node never issued.
         let mut invented = s.request(&s.chain.researcher, 42, &s.researcher_cert).await;
         invented.challenge = "00".repeat(16);
         assert!(matches!(
-            s.releaser.release(&invented).await,
+            s.releaser.release(&invented, "token:test").await,
             Err(ReleaseError::BadChallenge)
         ));
         // A certificate other than the published one (here: the hospital's own).
         let other = institution(0).certificate().unwrap();
         let mismatched = s.request(&s.chain.researcher, 42, &other).await;
         assert!(matches!(
-            s.releaser.release(&mismatched).await,
+            s.releaser.release(&mismatched, "token:test").await,
             Err(ReleaseError::CertificateMismatch { .. })
         ));
         // Garbage certificate.
         let mut garbage = s.request(&s.chain.researcher, 42, &s.researcher_cert).await;
         garbage.certificate = b"not a certificate".to_vec();
         assert!(matches!(
-            s.releaser.release(&garbage).await,
+            s.releaser.release(&garbage, "token:test").await,
             Err(ReleaseError::BadCertificate(_))
         ));
     }
@@ -285,7 +301,7 @@ async fn unlinked_records_have_no_consent_to_check() {
             )
         );
         assert!(matches!(
-            s.releaser.release(&req).await,
+            s.releaser.release(&req, "token:test").await,
             Err(ReleaseError::NotLinked(_))
         ));
         // Linking to another wallet later is refused; the existing link stands.
@@ -308,7 +324,7 @@ async fn break_glass_release_is_audited_as_emergency_access() {
             let req = s
                 .request_as(hospital.address(), &hospital, 42, &s.researcher_cert)
                 .await;
-            s.releaser.release(&req).await
+            s.releaser.release(&req, "wallet:hospital").await
         };
         assert!(matches!(
             ask().await,
@@ -427,5 +443,135 @@ async fn a_grant_for_all_the_patients_records_here_covers_the_record() {
             s.ask(42).await,
             Err(ReleaseError::Denied(Denial::Revoked))
         ));
+    }
+}
+
+/// The audit log says who asked: the principal the transport authenticated, not the
+/// grantee a request names (anyone can name anyone). The grantee is in the detail.
+#[tokio::test]
+async fn releases_are_audited_under_the_authenticated_caller() {
+    for backend in BACKENDS {
+        let s = setup(backend).await;
+        grant_scope(&s.chain, s.scope, 42, s.chain.now().await + 3600).await;
+        let researcher = s.chain.researcher.address();
+
+        // A stranger names the researcher as grantee: refused, and audited as the stranger.
+        let forged = s.request(&s.chain.stranger, 42, &s.researcher_cert).await;
+        assert!(matches!(
+            s.releaser.release(&forged, "token:abc").await,
+            Err(ReleaseError::NotGrantee(_))
+        ));
+        let good = s.request(&s.chain.researcher, 42, &s.researcher_cert).await;
+        let caller = format!("wallet:{researcher}");
+        s.releaser.release(&good, &caller).await.unwrap();
+
+        let audit = s.store.audit_page(0, 100).unwrap();
+        let denied: Vec<_> = audit
+            .iter()
+            .filter(|e| e.action == AuditAction::KeyReleaseDenied)
+            .collect();
+        assert_eq!(denied.len(), 1, "{audit:?}");
+        assert_eq!(denied[0].actor, "token:abc");
+        assert_eq!(denied[0].detail["grantee"], researcher.to_string());
+        assert!(
+            denied[0].detail["reason"].contains("not signed by the grantee"),
+            "{:?}",
+            denied[0].detail
+        );
+        let released: Vec<_> = audit
+            .iter()
+            .filter(|e| e.action == AuditAction::KeyRelease)
+            .collect();
+        assert_eq!(released.len(), 1, "{audit:?}");
+        assert_eq!(released[0].actor, caller);
+        assert_eq!(released[0].detail["grantee"], researcher.to_string());
+    }
+}
+
+/// While a download holds the shared decryptor, a key release waits for it on the
+/// blocking pool: the async executor (here a single thread, running the test too)
+/// keeps running other tasks meanwhile.
+#[tokio::test]
+async fn a_release_waits_for_the_decryptor_off_the_async_executor() {
+    const HOLD: Duration = Duration::from_secs(3);
+    for backend in BACKENDS {
+        let s = setup(backend).await;
+        grant_scope(&s.chain, s.scope, 42, s.chain.now().await + 3600).await;
+        let request = s.request(&s.chain.researcher, 42, &s.researcher_cert).await;
+
+        // "A download" holds the decryptor for a while, on its own thread.
+        let (locked_tx, locked_rx) = tokio::sync::oneshot::channel();
+        let unlocked = Arc::new(AtomicBool::new(false));
+        let holder = {
+            let decryptor = s.decryptor.clone();
+            let unlocked = unlocked.clone();
+            std::thread::spawn(move || {
+                let guard = decryptor.lock().unwrap();
+                let _ = locked_tx.send(());
+                std::thread::sleep(HOLD);
+                unlocked.store(true, Ordering::SeqCst);
+                drop(guard);
+            })
+        };
+        locked_rx.await.unwrap();
+
+        let releaser = s.releaser.clone();
+        let mut release =
+            tokio::spawn(async move { releaser.release(&request, "token:test").await });
+        let mut last = Instant::now();
+        let mut longest = Duration::ZERO;
+        let result = loop {
+            tokio::select! {
+                joined = &mut release => break joined.unwrap(),
+                () = tokio::time::sleep(Duration::from_millis(20)) => {
+                    longest = longest.max(last.elapsed());
+                    last = Instant::now();
+                }
+            }
+        };
+        longest = longest.max(last.elapsed());
+        holder.join().unwrap();
+        let released = result.unwrap();
+        assert!(
+            unlocked.load(Ordering::SeqCst),
+            "the release needed the decryptor, so it waited for the download"
+        );
+        assert!(
+            longest < Duration::from_secs(1),
+            "{backend:?}: the executor stalled for {longest:?} during the release"
+        );
+        assert_eq!(
+            open_released(&s.store, &s.record, released.key_wrap.message, 1),
+            s.plaintext
+        );
+    }
+}
+
+/// A node whose own key cannot unwrap its record's data key says it is the node's
+/// fault, keeps the cryptographic error as the source, and audits the refusal.
+#[tokio::test]
+async fn a_key_the_node_cannot_unwrap_is_the_nodes_fault() {
+    for backend in BACKENDS {
+        // The releaser holds the other institution's secret keys.
+        let s = setup_with_keys_of(backend, 1).await;
+        grant_scope(&s.chain, s.scope, 42, s.chain.now().await + 3600).await;
+        let err = s
+            .ask(42)
+            .await
+            .expect_err("the data key is not wrapped for this key");
+        assert!(
+            matches!(err, ReleaseError::Crypto(CryptoError::NotARecipient { .. })),
+            "{backend:?}: {err:?}"
+        );
+        assert!(err.to_string().contains("failed on the node"), "{err}");
+        assert!(std::error::Error::source(&err).is_some());
+        let audit = s.store.audit_page(0, 100).unwrap();
+        assert!(
+            audit
+                .iter()
+                .any(|e| e.action == AuditAction::KeyReleaseDenied
+                    && e.detail["reason"].contains("not wrapped for")),
+            "{audit:?}"
+        );
     }
 }

@@ -10,6 +10,7 @@ mod error;
 mod manifest;
 mod record;
 pub mod siwe;
+mod transfer;
 
 pub use cid_util::{cid_of, verify_cid, Codec, MAX_BLOCK_SIZE};
 pub use content_type::ContentType;
@@ -19,6 +20,7 @@ pub use manifest::{
     ManifestSignature, SignatureAlgorithm, ENVELOPE_VERSION, MANIFEST_VERSION,
 };
 pub use record::{InstitutionId, PatientRef, RecordId, RecordMeta};
+pub use transfer::{FetchReport, PeerInfo, ReplicaOutcome, Transfer};
 
 /// Re-exported so callers name one `Cid` type.
 pub use cid::Cid;

@@ -45,6 +45,22 @@ fn time_text(t: &OffsetDateTime) -> String {
     t.format(&Rfc3339).expect("RFC 3339 formats every UTC time")
 }
 
+impl SiweMessage {
+    /// The authority (`host[:port]`) of the message's `URI`, if it is an absolute
+    /// `http`/`https` URI: a relying party checks it names itself (EIP-4361), so a
+    /// message signed for another site's resource cannot open a session here.
+    pub fn uri_authority(&self) -> Option<&str> {
+        let rest = self
+            .uri
+            .strip_prefix("https://")
+            .or_else(|| self.uri.strip_prefix("http://"))?;
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let authority = &rest[..end];
+        // userinfo@host would let `evil@127.0.0.1:8420` pass as our host.
+        (!authority.is_empty() && !authority.contains('@')).then_some(authority)
+    }
+}
+
 impl fmt::Display for SiweMessage {
     /// The exact text a wallet signs.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -201,6 +217,30 @@ mod tests {
             ..sample()
         };
         assert_eq!(bare.to_string().parse::<SiweMessage>().unwrap(), bare);
+    }
+
+    #[test]
+    fn uri_authority_is_the_host_and_port() {
+        let with = |uri: &str| SiweMessage {
+            uri: uri.into(),
+            ..sample()
+        };
+        assert_eq!(
+            with("http://127.0.0.1:8420").uri_authority(),
+            Some("127.0.0.1:8420")
+        );
+        assert_eq!(
+            with("https://node.example:8420/v1/auth?x=1").uri_authority(),
+            Some("node.example:8420")
+        );
+        for bad in [
+            "ftp://127.0.0.1:8420",
+            "127.0.0.1:8420",
+            "http://",
+            "http://a@127.0.0.1:8420",
+        ] {
+            assert_eq!(with(bad).uri_authority(), None, "{bad}");
+        }
     }
 
     #[test]

@@ -14,6 +14,10 @@ pub enum WalletSignatureError {
     /// The signature does not recover to any address.
     #[error("the signature does not recover to any address")]
     Unrecoverable,
+    /// `s` is in the upper half of the curve order: a malleated copy of a valid
+    /// signature, which EIP-2 forbids (wallets always produce the low-s form).
+    #[error("the signature is not in canonical low-s form (EIP-2)")]
+    HighS,
 }
 
 /// The address whose key signed `message` with EIP-191 `personal_sign`.
@@ -26,6 +30,9 @@ pub fn recover_personal_sign(
         .ok_or(WalletSignatureError::Malformed)?;
     let signature =
         Signature::try_from(bytes.as_slice()).map_err(|_| WalletSignatureError::Malformed)?;
+    if signature.normalize_s().is_some() {
+        return Err(WalletSignatureError::HighS);
+    }
     signature
         .recover_address_from_msg(message)
         .map_err(|_| WalletSignatureError::Unrecoverable)
@@ -72,5 +79,24 @@ mod tests {
         );
         let other = recover_personal_sign(b"sign in to medmesh!", &hex).unwrap();
         assert_ne!(other, wallet.address());
+    }
+
+    #[test]
+    fn refuses_the_high_s_twin_of_a_valid_signature() {
+        use alloy_signer::SignerSync;
+        let wallet = alloy_signer_local::PrivateKeySigner::random();
+        let sig = wallet.sign_message_sync(b"sign in to medmesh").unwrap();
+        // (r, n - s, !v) recovers to the same address: the malleated twin.
+        let n = alloy_primitives::U256::from_str_radix(
+            "fffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141",
+            16,
+        )
+        .unwrap();
+        let twin = Signature::new(sig.r(), n - sig.s(), !sig.v());
+        let hex: String = twin.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            recover_personal_sign(b"sign in to medmesh", &hex),
+            Err(WalletSignatureError::HighS)
+        );
     }
 }

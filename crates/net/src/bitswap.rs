@@ -135,7 +135,7 @@ impl Bitswap {
             incoming.push(
                 control
                     .accept(protocol.clone())
-                    .map_err(|e| NetError::Config(format!("{protocol}: {e}")))?,
+                    .map_err(NetError::setup(format!("accepting {protocol}")))?,
             );
         }
         let this = self.clone();
@@ -213,11 +213,24 @@ impl Bitswap {
             let Ok(cid) = Cid::try_from(entry.block.as_slice()) else {
                 continue;
             };
-            let have = self.store.has(&cid);
-            if entry.want_type == WANT_BLOCK && have {
-                let store = self.store.clone();
-                let read = tokio::task::spawn_blocking(move || store.get(&cid)).await;
-                if let Ok(Ok(Some(data))) = read {
+            // `has` and `get` touch the disk: both run off the async executor.
+            let want_block = entry.want_type == WANT_BLOCK;
+            let store = self.store.clone();
+            let looked = tokio::task::spawn_blocking(move || {
+                let have = store.has(&cid);
+                let read = (want_block && have).then(|| store.get(&cid));
+                (have, read)
+            })
+            .await;
+            let (have, read) = match looked {
+                Ok(looked) => looked,
+                Err(e) => {
+                    tracing::warn!(%peer, %cid, error = %e, "block lookup failed");
+                    continue;
+                }
+            };
+            match read {
+                Some(Ok(Some(data))) => {
                     let block = pb::Block {
                         prefix: cid_prefix(&cid),
                         data,
@@ -232,7 +245,13 @@ impl Bitswap {
                     .await;
                     continue;
                 }
-                tracing::warn!(%peer, %cid, "a block we hold could not be read to serve it");
+                Some(Ok(None)) => {
+                    tracing::warn!(%peer, %cid, "a block we held vanished before it was served")
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(%peer, %cid, error = %e, "a block we hold could not be read to serve it")
+                }
+                None => {}
             }
             let kind = if have && entry.want_type == WANT_HAVE {
                 HAVE
@@ -274,8 +293,11 @@ impl Bitswap {
         }
         let store = self.store.clone();
         let bytes = data.clone();
-        let stored = tokio::task::spawn_blocking(move || store.put(&cid, &bytes)).await;
-        if let Ok(Err(e)) | Err(e) = stored.map_err(|e| NetError::Store(e.to_string())) {
+        let stored = tokio::task::spawn_blocking(move || store.put(&cid, &bytes))
+            .await
+            .map_err(NetError::from)
+            .and_then(|stored| stored);
+        if let Err(e) = stored {
             tracing::warn!(%cid, error = %e, "could not store a fetched block");
             return;
         }
@@ -302,9 +324,7 @@ impl Bitswap {
         timeout: Duration,
     ) -> Result<Vec<u8>, NetError> {
         let store = self.store.clone();
-        let local = tokio::task::spawn_blocking(move || store.get(&cid))
-            .await
-            .map_err(|e| NetError::Store(e.to_string()))??;
+        let local = tokio::task::spawn_blocking(move || store.get(&cid)).await??;
         if let Some(bytes) = local {
             return Ok(bytes);
         }

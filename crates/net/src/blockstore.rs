@@ -9,7 +9,9 @@ use medmesh_store::{Store, StoreError};
 
 use crate::NetError;
 
-/// Blocks and records as the network sees them.
+/// Blocks and records as the network sees them. Every method may block (file I/O, a
+/// database transaction): the network calls them on blocking threads
+/// (`spawn_blocking`), never on the async executor.
 pub trait Blockstore: Send + Sync + 'static {
     /// Whether the block is stored here.
     fn has(&self, cid: &Cid) -> bool;
@@ -28,10 +30,6 @@ pub trait Blockstore: Send + Sync + 'static {
     fn import_record(&self, id: &RecordId, from: &PeerId) -> Result<bool, NetError>;
 }
 
-fn store_error(e: StoreError) -> NetError {
-    NetError::Store(e.to_string())
-}
-
 impl Blockstore for Store {
     fn has(&self, cid: &Cid) -> bool {
         self.blocks().has(cid)
@@ -41,7 +39,7 @@ impl Blockstore for Store {
         match self.blocks().get(cid) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(StoreError::MissingBlock { .. }) => Ok(None),
-            Err(e) => Err(store_error(e)),
+            Err(e) => Err(NetError::Store(e)),
         }
     }
 
@@ -49,18 +47,16 @@ impl Blockstore for Store {
         match self.blocks().get_unverified(cid) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(StoreError::MissingBlock { .. }) => Ok(None),
-            Err(e) => Err(store_error(e)),
+            Err(e) => Err(NetError::Store(e)),
         }
     }
 
     fn put(&self, cid: &Cid, bytes: &[u8]) -> Result<(), NetError> {
-        let shard = self.blocks().put(cid, bytes).map_err(store_error)?;
-        self.blocks()
-            .sync_dirs(&BTreeSet::from([shard]))
-            .map_err(store_error)
+        let shard = self.blocks().put(cid, bytes)?;
+        Ok(self.blocks().sync_dirs(&BTreeSet::from([shard]))?)
     }
 
     fn import_record(&self, id: &RecordId, from: &PeerId) -> Result<bool, NetError> {
-        Store::import_record(self, id, &format!("peer:{from}")).map_err(store_error)
+        Ok(Store::import_record(self, id, &format!("peer:{from}"))?)
     }
 }

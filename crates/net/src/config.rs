@@ -32,6 +32,14 @@ pub struct NetConfig {
     /// Milliseconds a fetch waits for the DHT to name a provider of a record nobody is
     /// known to hold (a record announced a moment ago takes a little while to arrive).
     pub find_timeout_ms: u64,
+    /// Most replication requests from one peer that this node serves at once (each is
+    /// a fetch of a whole record); more are refused until one finishes.
+    pub max_replications_per_peer: usize,
+    /// Most replication requests this node serves at once, from all peers together.
+    pub max_replications: usize,
+    /// Seconds a replica may take to fetch: the holder gives up after this long, and
+    /// the asking side waits this long (plus a short margin for the holder's answer).
+    pub replica_timeout_secs: u64,
 }
 
 impl Default for NetConfig {
@@ -51,6 +59,9 @@ impl Default for NetConfig {
             repair_interval_secs: 300,
             block_timeout_secs: 60,
             find_timeout_ms: 10_000,
+            max_replications_per_peer: 2,
+            max_replications: 8,
+            replica_timeout_secs: 3600,
         }
     }
 }
@@ -72,6 +83,22 @@ impl NetConfig {
         if self.repair_interval_secs == 0 || self.block_timeout_secs == 0 {
             return Err(NetError::Config(
                 "repair_interval_secs and block_timeout_secs must be at least 1".into(),
+            ));
+        }
+        if self.max_replications_per_peer == 0 || self.max_replications == 0 {
+            return Err(NetError::Config(
+                "max_replications_per_peer and max_replications must be at least 1".into(),
+            ));
+        }
+        if self.max_replications_per_peer > self.max_replications {
+            return Err(NetError::Config(format!(
+                "max_replications_per_peer ({}) must not exceed max_replications ({})",
+                self.max_replications_per_peer, self.max_replications
+            )));
+        }
+        if self.replica_timeout_secs == 0 {
+            return Err(NetError::Config(
+                "replica_timeout_secs must be at least 1".into(),
             ));
         }
         for addr in &self.bootstrap {
@@ -97,8 +124,54 @@ impl NetConfig {
         Duration::from_millis(self.find_timeout_ms)
     }
 
+    /// [`NetConfig::replica_timeout_secs`] as a duration.
+    pub fn replica_timeout(&self) -> Duration {
+        Duration::from_secs(self.replica_timeout_secs)
+    }
+
     /// [`NetConfig::block_timeout_secs`] as a duration.
     pub fn block_timeout(&self) -> Duration {
         Duration::from_secs(self.block_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replication_limits_default_and_are_validated() {
+        let config: NetConfig = serde_json::from_str("{}").expect("defaults");
+        assert_eq!(
+            (
+                config.max_replications_per_peer,
+                config.max_replications,
+                config.replica_timeout_secs
+            ),
+            (2, 8, 3600)
+        );
+        config.validate().expect("defaults are valid");
+        for bad in [
+            NetConfig {
+                max_replications_per_peer: 0,
+                ..NetConfig::default()
+            },
+            NetConfig {
+                max_replications: 0,
+                ..NetConfig::default()
+            },
+            NetConfig {
+                max_replications_per_peer: 9,
+                max_replications: 8,
+                ..NetConfig::default()
+            },
+            NetConfig {
+                replica_timeout_secs: 0,
+                ..NetConfig::default()
+            },
+        ] {
+            let err = bad.validate().expect_err("invalid limits are refused");
+            assert!(err.to_string().contains("replica"), "{err}");
+        }
     }
 }

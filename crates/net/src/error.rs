@@ -1,4 +1,8 @@
 //! Errors of the network crate.
+//!
+//! Errors of local libraries (the store, libp2p, tokio) are kept as `#[source]`, so a
+//! caller can look at the cause and a report shows the whole chain; what a peer says
+//! (a refusal, a protocol violation) is a string by nature.
 
 use libp2p::PeerId;
 
@@ -8,9 +12,28 @@ pub enum NetError {
     /// The configuration is unusable (bad address, bad limits).
     #[error("network configuration: {0}")]
     Config(String),
+    /// Setting up a part of the swarm failed (transport, listener, protocol handler).
+    #[error("network setup, {what}: {source}")]
+    Setup {
+        /// The part being set up (`TCP transport`, `listening on …`).
+        what: String,
+        /// The libp2p error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
     /// The local block store failed.
     #[error("block store: {0}")]
-    Store(String),
+    Store(#[from] medmesh_store::StoreError),
+    /// A background task (a blocking store call, a transfer worker) panicked or was
+    /// cancelled.
+    #[error("a network task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The DHT refused to record that we provide a block.
+    #[error("provider record: {0}")]
+    Provide(#[source] libp2p::kad::store::Error),
+    /// A gossipsub message could not be published (often: no subscribed peer yet).
+    #[error("gossip not sent: {0}")]
+    Gossip(#[source] libp2p::gossipsub::PublishError),
     /// No peer could provide what was asked.
     #[error("{0}")]
     NotFound(String),
@@ -31,22 +54,60 @@ pub enum NetError {
         reason: String,
     },
     /// A peer broke the protocol or the connection failed.
-    #[error("peer {peer}: {reason}")]
+    #[error("peer {peer}: {reason}{}", .source.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
     Peer {
         /// The peer.
         peer: PeerId,
         /// What happened.
         reason: String,
+        /// The I/O error of the stream, when that is what happened.
+        #[source]
+        source: Option<std::io::Error>,
     },
     /// Dialing failed.
-    #[error("cannot connect to {addr}: {reason}")]
+    #[error("cannot connect to {addr}: {reason}{}", .source.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
     Dial {
         /// The address dialed.
         addr: String,
-        /// Why it failed.
+        /// Why it failed, in a few words.
         reason: String,
+        /// The libp2p error, when the swarm reported one (not for a timeout).
+        #[source]
+        source: Option<Box<libp2p::swarm::DialError>>,
     },
     /// The network task has stopped.
     #[error("the network has stopped")]
     Stopped,
+}
+
+impl NetError {
+    /// A protocol violation by `peer` (no underlying error).
+    pub(crate) fn peer(peer: PeerId, reason: impl Into<String>) -> Self {
+        NetError::Peer {
+            peer,
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// A stream to `peer` failed while doing `what`.
+    pub(crate) fn peer_io(peer: PeerId, what: impl Into<String>, source: std::io::Error) -> Self {
+        NetError::Peer {
+            peer,
+            reason: what.into(),
+            source: Some(source),
+        }
+    }
+
+    /// `what` failed while setting up the swarm: `.map_err(NetError::setup("…"))`.
+    pub(crate) fn setup<E>(what: impl Into<String>) -> impl FnOnce(E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let what = what.into();
+        move |source| NetError::Setup {
+            what,
+            source: Box::new(source),
+        }
+    }
 }

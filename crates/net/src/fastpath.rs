@@ -15,6 +15,7 @@ use futures::{AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
 use libp2p_stream::Control;
 use medmesh_core::{verify_cid, Cid, Manifest, RecordId, MAX_BLOCK_SIZE};
+use medmesh_store::StoreError;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
@@ -46,7 +47,7 @@ struct Request {
 pub(crate) fn serve(control: &mut Control, store: Arc<dyn Blockstore>) -> Result<(), NetError> {
     let mut incoming = control
         .accept(PROTOCOL)
-        .map_err(|e| NetError::Config(format!("{PROTOCOL}: {e}")))?;
+        .map_err(NetError::setup(format!("accepting {PROTOCOL}")))?;
     tokio::spawn(async move {
         while let Some((peer, stream)) = incoming.next().await {
             let store = store.clone();
@@ -148,12 +149,22 @@ pub(crate) async fn fetch_manifest(
 ) -> Result<Manifest, NetError> {
     let mut done = Vec::new();
     fetch(control, store, peer, root, None, &[], &mut done, &|_| {}).await?;
-    let bytes = store
-        .get(root.cid())?
-        .ok_or_else(|| NetError::Store(format!("manifest {root} vanished after it was stored")))?;
-    Manifest::decode(&bytes).map_err(|e| NetError::Peer {
-        peer,
-        reason: format!("record {root} is not a readable manifest: {e}"),
+    // Reading the block back is file I/O: off the async executor.
+    let stored = {
+        let (store, cid) = (store.clone(), *root.cid());
+        tokio::task::spawn_blocking(move || store.get(&cid)).await??
+    };
+    let bytes = stored.ok_or_else(|| {
+        NetError::Store(StoreError::MissingBlock {
+            cid: root.cid().to_string(),
+            record: Some(root.to_string()),
+        })
+    })?;
+    Manifest::decode(&bytes).map_err(|e| {
+        NetError::peer(
+            peer,
+            format!("record {root} is not a readable manifest: {e}"),
+        )
     })
 }
 
@@ -171,10 +182,12 @@ pub(crate) async fn fetch(
     done: &mut Vec<u32>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(), NetError> {
-    let peer_error = |reason: String| NetError::Peer { peer, reason };
+    let peer_error = |reason: String| NetError::peer(peer, reason);
+    let io_error =
+        move |what: &'static str| move |e: std::io::Error| NetError::peer_io(peer, what, e);
     let mut stream = open_stream(control, peer, PROTOCOL)
         .await
-        .map_err(|e| peer_error(e.to_string()))?;
+        .map_err(|e| io_error("cannot open a stream")(open_error(e)))?;
     let request = Request {
         root: root.to_string(),
         manifest: manifest.is_none(),
@@ -182,10 +195,10 @@ pub(crate) async fn fetch(
     };
     write_json(&mut stream, &request)
         .await
-        .map_err(|e| peer_error(e.to_string()))?;
+        .map_err(io_error("request not sent"))?;
     let reply: Reply = within_idle(read_json(&mut stream))
         .await
-        .map_err(|e| peer_error(format!("no reply: {e}")))?;
+        .map_err(io_error("no reply"))?;
     if !reply.ok {
         return Err(NetError::Refused {
             peer,
@@ -198,8 +211,11 @@ pub(crate) async fn fetch(
         None => expected.push((None, *root.cid())),
         Some(m) => {
             for &i in chunks {
+                // The caller passes indices of this manifest; a bad one is our bug.
                 let cid = m.body.chunks.get(i as usize).ok_or_else(|| {
-                    NetError::Store(format!("chunk {i} is beyond the manifest of {root}"))
+                    NetError::Store(StoreError::InvalidInput(format!(
+                        "chunk {i} is beyond the manifest of {root}"
+                    )))
                 })?;
                 expected.push((Some(i), *cid));
             }
@@ -210,7 +226,7 @@ pub(crate) async fn fetch(
     loop {
         let frame = within_idle(read_frame(&mut stream, MAX_BLOCK_SIZE + 128))
             .await
-            .map_err(|e| peer_error(format!("transfer cut: {e}")))?
+            .map_err(io_error("transfer cut"))?
             .ok_or_else(|| peer_error("stream ended without the end marker".into()))?;
         if frame.is_empty() {
             break;
@@ -258,13 +274,22 @@ async fn collect(
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(), NetError> {
     if let Some(joined) = pending.join_next().await {
-        let (index, len) = joined.map_err(|e| NetError::Store(e.to_string()))??;
+        let (index, len) = joined??;
         if let Some(i) = index {
             done.push(i);
         }
         progress(len);
     }
     Ok(())
+}
+
+/// The I/O error behind a failed stream opening (a peer that does not speak the
+/// protocol becomes an `Unsupported` I/O error naming it).
+pub(crate) fn open_error(e: libp2p_stream::OpenStreamError) -> std::io::Error {
+    match e {
+        libp2p_stream::OpenStreamError::Io(e) => e,
+        other => std::io::Error::new(std::io::ErrorKind::Unsupported, other),
+    }
 }
 
 fn split_block_frame(frame: &[u8]) -> Option<(Cid, &[u8])> {

@@ -10,22 +10,10 @@ use std::time::Duration;
 
 use libp2p::PeerId;
 use medmesh_core::{Manifest, RecordId};
-use serde::{Deserialize, Serialize};
+use medmesh_store::StoreError;
 
 use crate::fastpath::{self, MAX_CHUNKS_PER_REQUEST};
-use crate::{NetError, Network};
-
-/// How blocks move.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub enum Transfer {
-    /// medmesh's streaming protocol (default).
-    #[default]
-    FastPath,
-    /// IPFS bitswap, one want per block (for interop and comparison).
-    Bitswap,
-}
+use crate::{FetchReport, NetError, Network, Transfer};
 
 /// Options of [`Network::fetch_record`].
 #[derive(Debug, Clone)]
@@ -56,28 +44,6 @@ impl Default for FetchOptions {
             find_timeout: None,
         }
     }
-}
-
-/// What a fetch did.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct FetchReport {
-    /// The record.
-    pub record: String,
-    /// Blocks of the record (manifest included).
-    pub blocks_total: u64,
-    /// Blocks that came over the network now.
-    pub blocks_fetched: u64,
-    /// Blocks that were already stored here (a resumed fetch has some).
-    pub blocks_present: u64,
-    /// Bytes that came over the network now.
-    pub bytes_fetched: u64,
-    /// Providers blocks came from.
-    pub providers: Vec<String>,
-    /// Providers that sent a corrupt block and were banned.
-    pub banned: Vec<String>,
-    /// Whether the record entered the index now (false if it was there already).
-    pub imported: bool,
 }
 
 /// Pause between DHT lookups while no provider is known.
@@ -171,9 +137,8 @@ impl Network {
         }
         let from = candidates.first().copied().unwrap_or(self.inner.peer_id);
         let store = self.inner.store.clone();
-        report.imported = tokio::task::spawn_blocking(move || store.import_record(&root, &from))
-            .await
-            .map_err(|e| NetError::Store(e.to_string()))??;
+        report.imported =
+            tokio::task::spawn_blocking(move || store.import_record(&root, &from)).await??;
         for peer in asked.iter().filter(|p| self.inner.scores.is_banned(p)) {
             report.banned.push(peer.to_string());
         }
@@ -226,13 +191,14 @@ impl Network {
     async fn local_manifest(&self, root: &RecordId) -> Result<Option<Manifest>, NetError> {
         let store = self.inner.store.clone();
         let cid = *root.cid();
-        let local = tokio::task::spawn_blocking(move || store.get(&cid))
-            .await
-            .map_err(|e| NetError::Store(e.to_string()))??;
+        let local = tokio::task::spawn_blocking(move || store.get(&cid)).await??;
         local
             .map(|bytes| {
-                Manifest::decode(&bytes)
-                    .map_err(|e| NetError::Store(format!("stored manifest of {root}: {e}")))
+                Manifest::decode(&bytes).map_err(|e| {
+                    // The error names no record: say which one here.
+                    tracing::warn!(record = %root, error = %e, "the stored manifest does not decode");
+                    NetError::Store(StoreError::Core(e))
+                })
             })
             .transpose()
     }
@@ -241,13 +207,13 @@ impl Network {
     async fn missing_chunks(&self, manifest: &Manifest) -> Result<Vec<u32>, NetError> {
         let store = self.inner.store.clone();
         let chunks = manifest.body.chunks.clone();
-        tokio::task::spawn_blocking(move || {
+        let missing = tokio::task::spawn_blocking(move || {
             (0..chunks.len() as u32)
                 .filter(|&i| !store.has(&chunks[i as usize]))
-                .collect()
+                .collect::<Vec<u32>>()
         })
-        .await
-        .map_err(|e| NetError::Store(e.to_string()))
+        .await?;
+        Ok(missing)
     }
 
     /// The manifest from the first candidate that serves one hashing to `root`.
@@ -267,9 +233,11 @@ impl Network {
                     fastpath::fetch_manifest(&mut control, &self.inner.store, peer, root).await
                 }
                 Transfer::Bitswap => match self.bitswap_get(cid, &[peer]).await {
-                    Ok(bytes) => Manifest::decode(&bytes).map_err(|e| NetError::Peer {
-                        peer,
-                        reason: format!("record {root} is not a readable manifest: {e}"),
+                    Ok(bytes) => Manifest::decode(&bytes).map_err(|e| {
+                        NetError::peer(
+                            peer,
+                            format!("record {root} is not a readable manifest: {e}"),
+                        )
                     }),
                     Err(e) => Err(e),
                 },
@@ -367,10 +335,10 @@ impl Network {
                             &mut done,
                             &*progress,
                         ) => result,
-                        () = network.inner.scores.until_banned(peer) => Err(NetError::Peer {
+                        () = network.inner.scores.until_banned(peer) => Err(NetError::peer(
                             peer,
-                            reason: "banned for a corrupt block on another stream".into(),
-                        }),
+                            "banned for a corrupt block on another stream",
+                        )),
                     };
                     let finished = || in_flight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                     match result {
@@ -395,7 +363,7 @@ impl Network {
         }
         let mut used = Vec::new();
         while let Some(joined) = workers.join_next().await {
-            if let Some(peer) = joined.map_err(|e| NetError::Store(e.to_string()))? {
+            if let Some(peer) = joined? {
                 used.push(peer);
             }
         }
@@ -436,7 +404,7 @@ impl Network {
             });
         }
         while let Some(joined) = wants.join_next().await {
-            joined.map_err(|e| NetError::Store(e.to_string()))??;
+            joined??;
         }
         Ok(candidates.to_vec())
     }

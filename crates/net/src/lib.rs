@@ -10,7 +10,9 @@
 //!   request per batch, verified block by block, resumable, from several providers
 //!   at once ([`Network::fetch_record`]).
 //! - Replication ([`replicate::PROTOCOL`]): peers of the owner's choosing hold copies;
-//!   a repair pass re-replicates when one disappears ([`Network::repair`]).
+//!   a repair pass re-replicates when one disappears ([`Network::repair`]). A holder
+//!   serves a bounded number of requests at once, per peer and in total, each within
+//!   `replica_timeout_secs` ([`NetConfig`]).
 //!
 //! Storage is behind [`Blockstore`] and authorization behind [`PeerPolicy`], so the
 //! network knows neither how blocks are kept nor how institutions are registered.
@@ -30,11 +32,12 @@ mod wire;
 pub use blockstore::Blockstore;
 pub use config::NetConfig;
 pub use error::NetError;
-pub use fetch::{FetchOptions, FetchReport, Progress, Transfer};
+pub use fetch::{FetchOptions, Progress};
+// What transfers report lives in core, so the API and the SDK show it without libp2p.
 pub use libp2p::{Multiaddr, PeerId};
-pub use network::{NetEvent, Network, NetworkOptions, PeerInfo, DATASETS_TOPIC, PRESENCE_TOPIC};
+pub use medmesh_core::{FetchReport, PeerInfo, ReplicaOutcome, Transfer};
+pub use network::{NetEvent, Network, NetworkOptions, DATASETS_TOPIC, PRESENCE_TOPIC};
 pub use policy::{AllowList, OpenPolicy, PeerPolicy};
-pub use replicate::ReplicaOutcome;
 pub use scores::PeerScores;
 
 // A poisoned lock only means another thread panicked while holding it; the data are

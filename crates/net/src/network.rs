@@ -18,14 +18,13 @@ use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm,
 };
 use medmesh_core::Cid;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::bitswap::Bitswap;
 use crate::blockstore::Blockstore;
 use crate::policy::PeerPolicy;
 use crate::scores::PeerScores;
-use crate::{fastpath, replicate, NetConfig, NetError};
+use crate::{fastpath, replicate, NetConfig, NetError, PeerInfo};
 
 /// Gossipsub topic of node presence announcements.
 pub const PRESENCE_TOPIC: &str = "medmesh/presence/1";
@@ -41,20 +40,6 @@ struct Behaviour {
     gossipsub: gossipsub::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
     stream: libp2p_stream::Behaviour,
-}
-
-/// A connected peer, as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct PeerInfo {
-    /// Its PeerId.
-    pub peer_id: String,
-    /// Addresses it listens on (from identify) or that we reached it at.
-    pub addresses: Vec<String>,
-    /// Its agent string (`medmesh/0.1.0`, `kubo/…`, `helia/…`).
-    pub agent: Option<String>,
-    /// Seconds since the connection was established.
-    pub connected_secs: u64,
 }
 
 /// Something that happened on the network.
@@ -129,6 +114,8 @@ pub(crate) struct Inner {
     pub(crate) scores: Arc<PeerScores>,
     pub(crate) policy: Arc<dyn PeerPolicy>,
     pub(crate) institution: Option<String>,
+    /// Replication requests being served, bounded per peer and in total.
+    pub(crate) replicas: Arc<replicate::Slots>,
     commands: mpsc::Sender<Command>,
     shared: Arc<Shared>,
     events: broadcast::Sender<NetEvent>,
@@ -141,11 +128,11 @@ impl Network {
         options.config.validate()?;
         let mut seed = options.identity_seed;
         let keypair = identity::Keypair::ed25519_from_bytes(&mut seed)
-            .map_err(|e| NetError::Config(format!("node identity: {e}")))?;
+            .map_err(NetError::setup("node identity"))?;
         let peer_id = keypair.public().to_peer_id();
         let config = options.config.clone();
         let kad_protocol = StreamProtocol::try_from_owned(config.kad_protocol.clone())
-            .map_err(|e| NetError::Config(format!("kad_protocol: {e}")))?;
+            .map_err(NetError::setup("kad_protocol"))?;
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(
@@ -155,7 +142,7 @@ impl Network {
                 (noise::Config::new, libp2p::tls::Config::new),
                 yamux::Config::default,
             )
-            .map_err(|e| NetError::Config(format!("TCP transport: {e}")))?
+            .map_err(NetError::setup("TCP transport"))?
             .with_quic()
             .with_behaviour(|key| {
                 let local = key.public().to_peer_id();
@@ -198,7 +185,7 @@ impl Network {
                     stream: libp2p_stream::Behaviour::new(),
                 })
             })
-            .map_err(|e| NetError::Config(format!("network behaviours: {e}")))?
+            .map_err(NetError::setup("network behaviours"))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
             .build();
         for topic in [PRESENCE_TOPIC, DATASETS_TOPIC] {
@@ -206,13 +193,13 @@ impl Network {
                 .behaviour_mut()
                 .gossipsub
                 .subscribe(&gossipsub::IdentTopic::new(topic))
-                .map_err(|e| NetError::Config(format!("gossipsub topic {topic}: {e}")))?;
+                .map_err(NetError::setup(format!("gossipsub topic {topic}")))?;
         }
         let mut listeners = Vec::new();
         for addr in &config.listen {
             let id = swarm
                 .listen_on(addr.clone())
-                .map_err(|e| NetError::Config(format!("cannot listen on {addr}: {e}")))?;
+                .map_err(NetError::setup(format!("listening on {addr}")))?;
             listeners.push(id);
         }
         let shared = Arc::new(Shared::default());
@@ -232,7 +219,7 @@ impl Network {
                 | SwarmEvent::ListenerClosed {
                     reason: Err(error), ..
                 } => {
-                    return Err(NetError::Config(format!("listener failed: {error}")));
+                    return Err(NetError::setup("listener")(error));
                 }
                 _ => {}
             }
@@ -253,6 +240,10 @@ impl Network {
                 scores,
                 policy: options.policy,
                 institution: options.institution,
+                replicas: replicate::Slots::new(
+                    config.max_replications_per_peer,
+                    config.max_replications,
+                ),
                 commands,
                 shared: shared.clone(),
                 events: events.clone(),
@@ -455,7 +446,8 @@ impl Driver {
                     Err(e) => {
                         let _ = reply.send(Err(NetError::Dial {
                             addr: addr.to_string(),
-                            reason: e.to_string(),
+                            reason: "the dial could not start".into(),
+                            source: Some(Box::new(e)),
                         }));
                     }
                 }
@@ -471,7 +463,7 @@ impl Driver {
                         self.provides.insert(query, reply);
                     }
                     Err(e) => {
-                        let _ = reply.send(Err(NetError::Store(format!("provider record: {e}"))));
+                        let _ = reply.send(Err(NetError::Provide(e)));
                     }
                 }
             }
@@ -490,7 +482,7 @@ impl Driver {
                     .gossipsub
                     .publish(gossipsub::IdentTopic::new(topic), data)
                     .map(|_| ())
-                    .map_err(|e| NetError::NotFound(format!("gossip not sent: {e}")));
+                    .map_err(NetError::Gossip);
                 let _ = reply.send(result);
             }
             Command::Disconnect(peer) => {
@@ -552,7 +544,8 @@ impl Driver {
                 if let Some(reply) = self.dials.remove(&connection_id) {
                     let _ = reply.send(Err(NetError::Dial {
                         addr: peer_id.map(|p| p.to_string()).unwrap_or_default(),
-                        reason: error.to_string(),
+                        reason: "the connection failed".into(),
+                        source: Some(Box::new(error)),
                     }));
                 }
             }

@@ -3,23 +3,28 @@
 //! is stored. A repair pass re-asks the peers that should hold copies and, when one is
 //! gone or has lost its copy, asks the next candidate instead.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{AsyncReadExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
 use medmesh_core::RecordId;
 use medmesh_store::{Replication, Store};
 use serde::{Deserialize, Serialize};
 
-use crate::fetch::{FetchOptions, FetchReport};
-use crate::wire::{read_json, write_json};
+use crate::fetch::FetchOptions;
+use crate::wire::{read_json, within_idle, write_json};
+use crate::{FetchReport, ReplicaOutcome};
 use crate::{NetError, Network};
 
 /// The replication protocol id.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/medmesh/replicate/1.0.0");
 
-/// How long a peer may take to fetch a record it is asked to hold.
-const REPLICA_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How much longer than `replica_timeout` the asking side waits, so that a holder with
+/// the same setting gets its own answer (a copy, or giving up) through before we stop
+/// listening.
+const ANSWER_MARGIN: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Request {
@@ -30,19 +35,76 @@ struct Request {
 
 type Reply = crate::wire::Reply<FetchReport>;
 
-/// The outcome of asking one peer to hold a replica.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct ReplicaOutcome {
-    /// The peer asked.
-    pub peer: String,
-    /// Whether it now holds the record.
-    pub ok: bool,
-    /// Why not, if not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Blocks it had to fetch (0 when it already held them all).
-    pub blocks_fetched: u64,
+/// Replication requests being served: each is a fetch of a whole record (disk,
+/// bandwidth, up to `replica_timeout`), so an admitted peer may not start any number
+/// of them. Bounded per asking peer and in total.
+pub(crate) struct Slots {
+    per_peer: usize,
+    total: usize,
+    busy: Mutex<Busy>,
+}
+
+#[derive(Default)]
+struct Busy {
+    total: usize,
+    per_peer: HashMap<PeerId, usize>,
+}
+
+/// One replication request in progress; gives its place back when dropped, however
+/// the request ends (served, failed, timed out, stream gone, task aborted).
+pub(crate) struct Slot {
+    slots: Arc<Slots>,
+    peer: PeerId,
+}
+
+impl Slots {
+    /// At most `per_peer` requests from one peer and `total` from all at once.
+    pub(crate) fn new(per_peer: usize, total: usize) -> Arc<Self> {
+        Arc::new(Self {
+            per_peer,
+            total,
+            busy: Mutex::new(Busy::default()),
+        })
+    }
+
+    /// A place for one more request from `peer`, or the refusal to send it.
+    pub(crate) fn try_take(self: &Arc<Self>, peer: PeerId) -> Result<Slot, String> {
+        let mut busy = crate::lock(&self.busy);
+        let from_peer = busy.per_peer.get(&peer).copied().unwrap_or(0);
+        if from_peer >= self.per_peer || busy.total >= self.total {
+            return Err(format!(
+                "too many replication requests in progress: {from_peer} from your node \
+                 (limit {}), {} in total (limit {}); retry later",
+                self.per_peer, busy.total, self.total
+            ));
+        }
+        *busy.per_peer.entry(peer).or_insert(0) += 1;
+        busy.total += 1;
+        Ok(Slot {
+            slots: self.clone(),
+            peer,
+        })
+    }
+
+    /// Requests in progress: from `peer`, and in total.
+    #[cfg(test)]
+    fn in_progress(&self, peer: &PeerId) -> (usize, usize) {
+        let busy = crate::lock(&self.busy);
+        (busy.per_peer.get(peer).copied().unwrap_or(0), busy.total)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut busy = crate::lock(&self.slots.busy);
+        busy.total = busy.total.saturating_sub(1);
+        if let Some(n) = busy.per_peer.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                busy.per_peer.remove(&self.peer);
+            }
+        }
+    }
 }
 
 pub(crate) fn serve(network: &Network) -> Result<(), NetError> {
@@ -51,26 +113,78 @@ pub(crate) fn serve(network: &Network) -> Result<(), NetError> {
         .control
         .clone()
         .accept(PROTOCOL)
-        .map_err(|e| NetError::Config(format!("{PROTOCOL}: {e}")))?;
+        .map_err(NetError::setup(format!("accepting {PROTOCOL}")))?;
     let network = network.clone();
     tokio::spawn(async move {
-        while let Some((peer, mut stream)) = incoming.next().await {
+        while let Some((peer, stream)) = incoming.next().await {
             let network = network.clone();
-            tokio::spawn(async move {
-                let reply =
-                    match crate::wire::within_idle(read_json::<_, Request>(&mut stream)).await {
-                        Ok(request) => network.hold_replica(peer, request).await,
-                        Err(e) => Reply::refused(format!("unreadable request: {e}")),
-                    };
-                let _ = write_json(&mut stream, &reply).await;
-            });
+            tokio::spawn(async move { network.answer_replica(peer, stream).await });
         }
     });
     Ok(())
 }
 
+/// Resolves when the asking peer closes or resets `stream`: it sends nothing after its
+/// request and keeps the stream open until it has the answer, so a read that returns
+/// at all means it is gone (or misbehaving) and nobody waits for the answer any more.
+async fn peer_hung_up(stream: &mut libp2p::Stream) {
+    let mut byte = [0u8; 1];
+    let _ = stream.read(&mut byte).await;
+}
+
 impl Network {
-    async fn hold_replica(&self, peer: PeerId, request: Request) -> Reply {
+    /// Answers one replication request: admits it (policy, then the limits), fetches
+    /// the record within `replica_timeout`, and replies.
+    async fn answer_replica(&self, peer: PeerId, mut stream: libp2p::Stream) {
+        let request = match within_idle(read_json::<_, Request>(&mut stream)).await {
+            Ok(request) => request,
+            Err(e) => {
+                let reply = Reply::refused(format!("unreadable request: {e}"));
+                let _ = write_json(&mut stream, &reply).await;
+                return;
+            }
+        };
+        // The asking side's clock starts when it sends the request: so does ours.
+        let timeout = self.inner.config.replica_timeout();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (root, slot) = match self.admit_replica(peer, &request).await {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                let _ = write_json(&mut stream, &Reply::refused(refusal)).await;
+                return;
+            }
+        };
+        let reply = tokio::select! {
+            held = tokio::time::timeout_at(deadline, self.hold_replica(peer, root)) => {
+                held.unwrap_or_else(|_| {
+                    tracing::warn!(%peer, record = %root, ?timeout, "replica not fetched in time: gave up");
+                    Reply::refused(format!(
+                        "record {root} could not be fetched within {} s (replica_timeout_secs); \
+                         the blocks that arrived are kept and a new request resumes from there",
+                        timeout.as_secs()
+                    ))
+                })
+            }
+            () = peer_hung_up(&mut stream) => {
+                tracing::info!(%peer, record = %root, "the asking peer left: replica fetch abandoned");
+                return;
+            }
+        };
+        // Free the place before answering, so a peer that asks again as soon as it
+        // hears back finds it free.
+        drop(slot);
+        if let Err(e) = write_json(&mut stream, &reply).await {
+            tracing::debug!(%peer, record = %root, error = %e, "replication answer not delivered");
+        }
+    }
+
+    /// Checks that `peer` may ask (policy), that the request names a record, and takes
+    /// a place among the requests in progress; `Err` is the refusal to send back.
+    async fn admit_replica(
+        &self,
+        peer: PeerId,
+        request: &Request,
+    ) -> Result<(RecordId, Slot), String> {
         if let Err(reason) = self
             .inner
             .policy
@@ -78,35 +192,46 @@ impl Network {
             .await
         {
             tracing::warn!(%peer, reason, "replication request refused");
-            return Reply::refused(format!("not authorized: {reason}"));
+            return Err(format!("not authorized: {reason}"));
         }
-        let root: RecordId = match request.root.parse() {
-            Ok(root) => root,
-            Err(e) => return Reply::refused(format!("`{}` is not a record id: {e}", request.root)),
-        };
+        let root = request
+            .root
+            .parse::<RecordId>()
+            .map_err(|e| format!("`{}` is not a record id: {e}", request.root))?;
+        let slot = self.inner.replicas.try_take(peer).map_err(|refusal| {
+            tracing::warn!(%peer, record = %root, refusal, "replication request refused");
+            refusal
+        })?;
+        Ok((root, slot))
+    }
+
+    /// Fetches `root` from `peer` (and any other provider) to hold a copy.
+    async fn hold_replica(&self, peer: PeerId, root: RecordId) -> Reply {
         let options = FetchOptions {
             providers: vec![peer],
             ..FetchOptions::default()
         };
-        match self
-            .fetch_record(root, options, std::sync::Arc::new(|_| {}))
-            .await
-        {
+        match self.fetch_record(root, options, Arc::new(|_| {})).await {
             Ok(report) => {
                 tracing::info!(%peer, record = %root, fetched = report.blocks_fetched, "holding a replica");
                 Reply::ok(Some(report))
             }
-            Err(e) => Reply::refused(e.to_string()),
+            Err(e) => {
+                tracing::warn!(%peer, record = %root, error = %e, "replica not fetched");
+                Reply::refused(e.to_string())
+            }
         }
     }
 
-    /// Asks `peer` to hold a copy of `root` (which it fetches from us or any provider).
+    /// Asks `peer` to hold a copy of `root` (which it fetches from us or any provider),
+    /// waiting up to `replica_timeout` (and a short margin) for its answer.
     pub async fn request_replica(&self, peer: PeerId, root: &RecordId) -> ReplicaOutcome {
+        let wait = self.inner.config.replica_timeout() + ANSWER_MARGIN;
         let outcome = async {
             let mut control = self.inner.control.clone();
             let mut stream = crate::wire::open_stream(&mut control, peer, PROTOCOL)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| format!("cannot open a stream: {e}"))?;
             let request = Request {
                 root: root.to_string(),
                 institution: self.inner.institution.clone(),
@@ -114,9 +239,10 @@ impl Network {
             write_json(&mut stream, &request)
                 .await
                 .map_err(|e| e.to_string())?;
-            let reply: Reply = tokio::time::timeout(REPLICA_TIMEOUT, read_json(&mut stream))
+            // Dropping the stream on timeout tells the peer to stop fetching.
+            let reply: Reply = tokio::time::timeout(wait, read_json(&mut stream))
                 .await
-                .map_err(|_| "no answer within an hour".to_string())?
+                .map_err(|_| format!("no answer within {} s", wait.as_secs()))?
                 .map_err(|e| format!("no answer: {e}"))?;
             Ok::<_, String>(reply)
         }
@@ -148,11 +274,11 @@ impl Network {
     }
 
     /// Brings record `id` to `replication.copies` holders: the current holders are
-    /// asked first, then the other candidates in order. Saves the new holders and
-    /// returns every answer.
+    /// asked first, then the other candidates in order. Saves the new holders (on a
+    /// blocking thread: a database transaction) and returns every answer.
     pub async fn replicate(
         &self,
-        store: &Store,
+        store: &Arc<Store>,
         id: &RecordId,
         replication: &Replication,
     ) -> Result<Vec<ReplicaOutcome>, NetError> {
@@ -192,18 +318,19 @@ impl Network {
                 holders,
                 ..replication.clone()
             };
-            store
-                .set_replication(id, &updated)
-                .map_err(|e| NetError::Store(e.to_string()))?;
+            let (store, id) = (store.clone(), *id);
+            tokio::task::spawn_blocking(move || store.set_replication(&id, &updated)).await??;
         }
         Ok(outcomes)
     }
 
-    /// One repair pass over every record with replication settings.
-    pub async fn repair(&self, store: &Store) -> Result<usize, NetError> {
-        let records = store
-            .replications()
-            .map_err(|e| NetError::Store(e.to_string()))?;
+    /// One repair pass over every record with replication settings; returns how many
+    /// are still short of their copies.
+    pub async fn repair(&self, store: &Arc<Store>) -> Result<usize, NetError> {
+        let records = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.replications()).await??
+        };
         let mut short = 0;
         for (id, replication) in records {
             let outcomes = self.replicate(store, &id, &replication).await?;
@@ -215,7 +342,7 @@ impl Network {
     }
 
     /// Runs [`Network::repair`] every `repair_interval` until the network stops.
-    pub fn spawn_repair(&self, store: std::sync::Arc<Store>) {
+    pub fn spawn_repair(&self, store: Arc<Store>) {
         let network = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(network.inner.config.repair_interval());
@@ -232,5 +359,45 @@ impl Network {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(n: u8) -> PeerId {
+        libp2p::identity::Keypair::ed25519_from_bytes([n; 32])
+            .expect("a 32-byte seed")
+            .public()
+            .to_peer_id()
+    }
+
+    #[test]
+    fn slots_bound_each_peer_and_the_total_and_free_on_drop() {
+        let slots = Slots::new(1, 2);
+        let (a, b, c) = (peer(1), peer(2), peer(3));
+        let first = slots.try_take(a).expect("a's first request");
+        let refused = slots
+            .try_take(a)
+            .err()
+            .expect("a's second request is refused");
+        assert_eq!(
+            refused,
+            "too many replication requests in progress: 1 from your node (limit 1), \
+             1 in total (limit 2); retry later"
+        );
+        let second = slots.try_take(b).expect("b's first request");
+        let refused = slots.try_take(c).err().expect("the total is reached");
+        assert!(
+            refused.contains("0 from your node (limit 1), 2 in total (limit 2)"),
+            "{refused}"
+        );
+        drop(first);
+        assert_eq!(slots.in_progress(&a), (0, 1));
+        let again = slots.try_take(a).expect("a's place is free again");
+        drop((again, second));
+        assert_eq!(slots.in_progress(&b), (0, 0));
+        assert!(crate::lock(&slots.busy).per_peer.is_empty());
     }
 }

@@ -3,12 +3,15 @@
 //! nodes are in `node/tests/network.rs`.)
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use medmesh_core::{Cid, RecordId};
-use medmesh_net::{AllowList, Blockstore, FetchOptions, NetError, PeerId, Transfer};
+use medmesh_net::{
+    AllowList, Blockstore, FetchOptions, NetConfig, NetError, OpenPolicy, PeerId, ReplicaOutcome,
+    Transfer,
+};
 use medmesh_store::{Replication, Store};
-use medmesh_testkit::net::{put_record, Peer as Node};
+use medmesh_testkit::net::{executor_check, put_record, slow, Delay, ExecutorCalls, Peer as Node};
 use medmesh_testkit::noise;
 
 async fn start(bootstrap: &[&Node]) -> Node {
@@ -340,4 +343,251 @@ async fn quic_two_providers_at_once_and_gossip() {
         heard,
         (b"dataset bafy-example".to_vec(), Some(b.net.peer_id()))
     );
+}
+
+const TCP: &str = "/ip4/127.0.0.1/tcp/0";
+
+/// A node serving its store as is, with `configure` applied to its settings.
+async fn start_configured(bootstrap: &[&Node], configure: impl FnOnce(&mut NetConfig)) -> Node {
+    Node::start_with_config(
+        &std::env::temp_dir(),
+        bootstrap,
+        TCP,
+        |s| s,
+        Arc::new(OpenPolicy),
+        configure,
+    )
+    .await
+}
+
+/// A node whose store serves every block `delay` late.
+async fn start_slow(bootstrap: &[&Node], delay: &Delay) -> Node {
+    Node::start_with(&std::env::temp_dir(), bootstrap, TCP, slow(delay)).await
+}
+
+/// `owner` asks `holder` to hold `id`; the outcome and how long the answer took.
+async fn timed_replica(owner: &Node, holder: PeerId, id: RecordId) -> (ReplicaOutcome, Duration) {
+    let start = Instant::now();
+    let outcome = owner.net.request_replica(holder, &id).await;
+    (outcome, start.elapsed())
+}
+
+/// Of two outcomes, the one that succeeded and the one that was refused (with their
+/// records and times); panics unless exactly one succeeded.
+#[allow(clippy::type_complexity)]
+fn served_and_refused(
+    a: ((ReplicaOutcome, Duration), RecordId),
+    b: ((ReplicaOutcome, Duration), RecordId),
+) -> (
+    (ReplicaOutcome, Duration, RecordId),
+    (ReplicaOutcome, Duration, RecordId),
+) {
+    assert_ne!(
+        a.0 .0.ok, b.0 .0.ok,
+        "exactly one is served: {:?} / {:?}",
+        a.0 .0, b.0 .0
+    );
+    let (((sa, ta), ia), ((sb, tb), ib)) = (a, b);
+    if sa.ok {
+        ((sa, ta, ia), (sb, tb, ib))
+    } else {
+        ((sb, tb, ib), (sa, ta, ia))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_calls_stay_off_the_async_executor() {
+    let (served, fetched) = (ExecutorCalls::default(), ExecutorCalls::default());
+    let tmp = std::env::temp_dir();
+    let a = Node::start_with(&tmp, &[], TCP, executor_check(&served)).await;
+    let b = Node::start_with(&tmp, &[&a], TCP, executor_check(&fetched)).await;
+    b.wait_connected(a.net.peer_id()).await;
+    let id = put(&a.store, &noise(300_000, 21));
+    let options = FetchOptions {
+        providers: vec![a.net.peer_id()],
+        find_timeout: Some(Duration::from_millis(1)),
+        ..FetchOptions::default()
+    };
+    // The fast path, then bitswap (served by the same store), then a replica held.
+    b.net
+        .fetch_record(id, options.clone(), Arc::new(|_| {}))
+        .await
+        .unwrap();
+    b.store.remove_record(&id, "test").unwrap();
+    b.net
+        .fetch_record(
+            id,
+            FetchOptions {
+                transfer: Transfer::Bitswap,
+                ..options
+            },
+            Arc::new(|_| {}),
+        )
+        .await
+        .unwrap();
+    same_blocks(&a.store, &b.store, &id);
+    let other = put(&a.store, &noise(200_000, 22));
+    let held = a.net.request_replica(b.net.peer_id(), &other).await;
+    assert!(held.ok, "{held:?}");
+    assert_eq!(served.seen(), Vec::<&str>::new(), "serving node");
+    assert_eq!(fetched.seen(), Vec::<&str>::new(), "fetching node");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_requests_beyond_the_per_peer_limit_are_refused_at_once() {
+    // Every block the owner serves takes 250 ms: a replica takes seconds to fetch.
+    let delay = Delay::new(Duration::from_millis(250));
+    let owner = start_slow(&[], &delay).await;
+    let holder = start_configured(&[&owner], |c| c.max_replications_per_peer = 1).await;
+    holder.wait_connected(owner.net.peer_id()).await;
+    let first = put(&owner.store, &noise(200_000, 31));
+    let second = put(&owner.store, &noise(200_000, 32));
+    let to = holder.net.peer_id();
+    let (a, b) = tokio::join!(
+        timed_replica(&owner, to, first),
+        timed_replica(&owner, to, second)
+    );
+    let ((served, served_in, served_id), (refused, refused_in, refused_id)) =
+        served_and_refused((a, first), (b, second));
+    let error = refused.error.as_deref().unwrap_or_default();
+    assert_eq!(
+        error,
+        "too many replication requests in progress: 1 from your node (limit 1), \
+         1 in total (limit 8); retry later",
+        "{refused:?}"
+    );
+    assert!(
+        refused_in < served_in,
+        "the refusal came at once ({refused_in:?}), not after the fetch ({served_in:?})"
+    );
+    assert!(served.blocks_fetched > 0, "{served:?}");
+    assert!(holder.store.has_record(&served_id).unwrap());
+    assert!(!holder.store.has_record(&refused_id).unwrap());
+
+    // The first request is over: its place is free for the next one.
+    delay.set(Duration::ZERO);
+    let again = owner.net.request_replica(to, &refused_id).await;
+    assert!(again.ok, "{again:?}");
+    same_blocks(&owner.store, &holder.store, &refused_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_requests_beyond_the_total_limit_are_refused() {
+    let delay = Delay::new(Duration::from_millis(250));
+    let one = start_slow(&[], &delay).await;
+    let two = start_slow(&[&one], &delay).await;
+    let holder = start_configured(&[&one, &two], |c| {
+        c.max_replications_per_peer = 1;
+        c.max_replications = 1;
+    })
+    .await;
+    holder.wait_connected(one.net.peer_id()).await;
+    holder.wait_connected(two.net.peer_id()).await;
+    let of_one = put(&one.store, &noise(200_000, 41));
+    let of_two = put(&two.store, &noise(200_000, 42));
+    let to = holder.net.peer_id();
+    let (a, b) = tokio::join!(
+        timed_replica(&one, to, of_one),
+        timed_replica(&two, to, of_two)
+    );
+    let (_, (refused, _, refused_id)) = served_and_refused((a, of_one), (b, of_two));
+    // The refused owner had nothing in progress: the total is what stopped it.
+    assert_eq!(
+        refused.error.as_deref().unwrap_or_default(),
+        "too many replication requests in progress: 0 from your node (limit 1), \
+         1 in total (limit 1); retry later",
+        "{refused:?}"
+    );
+    delay.set(Duration::ZERO);
+    let asker = if refused_id == of_one { &one } else { &two };
+    let again = asker.net.request_replica(to, &refused_id).await;
+    assert!(again.ok, "{again:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_gives_up_after_replica_timeout_and_frees_its_place() {
+    // At 1 s a block the manifest alone takes 2 s (looked up, then sent): more than the
+    // holder's 1 s.
+    let delay = Delay::new(Duration::from_secs(1));
+    let owner = start_slow(&[], &delay).await;
+    let holder = start_configured(&[&owner], |c| {
+        c.replica_timeout_secs = 1;
+        c.max_replications_per_peer = 1;
+    })
+    .await;
+    holder.wait_connected(owner.net.peer_id()).await;
+    let id = put(&owner.store, &noise(100_000, 51));
+    let to = holder.net.peer_id();
+    // The owner would wait an hour: the holder's own deadline must answer first.
+    let (outcome, took) =
+        tokio::time::timeout(Duration::from_secs(20), timed_replica(&owner, to, id))
+            .await
+            .expect("the holder answers within its replica_timeout, not the asker's");
+    assert!(!outcome.ok, "{outcome:?}");
+    assert!(
+        outcome
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("could not be fetched within 1 s"),
+        "{outcome:?}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(!holder.store.has_record(&id).unwrap());
+    // The failed request gave its place back.
+    delay.set(Duration::ZERO);
+    let again = owner.net.request_replica(to, &id).await;
+    assert!(again.ok, "{again:?}");
+    same_blocks(&owner.store, &holder.store, &id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_stops_fetching_when_the_asker_hangs_up() {
+    let delay = Delay::new(Duration::ZERO);
+    // The owner waits 1 s (and the margin) for answers, then drops the stream.
+    let owner = Node::start_with_config(
+        &std::env::temp_dir(),
+        &[],
+        TCP,
+        slow(&delay),
+        Arc::new(OpenPolicy),
+        |c| c.replica_timeout_secs = 1,
+    )
+    .await;
+    let holder = start_configured(&[&owner], |c| c.max_replications_per_peer = 1).await;
+    holder.wait_connected(owner.net.peer_id()).await;
+    let to = holder.net.peer_id();
+    // A record the holder already has whole: asking again costs it nothing.
+    let whole = put(&owner.store, &noise(100_000, 61));
+    let held = owner.net.request_replica(to, &whole).await;
+    assert!(held.ok, "{held:?}");
+
+    // A record of 8 chunks at 1 s a block: the owner gives up long before the end.
+    delay.set(Duration::from_secs(1));
+    let slow_record = put(&owner.store, &noise(500_000, 62));
+    let gave_up = owner.net.request_replica(to, &slow_record).await;
+    assert!(
+        gave_up
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no answer within"),
+        "{gave_up:?}"
+    );
+    // The holder notices the closed stream and frees the owner's place at once,
+    // although the fetch would still have seconds to go.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let again = owner.net.request_replica(to, &whole).await;
+        if again.ok {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the abandoned request still holds its place: {again:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!holder.store.has_record(&slow_record).unwrap());
+    delay.set(Duration::ZERO);
 }

@@ -9,13 +9,11 @@
 
 use std::collections::BTreeMap;
 
-use redb::{ReadableTable, Table, TableDefinition};
+use redb::{ReadableTable, Table};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::StoreError;
-
-pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
 /// Hash of the (virtual) entry before the first.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -53,6 +51,10 @@ pub enum AuditAction {
     KeyReleaseDenied,
     /// A record fetched from peers entered the index.
     RecordImport,
+    /// A grant a patient signed was relayed to the chain by this node.
+    GrantRelay,
+    /// A revocation a patient signed was relayed to the chain by this node.
+    RevocationRelay,
 }
 
 /// What a caller asks to log.

@@ -4,12 +4,17 @@
 //! fsyncs the shard directories ([`Blockstore::sync_dirs`]) before acknowledging, so an
 //! acknowledged block survives a crash. Reads re-hash the bytes and reject a block that
 //! does not match its CID.
+//!
+//! Everything is private to the node's user: directories 0700, files (blocks and their
+//! temp files) 0600, set at creation so no file is ever readable by others.
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
 use medmesh_core::{verify_cid, Cid, CoreError, MAX_BLOCK_SIZE};
 
@@ -17,6 +22,28 @@ use crate::StoreError;
 
 const TEMP_PREFIX: &str = ".tmp-";
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+/// Mode of block and temp files: the owner reads and writes, nobody else.
+const FILE_MODE: u32 = 0o600;
+/// Mode of the root and shard directories.
+const DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` and any missing parents with mode 0700.
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(StoreError::io(format!("creating {}", dir.display())))
+}
+
+/// How long ago a file was last modified; zero if unknown or in the future (clock
+/// change), so an unknown age never makes a file look old.
+pub(crate) fn file_age(meta: &fs::Metadata) -> Duration {
+    meta.modified()
+        .ok()
+        .and_then(|m| SystemTime::now().duration_since(m).ok())
+        .unwrap_or(Duration::ZERO)
+}
 
 /// Content-addressed block files under one root directory.
 pub struct Blockstore {
@@ -26,7 +53,7 @@ pub struct Blockstore {
 impl Blockstore {
     /// Opens (creating if needed) a blockstore rooted at `root`.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
-        fs::create_dir_all(root).map_err(StoreError::io(format!("creating {}", root.display())))?;
+        create_private_dir(root)?;
         Ok(Self {
             root: root.to_path_buf(),
         })
@@ -60,14 +87,30 @@ impl Blockstore {
         if path.exists() {
             return Ok(dir);
         }
-        fs::create_dir_all(&dir).map_err(StoreError::io(format!("creating {}", dir.display())))?;
+        create_private_dir(&dir)?;
         let temp = dir.join(format!(
             "{TEMP_PREFIX}{}-{}",
             std::process::id(),
             TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
+        // Created 0600 (not chmod-ed later), so the bytes are never readable by others.
+        let create_temp = || {
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&temp)
+        };
         let write = || -> std::io::Result<()> {
-            let mut file = fs::File::create(&temp)?;
+            let mut file = match create_temp() {
+                // Left by a killed process that had our pid (the counter restarts at 0):
+                // nobody writes it any more.
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                    fs::remove_file(&temp)?;
+                    create_temp()?
+                }
+                other => other?,
+            };
             file.write_all(bytes)?;
             file.sync_all()?;
             fs::rename(&temp, &path)
@@ -134,8 +177,23 @@ impl Blockstore {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(StoreError::io(format!("reading {}", path.display()))(e)),
         };
-        fs::remove_file(&path).map_err(StoreError::io(format!("removing {}", path.display())))?;
-        Ok(size)
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(size),
+            // Removed by someone else since the metadata call: already gone is what the
+            // caller wants, and those bytes are not ours to report.
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(StoreError::io(format!("removing {}", path.display()))(e)),
+        }
+    }
+
+    /// How long ago block `cid` was written (`None` if it is not there).
+    pub(crate) fn age(&self, cid: &Cid) -> Result<Option<Duration>, StoreError> {
+        let path = self.path_of(cid);
+        match fs::metadata(&path) {
+            Ok(m) => Ok(Some(file_age(&m))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(format!("reading {}", path.display()))(e)),
+        }
     }
 
     /// Every stored block's CID, plus files that are not blocks (leftover temp files

@@ -1,44 +1,21 @@
-//! The record index in `redb`: metadata, secondary indexes, block reference counts.
+//! The record index in `redb`: metadata, secondary indexes, block reference counts
+//! (the tables themselves are in [`crate::tables`]).
 //!
 //! Keys of the secondary indexes end with `(created, record_id)`, `created` in Unix
 //! nanoseconds, so each lists
 //! records oldest first and a time window is one range scan.
 
 use medmesh_core::{Cid, RecordId, RecordMeta};
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableTable, WriteTransaction};
 
+use crate::tables::{
+    BY_OWNER, BY_PATIENT, BY_TIME, BY_TYPE, CONSENT_LINKS, RECORDS, REFS, REPLICATION,
+};
 use crate::StoreError;
-
-pub(crate) const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
-pub(crate) const BY_TIME: TableDefinition<(u64, &str), ()> =
-    TableDefinition::new("records_by_time");
-pub(crate) const BY_OWNER: TableDefinition<(&str, u64, &str), ()> =
-    TableDefinition::new("records_by_owner");
-pub(crate) const BY_PATIENT: TableDefinition<(&str, u64, &str), ()> =
-    TableDefinition::new("records_by_patient");
-pub(crate) const BY_TYPE: TableDefinition<(&str, u64, &str), ()> =
-    TableDefinition::new("records_by_type");
-/// Block CID → number of stored records that reference it (a record pins its blocks).
-pub(crate) const REFS: TableDefinition<&str, u64> = TableDefinition::new("block_refs");
 
 /// Unix nanoseconds as an index key (u64 lasts until 2554; earlier than 1970 is 0).
 pub(crate) fn time_key(t: &time::OffsetDateTime) -> u64 {
     u64::try_from(t.unix_timestamp_nanos()).unwrap_or(0)
-}
-
-/// Creates every table so readers never meet a missing one.
-pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
-    txn.open_table(RECORDS)?;
-    txn.open_table(BY_TIME)?;
-    txn.open_table(BY_OWNER)?;
-    txn.open_table(BY_PATIENT)?;
-    txn.open_table(BY_TYPE)?;
-    txn.open_table(REFS)?;
-    txn.open_table(crate::audit::AUDIT)?;
-    txn.open_table(crate::tokens::API_TOKENS)?;
-    txn.open_table(crate::links::CONSENT_LINKS)?;
-    txn.open_table(crate::replicas::REPLICATION)?;
-    Ok(())
 }
 
 /// Indexes a record and takes a reference on each of its blocks.
@@ -81,10 +58,8 @@ pub(crate) fn remove_record(
     let key = id.to_string();
     let ms = time_key(&meta.created);
     txn.open_table(RECORDS)?.remove(key.as_str())?;
-    txn.open_table(crate::links::CONSENT_LINKS)?
-        .remove(key.as_str())?;
-    txn.open_table(crate::replicas::REPLICATION)?
-        .remove(key.as_str())?;
+    txn.open_table(CONSENT_LINKS)?.remove(key.as_str())?;
+    txn.open_table(REPLICATION)?.remove(key.as_str())?;
     txn.open_table(BY_TIME)?.remove((ms, key.as_str()))?;
     txn.open_table(BY_OWNER)?
         .remove((meta.owner.as_str(), ms, key.as_str()))?;

@@ -7,16 +7,23 @@
 //!   durable and its space amplification is 2–3× (see `docs/architecture.md`).
 //! - [`Store`] ties them together: ingest streams a record through encryption into
 //!   blocks, then commits its index entries and audit entry in one transaction.
+//! - Every table of the index is declared in one module, `tables`.
+//! - The store directory is private to the node's user (directories 0700, files 0600;
+//!   [`secure_permissions`] repairs looser modes at every open).
 
 mod audit;
 mod blocks;
+mod durable;
 mod error;
 mod index;
 mod links;
+mod permissions;
 mod records;
 mod replicas;
+mod tables;
 mod tokens;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -24,8 +31,10 @@ use redb::{Database, ReadableDatabase};
 
 pub use audit::{AuditAction, AuditBreak, AuditEntry, AuditEvent, AuditSummary, GENESIS};
 pub use blocks::{BlockScan, Blockstore};
+pub use durable::atomic_write;
 pub use error::StoreError;
 pub use links::ConsentLink;
+pub use permissions::secure_permissions;
 pub use records::{
     CheckReport, GcReport, OpenRecord, PutRequest, ReadProgress, RecordQuery, RemoveReport,
     DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
@@ -41,6 +50,8 @@ pub struct Store {
     /// Ingest holds it shared while its blocks are not yet referenced by the index;
     /// garbage collection takes it exclusively so it never deletes them.
     gc_guard: RwLock<()>,
+    /// Paths whose modes [`secure_permissions`] narrowed when the store was opened.
+    repaired_permissions: Vec<PathBuf>,
 }
 
 impl Store {
@@ -51,17 +62,33 @@ impl Store {
 
     /// Opens the store in `dir`, creating it if needed. Fails with
     /// [`StoreError::Locked`] if another process has it open.
+    ///
+    /// Everything it creates is private (directories 0700, files 0600), and it narrows
+    /// looser modes it finds in `dir` (see [`secure_permissions`] and
+    /// [`Store::repaired_permissions`]).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(StoreError::io(format!("creating {}", dir.display())))?;
+        blocks::create_private_dir(dir)?;
         let blocks = Blockstore::open(&dir.join(Self::BLOCKS_DIR))?;
         let db_path = dir.join(Self::INDEX_FILE);
+        // redb creates its file with the default mode (0644 under the usual umask);
+        // an empty file made 0600 first is one it initializes, so the index is never
+        // readable by others, not even until the repair below.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&db_path)
+            .map_err(StoreError::io(format!("creating {}", db_path.display())))?;
         let db = Database::create(&db_path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(dir.to_path_buf()),
             other => StoreError::Index(other.into()),
         })?;
+        // Only once the index is ours (locked), so two processes never race on it;
+        // this also repairs an index file an older version created 0644.
+        let repaired_permissions = secure_permissions(dir)?;
         let txn = db.begin_write()?;
-        index::create_tables(&txn)?;
+        tables::create_tables(&txn)?;
         txn.commit()?;
         tracing::debug!(dir = %dir.display(), "store opened");
         Ok(Self {
@@ -69,7 +96,14 @@ impl Store {
             blocks,
             db,
             gc_guard: RwLock::new(()),
+            repaired_permissions,
         })
+    }
+
+    /// Paths that were readable by other users when the store was opened and were
+    /// made private then (empty normally); for the node to warn about.
+    pub fn repaired_permissions(&self) -> &[PathBuf] {
+        &self.repaired_permissions
     }
 
     /// The store's directory.
@@ -86,26 +120,43 @@ impl Store {
     pub fn record_count(&self) -> Result<u64, StoreError> {
         use redb::ReadableTableMetadata;
         let txn = self.db.begin_read()?;
-        Ok(txn.open_table(index::RECORDS)?.len()?)
+        Ok(txn.open_table(tables::RECORDS)?.len()?)
     }
 
     /// Appends an entry to the audit log (durably) and returns it.
     pub fn audit(&self, event: AuditEvent) -> Result<AuditEntry, StoreError> {
         let txn = self.db.begin_write()?;
-        let entry = audit::append(&mut txn.open_table(audit::AUDIT)?, event)?;
+        let entry = audit::append(&mut txn.open_table(tables::AUDIT)?, event)?;
         txn.commit()?;
         Ok(entry)
+    }
+
+    /// Appends several entries in one transaction: one fsync for all of them (group
+    /// commit for callers that log many small events, such as refused requests).
+    pub fn audit_batch(&self, events: Vec<AuditEvent>) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(tables::AUDIT)?;
+            for event in events {
+                audit::append(&mut table, event)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
     }
 
     /// Walks the audit chain; `Ok(Err(..))` names the first bad entry.
     pub fn audit_verify(&self) -> Result<Result<AuditSummary, AuditBreak>, StoreError> {
         let txn = self.db.begin_read()?;
-        audit::verify(&txn.open_table(audit::AUDIT)?)
+        audit::verify(&txn.open_table(tables::AUDIT)?)
     }
 
     /// Up to `limit` audit entries from position `from`.
     pub fn audit_page(&self, from: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         let txn = self.db.begin_read()?;
-        audit::page(&txn.open_table(audit::AUDIT)?, from, limit)
+        audit::page(&txn.open_table(tables::AUDIT)?, from, limit)
     }
 }

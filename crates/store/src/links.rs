@@ -6,15 +6,13 @@
 use std::collections::BTreeMap;
 
 use medmesh_core::RecordId;
-use redb::{ReadableDatabase, TableDefinition};
+use redb::ReadableDatabase;
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{self, AuditAction, AuditEvent};
+use crate::tables::{AUDIT, CONSENT_LINKS};
 use crate::{Store, StoreError};
-
-pub(crate) const CONSENT_LINKS: TableDefinition<&str, &[u8]> =
-    TableDefinition::new("consent_links");
 
 /// The patient wallet that consents for a record, and the salt of its on-chain scope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,7 +69,7 @@ impl Store {
         txn.open_table(CONSENT_LINKS)?
             .insert(key.as_str(), json.as_slice())?;
         audit::append(
-            &mut txn.open_table(audit::AUDIT)?,
+            &mut txn.open_table(AUDIT)?,
             AuditEvent {
                 action: AuditAction::ConsentLink,
                 actor: actor.to_string(),

@@ -4,10 +4,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{Read, Write};
-use std::path::PathBuf;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use medmesh_core::{
     cid_of, Cid, Codec, ContentType, InstitutionId, Manifest, ManifestBody, PatientRef, RecordId,
@@ -15,13 +17,22 @@ use medmesh_core::{
 };
 use medmesh_crypto::envelope::TAG_LEN;
 use medmesh_crypto::{Certificate, DataKey, RecordCipher, UnlockedDecryptor, UnlockedSigner};
-use redb::{ReadableDatabase, ReadableTable};
+use redb::{ReadOnlyTable, ReadableDatabase, ReadableTable};
 use serde::Serialize;
 use time::OffsetDateTime;
 
 use crate::audit::{self, AuditAction, AuditEvent};
-use crate::index::{self, BY_OWNER, BY_PATIENT, BY_TIME, BY_TYPE, RECORDS, REFS};
+use crate::blocks::file_age;
+use crate::index;
+use crate::tables::{AUDIT, BY_OWNER, BY_PATIENT, BY_TIME, BY_TYPE, RECORDS, REFS};
 use crate::{Store, StoreError};
+
+#[cfg(test)]
+thread_local! {
+    /// Index entries [`Store::scan_records`] read on this thread, so tests can check
+    /// that a limited scan stops early.
+    static INDEX_ENTRIES_READ: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 
 /// Plaintext bytes per chunk by default: each encrypted block is then exactly 1 MiB,
 /// the largest block IPFS peers accept by default.
@@ -46,7 +57,8 @@ pub struct PutRequest {
     pub actor: String,
 }
 
-/// Filters for [`Store::list`]; empty fields match everything.
+/// Filters for [`Store::list`] and [`Store::scan_records`]; empty fields match
+/// everything.
 #[derive(Debug, Clone, Default)]
 pub struct RecordQuery {
     /// Only records owned by this institution.
@@ -63,6 +75,22 @@ pub struct RecordQuery {
     pub limit: usize,
 }
 
+impl RecordQuery {
+    /// Whether a record's metadata passes the owner, patient and type filters (the
+    /// time window is applied by the index range).
+    fn matches(&self, meta: &RecordMeta) -> bool {
+        self.owner.as_ref().is_none_or(|o| &meta.owner == o)
+            && self
+                .patient
+                .as_ref()
+                .is_none_or(|p| meta.patient.as_ref() == Some(p))
+            && self
+                .content_type
+                .as_ref()
+                .is_none_or(|t| &meta.content_type == t)
+    }
+}
+
 /// Progress of a read: bytes written so far.
 pub type ReadProgress<'a> = &'a (dyn Fn(u64) + Sync);
 
@@ -75,7 +103,7 @@ pub struct RemoveReport {
     pub bytes_freed: u64,
 }
 
-/// What [`Store::gc`] did.
+/// What [`Store::gc`] or [`Store::sweep_orphans`] did.
 #[derive(Debug, Clone, Serialize)]
 pub struct GcReport {
     /// Unreferenced blocks deleted.
@@ -239,7 +267,7 @@ impl Store {
         let txn = self.db.begin_write()?;
         index::insert_record(&txn, &id, &meta, &blocks)?;
         audit::append(
-            &mut txn.open_table(audit::AUDIT)?,
+            &mut txn.open_table(AUDIT)?,
             AuditEvent {
                 action: AuditAction::RecordWrite,
                 actor: request.actor.clone(),
@@ -400,67 +428,107 @@ impl Store {
             .copy_to(out, actor, progress)
     }
 
-    /// Records matching `query`, oldest first.
+    /// Records matching `query`, oldest first (at most `query.limit` of them).
     pub fn list(&self, query: &RecordQuery) -> Result<Vec<(RecordId, RecordMeta)>, StoreError> {
+        let mut out = Vec::new();
+        self.scan_records(query, |id, meta| {
+            out.push((id, meta));
+            ControlFlow::Continue(())
+        })?;
+        Ok(out)
+    }
+
+    /// Hands each record matching `query` to `visit`, oldest first, as the index is
+    /// read: nothing is collected, and the scan stops once `query.limit` records
+    /// matched (0: no limit) or `visit` returns [`ControlFlow::Break`].
+    ///
+    /// The scan reads one snapshot of the index (a read transaction, which does not
+    /// block writers), so `visit` may be slow, e.g. print to a pipe.
+    pub fn scan_records(
+        &self,
+        query: &RecordQuery,
+        mut visit: impl FnMut(RecordId, RecordMeta) -> ControlFlow<()>,
+    ) -> Result<(), StoreError> {
         let txn = self.db.begin_read()?;
         let records = txn.open_table(RECORDS)?;
         let lo = query.since.map_or(0, |t| index::time_key(&t));
         let hi = query.until.map_or(u64::MAX, |t| index::time_key(&t));
-        // Scan the most selective index the query allows.
-        let mut ids: Vec<String> = Vec::new();
-        let by = |table: redb::ReadOnlyTable<(&str, u64, &str), ()>, key: &str| {
-            let mut out = Vec::new();
-            for item in table.range((key, lo, "")..(key, hi, ""))? {
-                out.push(item?.0.value().2.to_string());
-            }
-            Ok::<_, StoreError>(out)
-        };
-        if let Some(p) = &query.patient {
-            ids = by(txn.open_table(BY_PATIENT)?, p.as_str())?;
-        } else if let Some(t) = &query.content_type {
-            ids = by(txn.open_table(BY_TYPE)?, t.as_str())?;
-        } else if let Some(o) = &query.owner {
-            ids = by(txn.open_table(BY_OWNER)?, o.as_str())?;
-        } else {
-            for item in txn.open_table(BY_TIME)?.range((lo, "")..(hi, ""))? {
-                ids.push(item?.0.value().1.to_string());
-            }
-        }
-        let mut out = Vec::new();
-        for key in ids {
+        let mut matched = 0usize;
+        // One index entry: its metadata is looked up and filtered right away, so a
+        // limited scan reads only as far as its last match.
+        let mut on_entry = |key: &str| -> Result<ControlFlow<()>, StoreError> {
+            #[cfg(test)]
+            INDEX_ENTRIES_READ.with(|n| n.set(n.get() + 1));
             let id: RecordId = key.parse()?;
             let meta = index::get_meta(&records, &id)?
                 .ok_or_else(|| StoreError::Corrupt(format!("index names unknown record {id}")))?;
-            let keep = query.owner.as_ref().is_none_or(|o| &meta.owner == o)
-                && query
-                    .patient
-                    .as_ref()
-                    .is_none_or(|p| meta.patient.as_ref() == Some(p))
-                && query
-                    .content_type
-                    .as_ref()
-                    .is_none_or(|t| &meta.content_type == t);
-            if keep {
-                out.push((id, meta));
-                if query.limit != 0 && out.len() == query.limit {
+            if !query.matches(&meta) {
+                return Ok(ControlFlow::Continue(()));
+            }
+            matched += 1;
+            if visit(id, meta).is_break() || (query.limit != 0 && matched >= query.limit) {
+                return Ok(ControlFlow::Break(()));
+            }
+            Ok(ControlFlow::Continue(()))
+        };
+        // Scan the most selective index the query allows.
+        if let Some(p) = &query.patient {
+            scan_index(
+                &txn.open_table(BY_PATIENT)?,
+                p.as_str(),
+                lo,
+                hi,
+                &mut on_entry,
+            )?;
+        } else if let Some(t) = &query.content_type {
+            scan_index(&txn.open_table(BY_TYPE)?, t.as_str(), lo, hi, &mut on_entry)?;
+        } else if let Some(o) = &query.owner {
+            scan_index(
+                &txn.open_table(BY_OWNER)?,
+                o.as_str(),
+                lo,
+                hi,
+                &mut on_entry,
+            )?;
+        } else {
+            for item in txn.open_table(BY_TIME)?.range((lo, "")..(hi, ""))? {
+                let (key, _) = item?;
+                if on_entry(key.value().1)?.is_break() {
                     break;
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Removes the local copy of a record: its index entries, and every block of it no
     /// other record references.
+    ///
+    /// Of concurrent removals of one record exactly one succeeds (and deletes the
+    /// blocks); the others fail with [`StoreError::UnknownRecord`], as a removal of a
+    /// record that is already gone does.
     pub fn remove_record(&self, id: &RecordId, actor: &str) -> Result<RemoveReport, StoreError> {
-        let meta = self.meta(id)?;
-        // A missing or corrupt manifest must not make a record unremovable.
-        let mut blocks = self.manifest(id).map(|m| m.body.chunks).unwrap_or_default();
-        blocks.push(*id.cid());
+        // Metadata, block list and reference counts are read and changed in one write
+        // transaction: redb serializes those, so a second removal sees the record gone
+        // instead of releasing the same references again.
         let txn = self.db.begin_write()?;
+        let meta = index::get_meta(&txn.open_table(RECORDS)?, id)?;
+        let Some(meta) = meta else {
+            txn.abort()?;
+            return Err(StoreError::UnknownRecord(id.to_string()));
+        };
+        // A missing or corrupt manifest must not make a record unremovable.
+        let mut blocks = self
+            .blocks
+            .get(id.cid())
+            .ok()
+            .and_then(|bytes| Manifest::decode(&bytes).ok())
+            .map(|m| m.body.chunks)
+            .unwrap_or_default();
+        blocks.push(*id.cid());
         let unreferenced = index::remove_record(&txn, id, &meta, &blocks)?;
         audit::append(
-            &mut txn.open_table(audit::AUDIT)?,
+            &mut txn.open_table(AUDIT)?,
             AuditEvent {
                 action: AuditAction::RecordRemove,
                 actor: actor.to_string(),
@@ -482,8 +550,33 @@ impl Store {
         Ok(report)
     }
 
-    /// Deletes blocks no record references and temp files left by interrupted writes.
+    /// Deletes blocks no record references and temp files left by interrupted writes,
+    /// whatever their age (a [`Store::sweep_orphans`] with no age limit), and audits
+    /// that it ran.
+    ///
+    /// Blocks of a fetch still in progress are unreferenced too: run it when none is.
     pub fn gc(&self, actor: &str) -> Result<GcReport, StoreError> {
+        self.collect_garbage(Duration::ZERO, actor, true)
+    }
+
+    /// Deletes unreferenced blocks and temp files last modified more than `older_than`
+    /// ago: what uploads or fetches killed mid-way left. Blocks of an upload in
+    /// progress are safe (it holds off garbage collection until it commits), and so are
+    /// blocks of a fetch in progress, or of a recent interrupted fetch a restart
+    /// resumes, as long as `older_than` exceeds the time since their last block was
+    /// written. Audited like [`Store::gc`], but only when it removed something.
+    pub fn sweep_orphans(&self, older_than: Duration, actor: &str) -> Result<GcReport, StoreError> {
+        self.collect_garbage(older_than, actor, false)
+    }
+
+    /// The one garbage collection: deletes unreferenced blocks and temp files at least
+    /// `min_age` old (all of them for zero).
+    fn collect_garbage(
+        &self,
+        min_age: Duration,
+        actor: &str,
+        always_audit: bool,
+    ) -> Result<GcReport, StoreError> {
         let _guard = self.gc_guard.write().unwrap_or_else(|e| e.into_inner());
         let referenced = self.referenced_blocks()?;
         let scan = self.blocks.scan()?;
@@ -493,25 +586,63 @@ impl Store {
             bytes_freed: 0,
         };
         for cid in scan.blocks.iter().filter(|c| !referenced.contains(*c)) {
+            // With no age limit there is nothing to stat: every orphan goes.
+            if !min_age.is_zero() {
+                match self.blocks.age(cid)? {
+                    Some(age) if age >= min_age => {}
+                    _ => continue,
+                }
+            }
             report.bytes_freed += self.blocks.remove(cid)?;
             report.blocks_removed += 1;
         }
         for path in scan.stray.iter().filter(|p| is_temp_file(p)) {
-            let size = std::fs::metadata(path).map_or(0, |m| m.len());
-            std::fs::remove_file(path)
-                .map_err(StoreError::io(format!("removing {}", path.display())))?;
+            let meta = match std::fs::metadata(path) {
+                Ok(m) => m,
+                // Renamed into place or removed since the scan.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::io(format!("reading {}", path.display()))(e)),
+            };
+            if !min_age.is_zero() && file_age(&meta) < min_age {
+                continue;
+            }
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::io(format!("removing {}", path.display()))(e)),
+            }
             report.temp_files_removed += 1;
-            report.bytes_freed += size;
+            report.bytes_freed += meta.len();
         }
-        self.audit(AuditEvent {
-            action: AuditAction::GarbageCollect,
-            actor: actor.to_string(),
-            subject: "blocks".into(),
-            detail: BTreeMap::from([
+        let removed = report.blocks_removed + report.temp_files_removed;
+        if always_audit || removed > 0 {
+            let mut detail: BTreeMap<String, String> = BTreeMap::from([
                 ("blocks_removed".into(), report.blocks_removed.to_string()),
+                (
+                    "temp_files_removed".into(),
+                    report.temp_files_removed.to_string(),
+                ),
                 ("bytes_freed".into(), report.bytes_freed.to_string()),
-            ]),
-        })?;
+            ]);
+            if !min_age.is_zero() {
+                detail.insert("older_than_secs".into(), min_age.as_secs().to_string());
+            }
+            self.audit(AuditEvent {
+                action: AuditAction::GarbageCollect,
+                actor: actor.to_string(),
+                subject: "blocks".into(),
+                detail,
+            })?;
+        }
+        if removed > 0 {
+            tracing::info!(
+                blocks = report.blocks_removed,
+                temp_files = report.temp_files_removed,
+                bytes = report.bytes_freed,
+                older_than_secs = min_age.as_secs(),
+                "unreferenced blocks and temp files removed"
+            );
+        }
         Ok(report)
     }
 
@@ -575,7 +706,25 @@ impl Store {
     }
 }
 
-fn is_temp_file(path: &std::path::Path) -> bool {
+/// Reads the entries of a secondary index `(key, created, record id)` for `key` with
+/// `created` in `lo..hi`, handing each record id to `on_entry` until it breaks.
+fn scan_index(
+    table: &ReadOnlyTable<(&'static str, u64, &'static str), ()>,
+    key: &str,
+    lo: u64,
+    hi: u64,
+    on_entry: &mut impl FnMut(&str) -> Result<ControlFlow<()>, StoreError>,
+) -> Result<(), StoreError> {
+    for item in table.range((key, lo, "")..(key, hi, ""))? {
+        let (entry, _) = item?;
+        if on_entry(entry.value().2)?.is_break() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn is_temp_file(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.starts_with(".tmp-"))
@@ -631,4 +780,115 @@ fn fill(input: &mut (dyn Read + Send), buf: &mut Vec<u8>, len: usize) -> Result<
         .read_to_end(buf)
         .map(drop)
         .map_err(StoreError::io("reading the input"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store whose index holds `n` records one second apart, alternately HL7 and
+    /// DICOM (index entries only: no blocks, which listing never reads).
+    fn store_with_index_entries(n: u64) -> (tempfile::TempDir, Store, Vec<RecordId>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let owner = InstitutionId::new(&"AB".repeat(20)).unwrap();
+        let mut ids = Vec::new();
+        let txn = store.db.begin_write().unwrap();
+        for i in 0..n {
+            let id = RecordId::from_manifest_cid(cid_of(Codec::DagCbor, &i.to_le_bytes())).unwrap();
+            let content_type = if i % 2 == 0 {
+                ContentType::HL7_V2
+            } else {
+                ContentType::DICOM
+            };
+            let meta = RecordMeta {
+                content_type: content_type.parse().unwrap(),
+                size: i,
+                created: OffsetDateTime::UNIX_EPOCH
+                    + time::Duration::seconds(1_700_000_000 + i as i64),
+                owner: owner.clone(),
+                patient: None,
+            };
+            index::insert_record(&txn, &id, &meta, &[]).unwrap();
+            ids.push(id);
+        }
+        txn.commit().unwrap();
+        (dir, store, ids)
+    }
+
+    /// Runs `f` and counts the index entries it read on this thread.
+    fn entries_read<T>(f: impl FnOnce() -> T) -> (T, u64) {
+        INDEX_ENTRIES_READ.with(|n| n.set(0));
+        let out = f();
+        (out, INDEX_ENTRIES_READ.with(|n| n.get()))
+    }
+
+    fn ids_of(records: &[(RecordId, RecordMeta)]) -> Vec<RecordId> {
+        records.iter().map(|(id, _)| *id).collect()
+    }
+
+    #[test]
+    fn a_limited_list_returns_the_oldest_and_reads_no_further() {
+        let (_dir, store, ids) = store_with_index_entries(3000);
+        let list = |query: RecordQuery| entries_read(|| store.list(&query).unwrap());
+
+        let (first, read) = list(RecordQuery {
+            limit: 1,
+            ..Default::default()
+        });
+        assert_eq!((ids_of(&first), read), (ids[..1].to_vec(), 1));
+
+        let (five, read) = list(RecordQuery {
+            limit: 5,
+            ..Default::default()
+        });
+        assert_eq!((ids_of(&five), read), (ids[..5].to_vec(), 5));
+
+        // Through a secondary index (type), and through the owner index.
+        let (dicom, read) = list(RecordQuery {
+            content_type: Some(ContentType::DICOM.parse().unwrap()),
+            limit: 3,
+            ..Default::default()
+        });
+        assert_eq!((ids_of(&dicom), read), (vec![ids[1], ids[3], ids[5]], 3));
+        let (owned, read) = list(RecordQuery {
+            owner: Some(InstitutionId::new(&"AB".repeat(20)).unwrap()),
+            limit: 2,
+            ..Default::default()
+        });
+        assert_eq!((ids_of(&owned), read), (ids[..2].to_vec(), 2));
+
+        // A time window starts the scan at its first record.
+        let since = store.meta(&ids[10]).unwrap().created;
+        let (window, read) = list(RecordQuery {
+            since: Some(since),
+            limit: 2,
+            ..Default::default()
+        });
+        assert_eq!((ids_of(&window), read), (ids[10..12].to_vec(), 2));
+
+        // Without a limit, everything, oldest first.
+        let (all, read) = list(RecordQuery::default());
+        assert_eq!((ids_of(&all), read), (ids.clone(), 3000));
+    }
+
+    #[test]
+    fn scan_records_stops_when_the_visitor_breaks() {
+        let (_dir, store, ids) = store_with_index_entries(100);
+        let mut seen = Vec::new();
+        let ((), read) = entries_read(|| {
+            store
+                .scan_records(&RecordQuery::default(), |id, meta| {
+                    assert_eq!(meta.size, seen.len() as u64);
+                    seen.push(id);
+                    if seen.len() == 4 {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })
+                .unwrap()
+        });
+        assert_eq!((seen, read), (ids[..4].to_vec(), 4));
+    }
 }

@@ -8,13 +8,12 @@
 use std::collections::BTreeMap;
 
 use medmesh_core::RecordId;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{self, AuditAction, AuditEvent};
+use crate::tables::{AUDIT, RECORDS, REPLICATION};
 use crate::{index, Store, StoreError};
-
-pub(crate) const REPLICATION: TableDefinition<&str, &[u8]> = TableDefinition::new("replication");
 
 /// How a record's owner wants it replicated: `copies` peers out of `candidates` should
 /// hold it; `holders` are the peers that last confirmed they do.
@@ -32,14 +31,20 @@ impl Store {
     /// Whether the index holds record `id`.
     pub fn has_record(&self, id: &RecordId) -> Result<bool, StoreError> {
         let txn = self.db.begin_read()?;
-        Ok(index::get_meta(&txn.open_table(index::RECORDS)?, id)?.is_some())
+        Ok(index::get_meta(&txn.open_table(RECORDS)?, id)?.is_some())
     }
 
     /// Indexes a record whose manifest and chunks were all fetched from peers (and
     /// logs it as `record_import` by `actor`). Returns `false` if it was already
     /// indexed. Fails, naming the block, if one is missing.
+    ///
+    /// Of concurrent imports of one record exactly one returns `true`: the "already
+    /// indexed?" check that decides is made inside the write transaction, and redb
+    /// serializes write transactions, so only one of them takes references on the
+    /// record's blocks.
     pub fn import_record(&self, id: &RecordId, actor: &str) -> Result<bool, StoreError> {
         let _guard = self.gc_guard.read().unwrap_or_else(|e| e.into_inner());
+        // Cheap early answer for the common repeat; not the decision (see below).
         if self.has_record(id)? {
             return Ok(false);
         }
@@ -54,9 +59,17 @@ impl Store {
         blocks.push(*id.cid());
         let meta = &manifest.body.meta;
         let txn = self.db.begin_write()?;
+        // Another import may have committed since the check above: decide here, where
+        // no other writer can interleave.
+        let indexed = index::get_meta(&txn.open_table(RECORDS)?, id)?.is_some();
+        if indexed {
+            txn.abort()?;
+            tracing::debug!(record = %id, "record was imported concurrently");
+            return Ok(false);
+        }
         index::insert_record(&txn, id, meta, &blocks)?;
         audit::append(
-            &mut txn.open_table(audit::AUDIT)?,
+            &mut txn.open_table(AUDIT)?,
             AuditEvent {
                 action: AuditAction::RecordImport,
                 actor: actor.to_string(),

@@ -6,15 +6,15 @@
 
 use std::collections::BTreeMap;
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::audit::{self, AuditAction, AuditEvent};
+use crate::tables::{API_TOKENS, AUDIT};
 use crate::{Store, StoreError};
 
-pub(crate) const API_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_tokens");
 const PREFIX: &str = "mm_";
 
 /// What a token may do; each scope includes the ones before it.
@@ -113,7 +113,7 @@ impl Store {
         txn.open_table(API_TOKENS)?
             .insert(id.as_str(), json.as_slice())?;
         audit::append(
-            &mut txn.open_table(audit::AUDIT)?,
+            &mut txn.open_table(AUDIT)?,
             AuditEvent {
                 action: AuditAction::TokenCreate,
                 actor: actor.to_string(),
@@ -179,7 +179,7 @@ impl Store {
             )));
         }
         audit::append(
-            &mut txn.open_table(audit::AUDIT)?,
+            &mut txn.open_table(AUDIT)?,
             AuditEvent {
                 action: AuditAction::TokenRevoke,
                 actor: actor.to_string(),

@@ -3,22 +3,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-
 use common::*;
-use medmesh_core::{Cid, ContentType, PatientRef, RecordId};
+use medmesh_core::{ContentType, PatientRef, RecordId};
 use medmesh_crypto::CryptoError;
 use medmesh_store::{
     AuditAction, RecordQuery, Store, StoreError, DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE,
 };
-
-fn block_path(dir: &Path, cid: &Cid) -> PathBuf {
-    let key = cid.to_string();
-    let n = key.len();
-    dir.join("blocks")
-        .join(&key[n - 3..n - 1])
-        .join(format!("{key}.data"))
-}
 
 #[test]
 fn round_trips_at_chunk_boundaries() {
@@ -450,4 +440,36 @@ fn bad_chunk_size_changes_nothing() {
     assert!(matches!(err, StoreError::InvalidInput(_)), "{err}");
     assert!(f.store.list(&RecordQuery::default()).unwrap().is_empty());
     assert!(f.store.blocks().scan().unwrap().blocks.is_empty());
+}
+
+/// `medmesh get ID -o - | head` relies on this: an output that went away surfaces as
+/// an `Io` error of kind `BrokenPipe`, on which the CLI ends quietly.
+#[test]
+fn a_closed_output_is_reported_as_broken_pipe() {
+    struct ClosedPipe;
+    impl std::io::Write for ClosedPipe {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+    }
+    let mut f = fixture();
+    let id = f.put(b"to a pipe");
+    let err = f
+        .store
+        .read_record(
+            &id,
+            &f.cert,
+            &mut f.decryptor,
+            &mut ClosedPipe,
+            "test",
+            &|_| {},
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe),
+        "{err}"
+    );
 }

@@ -1,5 +1,7 @@
 //! Network nodes for tests and benchmarks: a fresh store in a temp dir and a
-//! [`Network`] on a free 127.0.0.1 port, plus the loopback TCP baseline.
+//! [`Network`] on a free 127.0.0.1 port, plus the loopback TCP baseline, and
+//! [`Blockstore`] wrappers for tests: a slow provider ([`Slow`]) and one that counts
+//! calls made on the async executor ([`ExecutorCheck`]).
 
 use std::io::Read;
 use std::path::Path;
@@ -7,9 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use medmesh_core::RecordId;
+use medmesh_core::{Cid, RecordId};
 use medmesh_net::{
-    Blockstore, Multiaddr, NetConfig, Network, NetworkOptions, OpenPolicy, PeerId, PeerPolicy,
+    Blockstore, Multiaddr, NetConfig, NetError, Network, NetworkOptions, OpenPolicy, PeerId,
+    PeerPolicy,
 };
 use medmesh_store::{PutRequest, Store};
 
@@ -56,14 +59,28 @@ impl Peer {
         serve: impl FnOnce(Arc<Store>) -> Arc<dyn Blockstore>,
         policy: Arc<dyn PeerPolicy>,
     ) -> Self {
+        Self::start_with_config(base, bootstrap, listen, serve, policy, |_| {}).await
+    }
+
+    /// [`Peer::start_with_policy`], with `configure` adjusting the network settings
+    /// (replication limits, timeouts) before the network starts.
+    pub async fn start_with_config(
+        base: &Path,
+        bootstrap: &[&Peer],
+        listen: &str,
+        serve: impl FnOnce(Arc<Store>) -> Arc<dyn Blockstore>,
+        policy: Arc<dyn PeerPolicy>,
+        configure: impl FnOnce(&mut NetConfig),
+    ) -> Self {
         let dir = tempfile::tempdir_in(base).expect("temp dir");
         let store = Arc::new(Store::open(&dir.path().join("store")).expect("store"));
-        let config = NetConfig {
+        let mut config = NetConfig {
             listen: vec![listen.parse().expect("multiaddr")],
             bootstrap: bootstrap.iter().map(|p| p.addr()).collect(),
             block_timeout_secs: 20,
             ..NetConfig::default()
         };
+        configure(&mut config);
         let net = Network::start(NetworkOptions {
             config,
             identity_seed: fresh_seed(),
@@ -100,6 +117,147 @@ impl Drop for Peer {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move { net.shutdown().await });
         }
+    }
+}
+
+/// A per-block delay shared between a test and the [`Slow`] stores it wraps, so the
+/// test can slow a provider down or let it run at full speed while it serves.
+#[derive(Debug, Clone, Default)]
+pub struct Delay(Arc<AtomicU64>);
+
+impl Delay {
+    /// A delay of `per_block` per served block.
+    pub fn new(per_block: Duration) -> Self {
+        let delay = Self::default();
+        delay.set(per_block);
+        delay
+    }
+
+    /// Changes the delay (zero: full speed).
+    pub fn set(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.0.store(ms, Ordering::Relaxed);
+    }
+
+    /// The delay now.
+    pub fn get(&self) -> Duration {
+        Duration::from_millis(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// A store that serves every block (to peers, and to its own network) after a
+/// [`Delay`]: a slow disk or link, to keep transfers in flight in tests.
+pub struct Slow {
+    /// The store served.
+    pub store: Arc<Store>,
+    /// The delay per block.
+    pub delay: Delay,
+}
+
+impl Slow {
+    fn pause(&self) {
+        let delay = self.delay.get();
+        if !delay.is_zero() {
+            // Blockstore calls are blocking by contract (the network makes them on
+            // blocking threads), so sleeping here is what a slow disk does.
+            std::thread::sleep(delay);
+        }
+    }
+}
+
+/// A `serve` argument of [`Peer::start_with`] wrapping the store in a [`Slow`] one.
+pub fn slow(delay: &Delay) -> impl FnOnce(Arc<Store>) -> Arc<dyn Blockstore> {
+    let delay = delay.clone();
+    move |store: Arc<Store>| -> Arc<dyn Blockstore> { Arc::new(Slow { store, delay }) }
+}
+
+impl Blockstore for Slow {
+    fn has(&self, cid: &Cid) -> bool {
+        self.store.blocks().has(cid)
+    }
+    fn get(&self, cid: &Cid) -> Result<Option<Vec<u8>>, NetError> {
+        self.pause();
+        Blockstore::get(&*self.store, cid)
+    }
+    fn get_for_peer(&self, cid: &Cid) -> Result<Option<Vec<u8>>, NetError> {
+        self.pause();
+        Blockstore::get_for_peer(&*self.store, cid)
+    }
+    fn put(&self, cid: &Cid, bytes: &[u8]) -> Result<(), NetError> {
+        Blockstore::put(&*self.store, cid, bytes)
+    }
+    fn import_record(&self, id: &RecordId, from: &PeerId) -> Result<bool, NetError> {
+        Blockstore::import_record(&*self.store, id, from)
+    }
+}
+
+/// A store that counts the calls made to it on an async executor thread, where
+/// blocking file I/O stalls every task scheduled on that thread, instead of on a
+/// blocking thread (`spawn_blocking`).
+pub struct ExecutorCheck {
+    store: Arc<Store>,
+    on_executor: Arc<Mutex<Vec<&'static str>>>,
+}
+
+/// Calls an [`ExecutorCheck`] store saw on the async executor, by method name.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutorCalls(Arc<Mutex<Vec<&'static str>>>);
+
+impl ExecutorCalls {
+    /// The methods called on the executor so far (empty when all is well).
+    pub fn seen(&self) -> Vec<&'static str> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// A `serve` argument of [`Peer::start_with`] wrapping the store in an
+/// [`ExecutorCheck`] that reports to `calls`.
+pub fn executor_check(calls: &ExecutorCalls) -> impl FnOnce(Arc<Store>) -> Arc<dyn Blockstore> {
+    let on_executor = calls.0.clone();
+    move |store: Arc<Store>| -> Arc<dyn Blockstore> {
+        Arc::new(ExecutorCheck { store, on_executor })
+    }
+}
+
+impl ExecutorCheck {
+    fn check(&self, method: &'static str) {
+        // Tokio refuses to block (`blocking_recv`) on a thread that is running async
+        // tasks and allows it on its blocking threads: that tells the two apart.
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        drop(tx);
+        let on_executor = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            let _ = rx.blocking_recv();
+        }))
+        .is_err();
+        if on_executor {
+            self.on_executor
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(method);
+        }
+    }
+}
+
+impl Blockstore for ExecutorCheck {
+    fn has(&self, cid: &Cid) -> bool {
+        self.check("has");
+        self.store.blocks().has(cid)
+    }
+    fn get(&self, cid: &Cid) -> Result<Option<Vec<u8>>, NetError> {
+        self.check("get");
+        Blockstore::get(&*self.store, cid)
+    }
+    fn get_for_peer(&self, cid: &Cid) -> Result<Option<Vec<u8>>, NetError> {
+        self.check("get_for_peer");
+        Blockstore::get_for_peer(&*self.store, cid)
+    }
+    fn put(&self, cid: &Cid, bytes: &[u8]) -> Result<(), NetError> {
+        self.check("put");
+        Blockstore::put(&*self.store, cid, bytes)
+    }
+    fn import_record(&self, id: &RecordId, from: &PeerId) -> Result<bool, NetError> {
+        self.check("import_record");
+        Blockstore::import_record(&*self.store, id, from)
     }
 }
 

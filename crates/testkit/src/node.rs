@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use medmesh_api::{ApiConfig, AppState, NodeKeys};
+use medmesh_api::{ApiConfig, AppState};
+use medmesh_service::{NodeKeys, NodeServices, ServiceSettings};
 use medmesh_store::{Store, TokenScope};
 use tokio::sync::oneshot;
 
@@ -16,7 +17,7 @@ pub struct TestNode {
     pub dir: tempfile::TempDir,
     /// Where the API listens.
     pub addr: SocketAddr,
-    /// The API state (store, keys, config).
+    /// The API state (the node's services, and the API's settings).
     pub state: AppState,
     /// Bearer secrets of operator tokens with each scope.
     pub read_token: String,
@@ -66,7 +67,8 @@ impl TestNode {
             ..ApiConfig::default()
         };
         adjust(&mut config);
-        let state = AppState::new(store, Arc::new(keys), config);
+        let services = NodeServices::new(store, Arc::new(keys), ServiceSettings::default());
+        let state = AppState::new(Arc::new(services), config);
         let (tx, rx) = oneshot::channel();
         let served = state.clone();
         tokio::spawn(async move {
@@ -105,12 +107,15 @@ impl TestNode {
             medmesh_chain::relaying_provider(chain.endpoint.clone(), chain.relayer.clone()),
             chain.deployment.consent_registry,
         );
-        let connected = self.state.enable_chain(medmesh_api::ChainServices {
-            chain_id: chain.chain_id,
-            deployment: chain.deployment,
-            releaser: Arc::new(releaser),
-            relayer: Some(Arc::new(relayer)),
-        });
+        let connected = self
+            .state
+            .services()
+            .enable_chain(medmesh_service::ChainServices {
+                chain_id: chain.chain_id,
+                deployment: chain.deployment,
+                releaser: Arc::new(releaser),
+                relayer: Some(Arc::new(relayer)),
+            });
         assert!(connected, "the node was already connected to a chain");
     }
 

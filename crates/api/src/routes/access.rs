@@ -1,49 +1,18 @@
 //! Key release over HTTP: consent links, challenges and key requests. The checks are
-//! `medmesh_chain::KeyReleaser`'s, the same for every transport.
+//! the service layer's (`medmesh_chain::KeyReleaser`), the same for every transport.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use medmesh_chain::{patient_scope, record_scope, Access, KeyRequest, ReleaseError};
+use medmesh_api_types::{
+    ChallengeResponse, ConsentLinkRequest, ConsentLinkResponse, KeyRequestBody, KeyResponse,
+};
+use medmesh_chain::{Access, KeyRequest};
 use medmesh_core::RecordId;
 use medmesh_crypto::eth::Address;
-use medmesh_store::TokenScope;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
-use super::{blocking, ApiJson};
-use crate::auth::Principal;
+use super::ApiJson;
+use crate::auth::{Authorized, Principal, Write};
 use crate::error::{ApiError, Problem};
-use crate::state::{AppState, ChainServices};
-
-pub(crate) fn chain(state: &AppState) -> Result<&ChainServices, ApiError> {
-    state.inner.chain.get().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no-chain",
-            "this node runs without a chain (start it with --chain-rpc and --chain-deployment), \
-             so it cannot check consent or release keys",
-        )
-    })
-}
-
-/// Which wallet consents for a record.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ConsentLinkRequest {
-    /// The patient's Ethereum address.
-    pub patient: String,
-}
-
-/// A record's consent link: what the patient needs to sign grants for it.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ConsentLinkResponse {
-    /// The patient's address.
-    pub patient: String,
-    /// The record's on-chain consent scope (bytes32 hex; `ScopeKind.Record`).
-    pub scope: String,
-    /// The scope of all the patient's records at this institution (bytes32 hex;
-    /// `ScopeKind.PatientAtInstitution`).
-    pub patient_scope: String,
-}
+use crate::state::AppState;
 
 /// Link a record to the patient wallet that consents for it.
 #[utoipa::path(
@@ -64,39 +33,20 @@ pub struct ConsentLinkResponse {
 )]
 pub async fn link(
     State(state): State<AppState>,
-    principal: Principal,
+    caller: Authorized<Write>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<ConsentLinkRequest>,
 ) -> Result<axum::Json<ConsentLinkResponse>, ApiError> {
     let id: RecordId = id.parse()?;
-    principal
-        .require(&state, TokenScope::Write, &id.to_string())
+    let link = state
+        .services()
+        .link_patient(id, body.patient, &caller.actor())
         .await?;
-    let store = state.store().clone();
-    let actor = principal.actor();
-    let link = blocking("consent link", move || {
-        Ok(store.link_patient(&id, &body.patient, &actor)?)
-    })
-    .await?;
-    let scope =
-        record_scope(&id, &link.salt).map_err(|e| ApiError::internal("consent scope", e))?;
-    let patient: medmesh_crypto::eth::Address = link
-        .patient
-        .parse()
-        .map_err(|e| ApiError::internal("consent link", e))?;
-    let patient_scope = patient_scope(&state.inner.keys.certificate.id(), patient);
     Ok(axum::Json(ConsentLinkResponse {
-        patient: link.patient,
-        scope: scope.to_string(),
-        patient_scope: patient_scope.to_string(),
+        patient: link.patient.to_string(),
+        scope: link.scope.to_string(),
+        patient_scope: link.patient_scope.to_string(),
     }))
-}
-
-/// A single-use challenge to sign in a key request.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ChallengeResponse {
-    /// Put it in the signed key request; valid for five minutes, once.
-    pub challenge: String,
 }
 
 /// Get a key-request challenge.
@@ -115,41 +65,9 @@ pub async fn challenge(
     State(state): State<AppState>,
     _principal: Principal,
 ) -> Result<axum::Json<ChallengeResponse>, ApiError> {
-    let challenge = chain(&state)?
-        .releaser
-        .challenge()
-        .map_err(|e| ApiError::internal("challenge", e))?;
-    Ok(axum::Json(ChallengeResponse { challenge }))
-}
-
-/// A grantee's signed key request.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct KeyRequestBody {
-    /// The grantee's address (EIP-55 or lower case).
-    pub grantee: String,
-    /// DUO purpose term number (42 for DUO:0000042).
-    pub purpose: u32,
-    /// The grantee's armored OpenPGP certificate, as published on chain.
-    pub certificate: String,
-    /// From POST /v1/access/challenge.
-    pub challenge: String,
-    /// EIP-191 signature by the grantee of the key-request text (see docs/http-api.md).
-    pub signature: String,
-}
-
-/// A released key.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct KeyResponse {
-    /// Fingerprint of the certificate the key is wrapped for.
-    pub recipient: String,
-    /// `openpgp-pkesk6-mlkem768-x25519`.
-    pub algorithm: String,
-    /// The OpenPGP message holding the data key, hex.
-    pub key_wrap: String,
-    /// `grant` or `emergency`.
-    pub access: String,
-    /// Grant or emergency id (bytes32 hex).
-    pub access_id: String,
+    Ok(axum::Json(ChallengeResponse {
+        challenge: state.services().challenge()?,
+    }))
 }
 
 /// Ask for a record's data key (released only under a valid on-chain grant).
@@ -172,7 +90,7 @@ pub struct KeyResponse {
 )]
 pub async fn request_key(
     State(state): State<AppState>,
-    _principal: Principal,
+    principal: Principal,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<KeyRequestBody>,
 ) -> Result<axum::Json<KeyResponse>, ApiError> {
@@ -181,7 +99,6 @@ pub async fn request_key(
         .grantee
         .parse()
         .map_err(|_| ApiError::bad_request("`grantee` is not an Ethereum address"))?;
-    let releaser = chain(&state)?.releaser.clone();
     let request = KeyRequest {
         record,
         grantee,
@@ -190,20 +107,10 @@ pub async fn request_key(
         challenge: body.challenge,
         signature: body.signature,
     };
-    let released = releaser.release(&request).await.map_err(|e| match e {
-        ReleaseError::BadChallenge | ReleaseError::NotGrantee(_) => {
-            ApiError::unauthenticated(e.to_string())
-        }
-        ReleaseError::UnknownRecord(_) => ApiError::not_found(e.to_string()),
-        ReleaseError::BadCertificate(_) => ApiError::bad_request(e.to_string()),
-        ReleaseError::NotLinked(_)
-        | ReleaseError::CertificateMismatch { .. }
-        | ReleaseError::Denied(_) => ApiError::forbidden(e.to_string()),
-        ReleaseError::Chain(_) => {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "chain", e.to_string())
-        }
-        ReleaseError::Internal(_) => ApiError::internal("key release", e),
-    })?;
+    let released = state
+        .services()
+        .release_key(request, &principal.actor())
+        .await?;
     let (access, access_id) = match released.access {
         Access::Granted { grant_id, .. } => ("grant", grant_id.to_string()),
         Access::Emergency { emergency_id, .. } => ("emergency", emergency_id.to_string()),

@@ -1,59 +1,15 @@
 //! `/v1/auth`: wallet sign-in (Sign-In with Ethereum) and who-am-I.
 
 use axum::extract::State;
-use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
-use utoipa::ToSchema;
 
-use super::ApiJson;
-use crate::auth::{issue_nonce, sign_in, Principal};
-use crate::error::{ApiError, Problem};
-use crate::state::AppState;
+use medmesh_api_types::{NonceResponse, SessionResponse, SignInRequest, WhoAmI};
 use medmesh_store::AuditAction;
 
-/// A sign-in nonce and what the SIWE message must name.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct NonceResponse {
-    /// Put this in the message's `Nonce:` line.
-    pub nonce: String,
-    /// The message's domain.
-    pub domain: String,
-    /// The message's `Chain ID:`.
-    pub chain_id: u64,
-    /// The nonce is refused after this time (RFC 3339).
-    pub expires_at: String,
-}
-
-/// A signed EIP-4361 message.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct SignInRequest {
-    /// The exact message text the wallet signed.
-    pub message: String,
-    /// The EIP-191 `personal_sign` signature, 65 bytes hex (`0x…`).
-    pub signature: String,
-}
-
-/// A wallet session.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct SessionResponse {
-    /// Bearer token for later requests (`mms_…`).
-    pub token: String,
-    /// The signed-in address.
-    pub address: String,
-    /// When the session ends (RFC 3339).
-    pub expires_at: String,
-}
-
-/// Who the caller is.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct WhoAmI {
-    /// `operator` or `wallet`.
-    pub kind: String,
-    /// Token id or wallet address.
-    pub id: String,
-    /// Token scope (operators only).
-    pub scope: Option<String>,
-}
+use super::ApiJson;
+use crate::auth::{issue_nonce, sign_in, ClientAddr, Principal};
+use crate::error::{ApiError, Problem};
+use crate::state::AppState;
 
 /// Get a nonce for Sign-In with Ethereum.
 #[utoipa::path(
@@ -89,16 +45,18 @@ pub async fn nonce(State(state): State<AppState>) -> Result<axum::Json<NonceResp
 )]
 pub async fn siwe(
     State(state): State<AppState>,
+    ClientAddr(client): ClientAddr,
     ApiJson(request): ApiJson<SignInRequest>,
 ) -> Result<axum::Json<SessionResponse>, ApiError> {
     match sign_in(&state, &request.message, &request.signature) {
         Ok((token, session)) => {
             let address = session.address.to_string();
             state
+                .services()
                 .audit(
                     AuditAction::SignIn,
-                    format!("wallet:{address}"),
-                    "session".into(),
+                    &format!("wallet:{address}"),
+                    "session",
                     vec![],
                 )
                 .await;
@@ -113,11 +71,13 @@ pub async fn siwe(
         }
         Err(e) => {
             state
-                .audit(
-                    AuditAction::AccessDenied,
-                    "anonymous".into(),
+                .inner
+                .denials
+                .record(
+                    client,
                     "/v1/auth/siwe".into(),
-                    vec![("reason", format!("{e:?}"))],
+                    e.detail().to_string(),
+                    false,
                 )
                 .await;
             Err(e)

@@ -3,32 +3,19 @@
 
 use alloy::primitives::{Bytes, B256, U256};
 use axum::extract::State;
-use axum::http::StatusCode;
+use medmesh_api_types::{ChainInfo, GrantEntry, RelayResponse, SignedGrant, SignedRevocation};
 use medmesh_chain::bindings::{GrantConsent, RevokeConsent};
-use medmesh_chain::{GrantView, RelayError, Relayed};
+use medmesh_chain::Relayed;
 use medmesh_crypto::eth::Address;
+use medmesh_service::GrantFilter;
 use medmesh_store::TokenScope;
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::{ApiJson, ApiQuery};
 use crate::auth::Principal;
 use crate::error::{ApiError, Problem};
-use crate::routes::access::chain;
 use crate::state::AppState;
-
-/// The chain this node uses, and where the contracts are.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ChainInfo {
-    /// EIP-155 chain id (the EIP-712 domain's `chainId`).
-    pub chain_id: u64,
-    /// `NodeRegistry` address.
-    pub node_registry: String,
-    /// `ConsentRegistry` address (the EIP-712 domain's `verifyingContract`).
-    pub consent_registry: String,
-    /// `AuditAnchor` address.
-    pub audit_anchor: String,
-}
 
 /// The node's chain and contract addresses.
 #[utoipa::path(
@@ -46,7 +33,7 @@ pub async fn chain_info(
     State(state): State<AppState>,
     _principal: Principal,
 ) -> Result<axum::Json<ChainInfo>, ApiError> {
-    let c = chain(&state)?;
+    let c = state.services().chain()?;
     Ok(axum::Json(ChainInfo {
         chain_id: c.chain_id,
         node_registry: c.deployment.node_registry.to_string(),
@@ -65,33 +52,13 @@ pub struct GrantParams {
     pub grantee: Option<String>,
 }
 
-/// A grant as the node's cache sees it (synced to the latest block).
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct GrantEntry {
-    /// Grant id (bytes32 hex).
-    pub id: String,
-    /// Patient address.
-    pub patient: String,
-    /// Grantee address.
-    pub grantee: String,
-    /// `ScopeKind`: 0 record, 1 patient at institution, 2 dataset.
-    pub kind: u8,
-    /// Scope (bytes32 hex).
-    pub scope: String,
-    /// DUO purpose term number.
-    pub purpose: u32,
-    /// Expiry, Unix seconds.
-    pub expiry: u64,
-    /// Whether revoked.
-    pub revoked: bool,
+fn parse_address(name: &str, v: &str) -> Result<Address, ApiError> {
+    v.parse::<Address>()
+        .map_err(|_| ApiError::bad_request(format!("`{name}` is not an Ethereum address")))
 }
 
-fn parse_address(name: &str, v: Option<&str>) -> Result<Option<Address>, ApiError> {
-    v.map(|a| {
-        a.parse::<Address>()
-            .map_err(|_| ApiError::bad_request(format!("`{name}` is not an Ethereum address")))
-    })
-    .transpose()
+fn parse_optional(name: &str, v: Option<&str>) -> Result<Option<Address>, ApiError> {
+    v.map(|a| parse_address(name, a)).transpose()
 }
 
 /// List grants (operators: any; wallets: only those naming them).
@@ -114,10 +81,10 @@ pub async fn list(
     principal: Principal,
     ApiQuery(params): ApiQuery<GrantParams>,
 ) -> Result<axum::Json<Vec<GrantEntry>>, ApiError> {
-    let patient = parse_address("patient", params.patient.as_deref())?;
-    let grantee = parse_address("grantee", params.grantee.as_deref())?;
+    let patient = parse_optional("patient", params.patient.as_deref())?;
+    let grantee = parse_optional("grantee", params.grantee.as_deref())?;
     // A wallet sees the grants it gave or received, nothing else.
-    let wallet = match &principal {
+    let involving = match &principal {
         Principal::Wallet { address } => {
             let filtered = patient.is_some() || grantee.is_some();
             if filtered && patient != Some(*address) && grantee != Some(*address) {
@@ -134,30 +101,18 @@ pub async fn list(
             None
         }
     };
-    let c = chain(&state)?;
-    let cache = c.releaser.cache().clone();
-    cache
-        .sync(c.releaser.provider())
-        .await
-        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "chain", e.to_string()))?;
-    let mut grants = match (wallet, patient, grantee) {
-        (Some(me), None, None) => {
-            let mut all = cache.grants(Some(me), None);
-            all.extend(
-                cache
-                    .grants(None, Some(me))
-                    .into_iter()
-                    .filter(|g| g.patient != me),
-            );
-            all
-        }
-        _ => cache.grants(patient, grantee),
-    };
-    grants.sort_by_key(|g| (g.expiry, g.id));
+    let grants = state
+        .services()
+        .grants(GrantFilter {
+            patient,
+            grantee,
+            involving,
+        })
+        .await?;
     Ok(axum::Json(
         grants
             .into_iter()
-            .map(|g: GrantView| GrantEntry {
+            .map(|g| GrantEntry {
                 id: g.id.to_string(),
                 patient: g.patient.to_string(),
                 grantee: g.grantee.to_string(),
@@ -171,83 +126,16 @@ pub async fn list(
     ))
 }
 
-/// A grant signed by the patient (EIP-712 `GrantConsent`, domain from GET /v1/chain).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct SignedGrant {
-    /// Patient address.
-    pub patient: String,
-    /// Grantee address.
-    pub grantee: String,
-    /// `ScopeKind`.
-    pub kind: u8,
-    /// Scope (bytes32 hex).
-    pub scope: String,
-    /// DUO purpose term number.
-    pub purpose: u32,
-    /// Expiry, Unix seconds.
-    pub expiry: u64,
-    /// The patient's next nonce.
-    pub nonce: u64,
-    /// Unix seconds after which the signature is refused.
-    pub deadline: u64,
-    /// 65-byte signature, hex.
-    pub signature: String,
+/// The parts every signed consent message has, parsed.
+struct Signed {
+    patient: Address,
+    grantee: Address,
+    scope: B256,
+    signature: Bytes,
 }
 
-/// A revocation signed by the patient (EIP-712 `RevokeConsent`).
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct SignedRevocation {
-    /// Patient address.
-    pub patient: String,
-    /// Grantee address.
-    pub grantee: String,
-    /// `ScopeKind`.
-    pub kind: u8,
-    /// Scope (bytes32 hex).
-    pub scope: String,
-    /// DUO purpose term number.
-    pub purpose: u32,
-    /// The patient's next nonce.
-    pub nonce: u64,
-    /// Unix seconds after which the signature is refused.
-    pub deadline: u64,
-    /// 65-byte signature, hex.
-    pub signature: String,
-}
-
-/// A relayed transaction.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RelayResponse {
-    /// Transaction hash.
-    pub transaction: String,
-    /// Block number.
-    pub block: u64,
-    /// The grant created or revoked.
-    pub grant_id: String,
-}
-
-fn parse_common(
-    patient: &str,
-    grantee: &str,
-    scope: &str,
-    signature: &str,
-) -> Result<(Address, Address, B256, Bytes), ApiError> {
-    let patient: Address = patient
-        .parse()
-        .map_err(|_| ApiError::bad_request("`patient` is not an Ethereum address"))?;
-    let grantee: Address = grantee
-        .parse()
-        .map_err(|_| ApiError::bad_request("`grantee` is not an Ethereum address"))?;
-    let scope: B256 = scope
-        .parse()
-        .map_err(|_| ApiError::bad_request("`scope` must be 32 bytes of hex"))?;
-    let signature: Bytes = signature
-        .parse()
-        .map_err(|_| ApiError::bad_request("`signature` must be hex"))?;
-    Ok((patient, grantee, scope, signature))
-}
-
-/// Parses and authorises a relay request; returns its parts and the relayer.
+/// Parses and authorises a relay request: only operators with `write`, or the
+/// patient's own wallet session, make the node pay gas for a relay.
 async fn prepare_relay(
     state: &AppState,
     principal: &Principal,
@@ -255,71 +143,37 @@ async fn prepare_relay(
     grantee: &str,
     scope: &str,
     signature: &str,
-) -> Result<
-    (
-        Address,
-        Address,
-        B256,
-        Bytes,
-        std::sync::Arc<medmesh_chain::Relayer>,
-    ),
-    ApiError,
-> {
-    let (patient, grantee, scope, signature) = parse_common(patient, grantee, scope, signature)?;
-    require_relay(state, principal, patient).await?;
-    Ok((patient, grantee, scope, signature, relayer(state)?))
-}
-
-/// Only operators with `write`, or the patient's own wallet session, make the node pay
-/// gas for a relay.
-async fn require_relay(
-    state: &AppState,
-    principal: &Principal,
-    patient: Address,
-) -> Result<(), ApiError> {
+) -> Result<Signed, ApiError> {
+    let signed = Signed {
+        patient: parse_address("patient", patient)?,
+        grantee: parse_address("grantee", grantee)?,
+        scope: scope
+            .parse()
+            .map_err(|_| ApiError::bad_request("`scope` must be 32 bytes of hex"))?,
+        signature: signature
+            .parse()
+            .map_err(|_| ApiError::bad_request("`signature` must be hex"))?,
+    };
     match principal {
-        Principal::Wallet { address } if *address == patient => Ok(()),
+        Principal::Wallet { address } if *address == signed.patient => Ok(signed),
         Principal::Wallet { .. } => Err(ApiError::forbidden(
             "a wallet may relay only its own (patient) signatures",
         )),
         Principal::Operator { .. } => {
             principal
                 .require(state, TokenScope::Write, "/v1/grants")
-                .await
+                .await?;
+            Ok(signed)
         }
     }
 }
 
-fn relayer(state: &AppState) -> Result<std::sync::Arc<medmesh_chain::Relayer>, ApiError> {
-    chain(state)?.relayer.clone().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no-relayer",
-            "this node has no account on its chain to pay for relays (start it with --chain-key-file)",
-        )
+fn relay_answer(r: Relayed) -> axum::Json<RelayResponse> {
+    axum::Json(RelayResponse {
+        transaction: r.transaction.to_string(),
+        block: r.block,
+        grant_id: r.grant_id.to_string(),
     })
-}
-
-fn relay_answer(
-    result: Result<Relayed, RelayError>,
-) -> Result<axum::Json<RelayResponse>, ApiError> {
-    match result {
-        Ok(r) => Ok(axum::Json(RelayResponse {
-            transaction: r.transaction.to_string(),
-            block: r.block,
-            grant_id: r.grant_id.to_string(),
-        })),
-        Err(e @ RelayError::Rejected(_)) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "consent-rejected",
-            e.to_string(),
-        )),
-        Err(RelayError::Chain(e)) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "chain",
-            e.to_string(),
-        )),
-    }
 }
 
 /// Relay a grant the patient signed.
@@ -344,7 +198,7 @@ pub async fn relay_grant(
     principal: Principal,
     ApiJson(body): ApiJson<SignedGrant>,
 ) -> Result<axum::Json<RelayResponse>, ApiError> {
-    let (patient, grantee, scope, signature, relayer) = prepare_relay(
+    let signed = prepare_relay(
         &state,
         &principal,
         &body.patient,
@@ -354,16 +208,20 @@ pub async fn relay_grant(
     )
     .await?;
     let grant = GrantConsent {
-        patient,
-        grantee,
+        patient: signed.patient,
+        grantee: signed.grantee,
         kind: body.kind,
-        scope,
+        scope: signed.scope,
         purpose: body.purpose,
         expiry: body.expiry,
         nonce: U256::from(body.nonce),
         deadline: U256::from(body.deadline),
     };
-    relay_answer(relayer.relay_grant(&grant, signature).await)
+    let relayed = state
+        .services()
+        .relay_grant(grant, signed.signature, &principal.actor())
+        .await?;
+    Ok(relay_answer(relayed))
 }
 
 /// Relay a revocation the patient signed.
@@ -388,7 +246,7 @@ pub async fn relay_revoke(
     principal: Principal,
     ApiJson(body): ApiJson<SignedRevocation>,
 ) -> Result<axum::Json<RelayResponse>, ApiError> {
-    let (patient, grantee, scope, signature, relayer) = prepare_relay(
+    let signed = prepare_relay(
         &state,
         &principal,
         &body.patient,
@@ -398,13 +256,17 @@ pub async fn relay_revoke(
     )
     .await?;
     let revocation = RevokeConsent {
-        patient,
-        grantee,
+        patient: signed.patient,
+        grantee: signed.grantee,
         kind: body.kind,
-        scope,
+        scope: signed.scope,
         purpose: body.purpose,
         nonce: U256::from(body.nonce),
         deadline: U256::from(body.deadline),
     };
-    relay_answer(relayer.relay_revoke(&revocation, signature).await)
+    let relayed = state
+        .services()
+        .relay_revoke(revocation, signed.signature, &principal.actor())
+        .await?;
+    Ok(relay_answer(relayed))
 }

@@ -1,6 +1,8 @@
 //! `/v1/records`: streaming upload and download, metadata, search, delete.
 
-use std::io::{self, Read, Write};
+use std::collections::VecDeque;
+use std::io::{self, Read};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -8,62 +10,20 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use medmesh_core::{ContentType, PatientRef, RecordId, RecordMeta};
-use medmesh_store::{PutRequest, RecordQuery, TokenScope};
-use serde::{Deserialize, Serialize};
+use medmesh_api_types::{RecordEntry, RecordInfo, RecordPage, Removed};
+use medmesh_core::{ContentType, PatientRef, RecordId};
+use medmesh_service::Ingest;
+use medmesh_store::RecordQuery;
+use serde::Deserialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use tokio::sync::{mpsc, oneshot};
-use utoipa::{IntoParams, ToSchema};
+use tokio::sync::mpsc;
+use utoipa::IntoParams;
 
-use super::{blocking, ApiQuery};
-use crate::auth::Principal;
+use super::ApiQuery;
+use crate::auth::{Authorized, Read as ReadScope, Write as WriteScope};
 use crate::error::{ApiError, Problem};
-use crate::state::{lock, AppState};
-
-/// A record and its metadata.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RecordEntry {
-    /// The record id (CID of its manifest).
-    pub id: RecordId,
-    /// Its metadata.
-    pub meta: RecordMeta,
-}
-
-/// One page of a record search.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RecordPage {
-    /// Records, oldest first.
-    pub records: Vec<RecordEntry>,
-    /// Pass as `since` to get the next page; absent on the last page.
-    pub next_since: Option<String>,
-}
-
-/// A record's metadata and manifest summary.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct RecordInfo {
-    /// The record id.
-    pub id: RecordId,
-    /// Its metadata.
-    pub meta: RecordMeta,
-    /// Number of encrypted chunks.
-    pub chunks: usize,
-    /// Plaintext bytes per chunk.
-    pub chunk_size: u32,
-    /// Fingerprints of the certificates the data key is wrapped for.
-    pub recipients: Vec<String>,
-    /// Fingerprint of the certificate that signed the manifest.
-    pub signer: String,
-}
-
-/// What deleting a record freed.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Removed {
-    /// Blocks deleted.
-    pub blocks_removed: u64,
-    /// Bytes freed.
-    pub bytes_freed: u64,
-}
+use crate::state::AppState;
 
 /// Upload options.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -93,6 +53,18 @@ pub struct SearchParams {
 
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
+/// Body bytes batched per channel message: about one chunk.
+const FORWARD_BATCH: usize = 1 << 20;
+/// An upload must deliver at least this many bytes per `body_idle_timeout`, so a client
+/// trickling a byte every few seconds cannot hold a connection and an ingest forever.
+const MIN_BYTES_PER_WINDOW: u64 = 1024;
+
+/// Media types that say nothing about the content: the node sniffs instead. curl sends
+/// `application/x-www-form-urlencoded` for `--data-binary` without `-H Content-Type`.
+const UNINFORMATIVE_TYPES: [&str; 2] = [
+    ContentType::OCTET_STREAM,
+    "application/x-www-form-urlencoded",
+];
 
 fn parse_time(name: &str, v: Option<&str>) -> Result<Option<OffsetDateTime>, ApiError> {
     v.map(|v| {
@@ -107,6 +79,18 @@ fn parse_time(name: &str, v: Option<&str>) -> Result<Option<OffsetDateTime>, Api
 
 fn parse_id(id: &str) -> Result<RecordId, ApiError> {
     Ok(id.parse::<RecordId>()?)
+}
+
+/// The record's media type from `Content-Type`, or `None` to sniff it.
+fn declared_type(headers: &HeaderMap) -> Result<Option<ContentType>, ApiError> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::bad_request("the Content-Type header is not text"))?;
+    let ct: ContentType = text.parse()?;
+    Ok((!UNINFORMATIVE_TYPES.contains(&ct.as_str())).then_some(ct))
 }
 
 /// Upload a record (streamed; the body is the plaintext).
@@ -130,26 +114,15 @@ fn parse_id(id: &str) -> Result<RecordId, ApiError> {
 )]
 pub async fn upload(
     State(state): State<AppState>,
-    principal: Principal,
+    caller: Authorized<WriteScope>,
     ApiQuery(params): ApiQuery<UploadParams>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, axum::Json<RecordEntry>), ApiError> {
-    principal
-        .require(&state, TokenScope::Write, "/v1/records")
-        .await?;
     let patient = params.patient.as_deref().map(PatientRef::new).transpose()?;
-    let content_type = match headers.get(header::CONTENT_TYPE) {
-        None => None,
-        Some(v) => {
-            let text = v
-                .to_str()
-                .map_err(|_| ApiError::bad_request("the Content-Type header is not text"))?;
-            let ct: ContentType = text.parse()?;
-            (ct.as_str() != ContentType::OCTET_STREAM).then_some(ct)
-        }
-    };
-    let limit = state.config().max_record_bytes;
+    let content_type = declared_type(&headers)?;
+    let config = state.config();
+    let limit = config.max_record_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -163,33 +136,49 @@ pub async fn upload(
     // about a chunk per message, so the ingest thread wakes once per chunk, not once
     // per socket read.
     let (tx, rx) = mpsc::channel::<io::Result<Vec<Bytes>>>(4);
+    let idle = config.body_idle_timeout;
     let forward = async move {
         let mut stream = body.into_data_stream();
-        let mut total = 0u64;
+        let (mut total, mut batched) = (0u64, 0usize);
         let mut batch = Vec::new();
-        let mut batched = 0usize;
-        while let Some(frame) = stream.next().await {
-            match frame {
-                Ok(bytes) => {
-                    total += bytes.len() as u64;
-                    if total > limit {
-                        let _ = tx.send(Err(io::Error::other("upload too large"))).await;
-                        return Err(ApiError::too_large(limit));
-                    }
-                    batched += bytes.len();
-                    batch.push(bytes);
-                    if batched >= FORWARD_BATCH {
-                        batched = 0;
-                        if tx.send(Ok(std::mem::take(&mut batch))).await.is_err() {
-                            return Ok(()); // ingest stopped; its error is the answer
-                        }
-                    }
+        let (mut window_start, mut window_bytes) = (Instant::now(), 0u64);
+        loop {
+            let frame = match tokio::time::timeout(idle, stream.next()).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(_) => {
+                    let _ = tx.send(Err(io::Error::other("upload stalled"))).await;
+                    return Err(stalled(idle, 0));
                 }
+            };
+            let bytes = match frame {
+                Ok(bytes) => bytes,
                 Err(e) => {
                     let _ = tx.send(Err(io::Error::other("upload interrupted"))).await;
                     return Err(ApiError::bad_request(format!(
                         "the upload was interrupted: {e}"
                     )));
+                }
+            };
+            total += bytes.len() as u64;
+            window_bytes += bytes.len() as u64;
+            if total > limit {
+                let _ = tx.send(Err(io::Error::other("upload too large"))).await;
+                return Err(ApiError::too_large(limit));
+            }
+            if window_start.elapsed() >= idle {
+                if window_bytes < MIN_BYTES_PER_WINDOW {
+                    let _ = tx.send(Err(io::Error::other("upload too slow"))).await;
+                    return Err(stalled(idle, window_bytes));
+                }
+                (window_start, window_bytes) = (Instant::now(), 0);
+            }
+            batched += bytes.len();
+            batch.push(bytes);
+            if batched >= FORWARD_BATCH {
+                batched = 0;
+                if tx.send(Ok(std::mem::take(&mut batch))).await.is_err() {
+                    return Ok(()); // ingest stopped; its error is the answer
                 }
             }
         }
@@ -198,50 +187,46 @@ pub async fn upload(
         }
         Ok(())
     };
-    let store = state.store().clone();
-    let keys = state.inner.keys.clone();
-    let request = PutRequest {
-        content_type,
-        patient,
-        chunk_size: state.config().chunk_size,
-        actor: principal.actor(),
+    let reader = ChannelReader {
+        rx,
+        pending: VecDeque::new(),
     };
-    let ingest = blocking("record upload", move || {
-        let mut reader = ChannelReader {
-            rx,
-            pending: std::collections::VecDeque::new(),
-        };
-        let id = store.put_record(
-            &mut reader,
-            &request,
-            &keys.signer,
-            &keys.certificate,
-            &[],
-            &|_| {},
-        )?;
-        Ok((id, store.meta(&id)?))
-    });
+    let ingest = state.services().ingest(
+        Box::new(reader),
+        Ingest {
+            content_type,
+            patient,
+            actor: caller.actor(),
+        },
+    );
     let (forwarded, ingested) = tokio::join!(forward, ingest);
     forwarded?;
-    let (id, meta) = ingested?;
-    if let Some(net) = state.network().cloned() {
-        // Announce the new record in the background; the upload does not wait on peers.
-        tokio::spawn(async move {
-            if let Err(e) = net.provide(*id.cid()).await {
-                tracing::debug!(record = %id, error = %e, "provider announcement failed");
-            }
-        });
-    }
-    Ok((StatusCode::CREATED, axum::Json(RecordEntry { id, meta })))
+    let stored = ingested?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(RecordEntry {
+            id: stored.id,
+            meta: stored.meta,
+        }),
+    ))
 }
 
-/// Body bytes batched per channel message: about one chunk.
-const FORWARD_BATCH: usize = 1 << 20;
+fn stalled(window: std::time::Duration, got: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "upload-stalled",
+        format!(
+            "the upload sent {got} bytes in {} s (at least {MIN_BYTES_PER_WINDOW} are needed); \
+             nothing was stored",
+            window.as_secs()
+        ),
+    )
+}
 
 /// A blocking `Read` over the body frames the async side forwards.
 struct ChannelReader {
     rx: mpsc::Receiver<io::Result<Vec<Bytes>>>,
-    pending: std::collections::VecDeque<Bytes>,
+    pending: VecDeque<Bytes>,
 }
 
 impl Read for ChannelReader {
@@ -263,24 +248,6 @@ impl Read for ChannelReader {
                 },
             }
         }
-    }
-}
-
-/// A blocking `Write` that hands plaintext to the response body stream.
-struct ChannelWriter {
-    tx: mpsc::Sender<io::Result<Bytes>>,
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tx
-            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "client went away"))?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
@@ -307,50 +274,19 @@ impl Write for ChannelWriter {
 )]
 pub async fn download(
     State(state): State<AppState>,
-    principal: Principal,
+    caller: Authorized<ReadScope>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    principal
-        .require(&state, TokenScope::Read, &id.to_string())
-        .await?;
-    super::network::ensure_local(&state, &id).await?;
-    let (ready_tx, ready_rx) = oneshot::channel::<Result<RecordMeta, ApiError>>();
-    let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(4);
-    let store = state.store().clone();
-    let keys = state.inner.keys.clone();
-    let actor = principal.actor();
-    tokio::task::spawn_blocking(move || {
-        let opened = {
-            let mut decryptor = lock(&keys.decryptor);
-            store.open_record(&id, &keys.certificate, &mut decryptor)
-        };
-        let record = match opened {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = ready_tx.send(Err(e.into()));
-                return;
-            }
-        };
-        if ready_tx.send(Ok(record.meta().clone())).is_err() {
-            return;
-        }
-        let mut out = ChannelWriter { tx: tx.clone() };
-        if let Err(e) = record.copy_to(&mut out, &actor, &|_| {}) {
-            tracing::error!(record = %id, error = %e, "download aborted");
-            let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
-        }
-    });
-    let meta = ready_rx
-        .await
-        .map_err(|_| ApiError::internal("record download", "reader thread stopped"))??;
+    let opened = state.services().open_record(id, &caller.actor()).await?;
+    let mut rx = opened.body;
     let stream = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(meta.content_type.as_str()) {
+    if let Ok(v) = HeaderValue::from_str(opened.meta.content_type.as_str()) {
         headers.insert(header::CONTENT_TYPE, v);
     }
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(opened.meta.size));
     Ok(response)
 }
 
@@ -371,33 +307,24 @@ pub async fn download(
 )]
 pub async fn info(
     State(state): State<AppState>,
-    principal: Principal,
+    _caller: Authorized<ReadScope>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<RecordInfo>, ApiError> {
     let id = parse_id(&id)?;
-    principal
-        .require(&state, TokenScope::Read, &id.to_string())
-        .await?;
-    let store = state.store().clone();
-    let info = blocking("record metadata", move || {
-        let meta = store.meta(&id)?;
-        let manifest = store.manifest(&id)?;
-        Ok(RecordInfo {
-            id,
-            meta,
-            chunks: manifest.body.chunks.len(),
-            chunk_size: manifest.body.envelope.chunk_size,
-            recipients: manifest
-                .body
-                .key_wraps
-                .iter()
-                .map(|w| w.recipient.to_string())
-                .collect(),
-            signer: manifest.signature.signer.to_string(),
-        })
-    })
-    .await?;
-    Ok(axum::Json(info))
+    let (meta, manifest) = state.services().record(id).await?;
+    Ok(axum::Json(RecordInfo {
+        id,
+        meta,
+        chunks: manifest.body.chunks.len(),
+        chunk_size: manifest.body.envelope.chunk_size,
+        recipients: manifest
+            .body
+            .key_wraps
+            .iter()
+            .map(|w| w.recipient.to_string())
+            .collect(),
+        signer: manifest.signature.signer.to_string(),
+    }))
 }
 
 /// Search records by patient reference, media type and creation time (oldest first).
@@ -416,12 +343,9 @@ pub async fn info(
 )]
 pub async fn search(
     State(state): State<AppState>,
-    principal: Principal,
+    _caller: Authorized<ReadScope>,
     ApiQuery(params): ApiQuery<SearchParams>,
 ) -> Result<axum::Json<RecordPage>, ApiError> {
-    principal
-        .require(&state, TokenScope::Read, "/v1/records")
-        .await?;
     let limit = params.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::bad_request(format!(
@@ -434,26 +358,20 @@ pub async fn search(
         content_type: params.content_type.as_deref().map(str::parse).transpose()?,
         since: parse_time("since", params.since.as_deref())?,
         until: parse_time("until", params.until.as_deref())?,
-        // One more than asked tells whether another page follows.
-        limit: limit + 1,
+        limit: 0,
     };
-    let store = state.store().clone();
-    let mut found = blocking("record search", move || Ok(store.list(&query)?)).await?;
-    let more = found.len() > limit;
-    found.truncate(limit);
-    let next_since = if more {
-        found
-            .last()
-            .map(|(_, m)| (m.created + time::Duration::nanoseconds(1)).format(&Rfc3339))
-            .transpose()
-            .map_err(|e| ApiError::internal("paging", e))?
-    } else {
-        None
-    };
+    let (found, next) = state.services().search(query, limit).await?;
+    let next_since = next
+        .map(|t| t.format(&Rfc3339))
+        .transpose()
+        .map_err(|e| ApiError::internal("paging", e))?;
     Ok(axum::Json(RecordPage {
         records: found
             .into_iter()
-            .map(|(id, meta)| RecordEntry { id, meta })
+            .map(|r| RecordEntry {
+                id: r.id,
+                meta: r.meta,
+            })
             .collect(),
         next_since,
     }))
@@ -476,19 +394,11 @@ pub async fn search(
 )]
 pub async fn remove(
     State(state): State<AppState>,
-    principal: Principal,
+    caller: Authorized<WriteScope>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Removed>, ApiError> {
     let id = parse_id(&id)?;
-    principal
-        .require(&state, TokenScope::Write, &id.to_string())
-        .await?;
-    let store = state.store().clone();
-    let actor = principal.actor();
-    let report = blocking("record removal", move || {
-        Ok(store.remove_record(&id, &actor)?)
-    })
-    .await?;
+    let report = state.services().remove(id, &caller.actor()).await?;
     Ok(axum::Json(Removed {
         blocks_removed: report.blocks_removed,
         bytes_freed: report.bytes_freed,

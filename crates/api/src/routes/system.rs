@@ -4,26 +4,14 @@
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse};
+use medmesh_api_types::{CheckResult, CreatedToken, GcResult, Health, TokenRequest, TokenView};
 use medmesh_store::TokenScope;
-use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
-use utoipa::ToSchema;
 
-use super::{blocking, ApiJson};
-use crate::auth::Principal;
+use super::ApiJson;
+use crate::auth::{Admin, Authorized, Principal};
 use crate::error::{ApiError, Problem};
 use crate::state::AppState;
-
-/// Liveness and a few facts about the node.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Health {
-    /// Always `ok` when the node answers.
-    pub status: String,
-    /// medmesh version.
-    pub version: String,
-    /// Seconds since the API started.
-    pub uptime_seconds: u64,
-}
 
 /// Node is up.
 #[utoipa::path(get, path = "/health", tag = "system", responses((status = 200, body = Health)))]
@@ -43,8 +31,7 @@ pub async fn health(State(state): State<AppState>) -> axum::Json<Health> {
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String))
 )]
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let store = state.store().clone();
-    let records = blocking("metrics", move || Ok(store.record_count()?)).await?;
+    let records = state.services().record_count().await?;
     let text = state.inner.metrics.render(&[
         (
             "medmesh_records",
@@ -76,23 +63,12 @@ pub async fn institution_key(
     _principal: Principal,
 ) -> Result<impl IntoResponse, ApiError> {
     let armored = state
-        .inner
-        .keys
+        .services()
+        .keys()
         .certificate
         .to_armored()
         .map_err(|e| ApiError::internal("certificate export", e))?;
     Ok(([(header::CONTENT_TYPE, "application/pgp-keys")], armored))
-}
-
-/// What garbage collection did.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct GcResult {
-    /// Unreferenced blocks deleted.
-    pub blocks_removed: u64,
-    /// Leftover temp files deleted.
-    pub temp_files_removed: u64,
-    /// Bytes freed.
-    pub bytes_freed: u64,
 }
 
 /// Delete unreferenced blocks.
@@ -109,32 +85,14 @@ pub struct GcResult {
 )]
 pub async fn gc(
     State(state): State<AppState>,
-    principal: Principal,
+    caller: Authorized<Admin>,
 ) -> Result<axum::Json<GcResult>, ApiError> {
-    principal
-        .require(&state, TokenScope::Admin, "/v1/admin/gc")
-        .await?;
-    let store = state.store().clone();
-    let actor = principal.actor();
-    let r = blocking("garbage collection", move || Ok(store.gc(&actor)?)).await?;
+    let r = state.services().gc(&caller.actor()).await?;
     Ok(axum::Json(GcResult {
         blocks_removed: r.blocks_removed,
         temp_files_removed: r.temp_files_removed,
         bytes_freed: r.bytes_freed,
     }))
-}
-
-/// What a consistency check found.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct CheckResult {
-    /// Records checked.
-    pub records: u64,
-    /// Blocks re-hashed.
-    pub blocks_checked: u64,
-    /// Blocks no record references (`POST /v1/admin/gc` removes them).
-    pub unreferenced_blocks: u64,
-    /// Problems found, one line each; empty when the store is consistent.
-    pub problems: Vec<String>,
 }
 
 /// Check that every record's blocks are present and intact and the audit log verifies
@@ -152,51 +110,15 @@ pub struct CheckResult {
 )]
 pub async fn check(
     State(state): State<AppState>,
-    principal: Principal,
+    _caller: Authorized<Admin>,
 ) -> Result<axum::Json<CheckResult>, ApiError> {
-    principal
-        .require(&state, TokenScope::Admin, "/v1/admin/check")
-        .await?;
-    let store = state.store().clone();
-    let r = blocking("consistency check", move || Ok(store.check()?)).await?;
+    let r = state.services().check().await?;
     Ok(axum::Json(CheckResult {
         records: r.records,
         blocks_checked: r.blocks_checked,
         unreferenced_blocks: r.unreferenced_blocks,
         problems: r.problems,
     }))
-}
-
-/// A token to create.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TokenRequest {
-    /// What it is for.
-    pub name: String,
-    /// `read`, `write` or `admin`.
-    pub scope: String,
-}
-
-/// An API token (without its secret).
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TokenView {
-    /// Public id.
-    pub id: String,
-    /// Name.
-    pub name: String,
-    /// Scope.
-    pub scope: String,
-    /// Creation time (RFC 3339).
-    pub created: String,
-}
-
-/// A new token: the secret is shown only here.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct CreatedToken {
-    /// The token.
-    #[serde(flatten)]
-    pub token: TokenView,
-    /// The bearer secret (`mm_…`); store it now, it cannot be shown again.
-    pub secret: String,
 }
 
 fn view(t: &medmesh_store::ApiToken) -> Result<TokenView, ApiError> {
@@ -228,19 +150,14 @@ fn view(t: &medmesh_store::ApiToken) -> Result<TokenView, ApiError> {
 )]
 pub async fn create_token(
     State(state): State<AppState>,
-    principal: Principal,
+    caller: Authorized<Admin>,
     ApiJson(request): ApiJson<TokenRequest>,
 ) -> Result<(StatusCode, axum::Json<CreatedToken>), ApiError> {
-    principal
-        .require(&state, TokenScope::Admin, "/v1/admin/tokens")
-        .await?;
     let scope: TokenScope = request.scope.parse()?;
-    let store = state.store().clone();
-    let actor = principal.actor();
-    let (token, secret) = blocking("token creation", move || {
-        Ok(store.create_token(&request.name, scope, &actor)?)
-    })
-    .await?;
+    let (token, secret) = state
+        .services()
+        .create_token(request.name, scope, &caller.actor())
+        .await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(CreatedToken {
@@ -264,13 +181,9 @@ pub async fn create_token(
 )]
 pub async fn list_tokens(
     State(state): State<AppState>,
-    principal: Principal,
+    _caller: Authorized<Admin>,
 ) -> Result<axum::Json<Vec<TokenView>>, ApiError> {
-    principal
-        .require(&state, TokenScope::Admin, "/v1/admin/tokens")
-        .await?;
-    let store = state.store().clone();
-    let tokens = blocking("token list", move || Ok(store.list_tokens()?)).await?;
+    let tokens = state.services().tokens().await?;
     Ok(axum::Json(
         tokens.iter().map(view).collect::<Result<_, _>>()?,
     ))
@@ -292,20 +205,14 @@ pub async fn list_tokens(
 )]
 pub async fn revoke_token(
     State(state): State<AppState>,
-    principal: Principal,
+    caller: Authorized<Admin>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    principal
-        .require(&state, TokenScope::Admin, "/v1/admin/tokens")
-        .await?;
-    let store = state.store().clone();
-    let actor = principal.actor();
-    blocking("token revocation", move || {
-        store
-            .revoke_token(&id, &actor)
-            .map_err(|e| ApiError::not_found(e.to_string()))
-    })
-    .await?;
+    state
+        .services()
+        .revoke_token(id, &caller.actor())
+        .await
+        .map_err(|e| ApiError::not_found(e.to_string()))?;
     Ok(StatusCode::NO_CONTENT)
 }
 

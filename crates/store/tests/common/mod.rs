@@ -1,11 +1,12 @@
 //! Shared fixtures: one institution key pair per test binary (key generation and
 //! passphrase stretching are the slow part), a fresh store per test.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use medmesh_core::{ContentType, RecordId};
+use medmesh_core::{Cid, ContentType, RecordId};
 use medmesh_crypto::{Certificate, UnlockedDecryptor, UnlockedSigner};
 use medmesh_store::{PutRequest, Store, DEFAULT_CHUNK_SIZE};
 pub use medmesh_testkit::{files_under, institution, noise, passphrase as pass, shared_data};
@@ -29,6 +30,15 @@ pub fn fixture() -> Fixture {
         dir,
         store,
     }
+}
+
+/// Where the store in `dir` keeps block `cid` (the layout of `Blockstore`).
+pub fn block_path(dir: &Path, cid: &Cid) -> PathBuf {
+    let key = cid.to_string();
+    let n = key.len();
+    dir.join(Store::BLOCKS_DIR)
+        .join(&key[n - 3..n - 1])
+        .join(format!("{key}.data"))
 }
 
 pub fn request(content_type: &str, chunk_size: u32) -> PutRequest {

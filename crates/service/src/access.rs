@@ -1,0 +1,191 @@
+//! Consent and key release: linking records to patient wallets, challenges, releasing
+//! keys under on-chain grants, relaying signed grants, and the grants the node sees.
+
+use alloy::primitives::{Address, Bytes, B256};
+use medmesh_chain::bindings::{GrantConsent, RevokeConsent};
+use medmesh_chain::{
+    patient_scope, record_scope, Access, GrantView, KeyRequest, Relayed, Released,
+};
+use medmesh_core::RecordId;
+use medmesh_store::AuditAction;
+
+use crate::error::{blocking, ServiceError};
+use crate::events::NodeEvent;
+use crate::services::NodeServices;
+
+/// A record's consent link: what the patient needs to sign grants for it.
+#[derive(Debug, Clone)]
+pub struct ConsentLinkView {
+    /// The patient's address.
+    pub patient: Address,
+    /// The record's on-chain consent scope (`ScopeKind.Record`).
+    pub scope: B256,
+    /// The scope of all the patient's records at this institution
+    /// (`ScopeKind.PatientAtInstitution`).
+    pub patient_scope: B256,
+}
+
+/// Which grants to list.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrantFilter {
+    /// Only grants by this patient.
+    pub patient: Option<Address>,
+    /// Only grants to this grantee.
+    pub grantee: Option<Address>,
+    /// Without the two above: every grant this wallet gave or received.
+    pub involving: Option<Address>,
+}
+
+impl NodeServices {
+    /// Links record `id` to the patient wallet that consents for it.
+    pub async fn link_patient(
+        &self,
+        id: RecordId,
+        patient: String,
+        actor: &str,
+    ) -> Result<ConsentLinkView, ServiceError> {
+        let (store, actor) = (self.store.clone(), actor.to_string());
+        let link = blocking("consent link", move || {
+            Ok(store.link_patient(&id, &patient, &actor)?)
+        })
+        .await?;
+        let patient: Address = link.patient.parse().map_err(|_| {
+            ServiceError::InvalidInput(format!("`{}` is not an Ethereum address", link.patient))
+        })?;
+        Ok(ConsentLinkView {
+            patient,
+            scope: record_scope(&id, &link.salt)?,
+            patient_scope: patient_scope(&self.keys.certificate.id(), patient),
+        })
+    }
+
+    /// A fresh single-use key-request challenge.
+    pub fn challenge(&self) -> Result<String, ServiceError> {
+        Ok(self.chain()?.releaser.challenge()?)
+    }
+
+    /// Releases a record's key to a grantee if every check passes (challenge, the
+    /// grantee's signature, the published certificate, a live grant or break-glass on
+    /// chain). `caller` is who sent the request, as audited.
+    pub async fn release_key(
+        &self,
+        request: KeyRequest,
+        caller: &str,
+    ) -> Result<Released, ServiceError> {
+        let releaser = self.chain()?.releaser.clone();
+        let result = releaser.release(&request, caller).await;
+        let (record, grantee) = (request.record.to_string(), request.grantee.to_string());
+        self.events.publish(match &result {
+            Ok(released) => {
+                let (access, access_id) = match released.access {
+                    Access::Granted { grant_id, .. } => ("grant", grant_id),
+                    Access::Emergency { emergency_id, .. } => ("emergency", emergency_id),
+                };
+                NodeEvent::KeyReleased {
+                    record,
+                    caller: caller.to_string(),
+                    grantee,
+                    access: access.into(),
+                    access_id: access_id.to_string(),
+                }
+            }
+            Err(e) => NodeEvent::KeyDenied {
+                record,
+                caller: caller.to_string(),
+                grantee,
+                reason: e.to_string(),
+            },
+        });
+        Ok(result?)
+    }
+
+    /// Relays a grant the patient signed (EIP-712), paid by the node's account.
+    pub async fn relay_grant(
+        &self,
+        grant: GrantConsent,
+        signature: Bytes,
+        actor: &str,
+    ) -> Result<Relayed, ServiceError> {
+        let relayer = self.relayer()?;
+        let relayed = relayer.relay_grant(&grant, signature).await?;
+        self.audit_relay(AuditAction::GrantRelay, actor, grant.patient, &relayed)
+            .await;
+        self.events.publish(NodeEvent::GrantRelayed {
+            grant_id: relayed.grant_id.to_string(),
+            transaction: relayed.transaction.to_string(),
+            block: relayed.block,
+        });
+        Ok(relayed)
+    }
+
+    /// Relays a revocation the patient signed.
+    pub async fn relay_revoke(
+        &self,
+        revocation: RevokeConsent,
+        signature: Bytes,
+        actor: &str,
+    ) -> Result<Relayed, ServiceError> {
+        let relayer = self.relayer()?;
+        let relayed = relayer.relay_revoke(&revocation, signature).await?;
+        self.audit_relay(
+            AuditAction::RevocationRelay,
+            actor,
+            revocation.patient,
+            &relayed,
+        )
+        .await;
+        self.events.publish(NodeEvent::RevocationRelayed {
+            grant_id: relayed.grant_id.to_string(),
+            transaction: relayed.transaction.to_string(),
+            block: relayed.block,
+        });
+        Ok(relayed)
+    }
+
+    fn relayer(&self) -> Result<std::sync::Arc<medmesh_chain::Relayer>, ServiceError> {
+        self.chain()?.relayer.clone().ok_or(ServiceError::NoRelayer)
+    }
+
+    async fn audit_relay(&self, action: AuditAction, actor: &str, patient: Address, r: &Relayed) {
+        self.audit(
+            action,
+            actor,
+            &r.grant_id.to_string(),
+            vec![
+                ("patient", patient.to_string()),
+                ("transaction", r.transaction.to_string()),
+                ("block", r.block.to_string()),
+            ],
+        )
+        .await;
+    }
+
+    /// Grants as the node's cache sees them, synced to the latest block first, by
+    /// expiry.
+    pub async fn grants(&self, filter: GrantFilter) -> Result<Vec<GrantView>, ServiceError> {
+        let chain = self.chain()?;
+        let cache = chain.releaser.cache().clone();
+        cache.sync(chain.releaser.provider()).await?;
+        let mut grants = match filter {
+            GrantFilter {
+                patient: None,
+                grantee: None,
+                involving: Some(me),
+            } => {
+                let mut all = cache.grants(Some(me), None);
+                all.extend(
+                    cache
+                        .grants(None, Some(me))
+                        .into_iter()
+                        .filter(|g| g.patient != me),
+                );
+                all
+            }
+            GrantFilter {
+                patient, grantee, ..
+            } => cache.grants(patient, grantee),
+        };
+        grants.sort_by_key(|g| (g.expiry, g.id));
+        Ok(grants)
+    }
+}

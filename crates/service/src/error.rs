@@ -1,0 +1,83 @@
+//! What a node operation can fail with. Each variant keeps its cause as `source`; the
+//! transports map variants to their own answers (HTTP status, MQTT error topic, exit
+//! code) in one place each.
+
+use medmesh_chain::{ChainError, RelayError, ReleaseError};
+use medmesh_core::CoreError;
+use medmesh_net::NetError;
+use medmesh_store::StoreError;
+
+/// Why a node operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The caller's input is unusable; nothing was changed.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// A domain value is malformed (record id, patient reference, media type…).
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// The store refused or failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The peer-to-peer network refused or failed (boxed: network errors are large
+    /// and every operation's `Result` would carry their size).
+    #[error(transparent)]
+    Net(Box<NetError>),
+    /// No record here, and no peer provides it.
+    #[error("no record {record} here, and no peer provides it ({source})")]
+    NotFoundAnywhere {
+        /// The record asked for.
+        record: String,
+        /// What the network said.
+        #[source]
+        source: Box<NetError>,
+    },
+    /// Key release refused or failed.
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
+    /// Relaying a signed grant or revocation failed.
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+    /// The chain could not be read.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// The node runs without a chain.
+    #[error(
+        "this node runs without a chain (start it with --chain-rpc and --chain-deployment), \
+         so it cannot check consent or release keys"
+    )]
+    NoChain,
+    /// The node has no account to pay for relays.
+    #[error(
+        "this node has no account on its chain to pay for relays (start it with --chain-key-file)"
+    )]
+    NoRelayer,
+    /// The node runs without the peer-to-peer network.
+    #[error("this node runs without the peer-to-peer network (started with --no-network)")]
+    NoNetwork,
+    /// A background task of the node died.
+    #[error("{what} stopped unexpectedly")]
+    Task {
+        /// What was being done.
+        what: &'static str,
+        /// Why it stopped.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+impl From<NetError> for ServiceError {
+    fn from(e: NetError) -> Self {
+        ServiceError::Net(Box::new(e))
+    }
+}
+
+/// Runs blocking work (redb, block files, key operations) on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
+) -> Result<T, ServiceError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|source| ServiceError::Task { what, source })?
+}

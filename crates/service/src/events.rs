@@ -1,0 +1,167 @@
+//! The node's event bus: one typed broadcast that the service layer publishes on and
+//! transports subscribe to (Server-Sent Events, webhooks, MQTT alert topics).
+//!
+//! Events name records by id and people by address or token id; they never carry
+//! plaintext, patient references or secrets, so any subscriber allowed to see the
+//! node's activity can receive them.
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// Events buffered per subscriber before a slow one starts missing some (it is told how
+/// many by `RecvError::Lagged`).
+const CAPACITY: usize = 1024;
+
+/// Something that happened on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum NodeEvent {
+    /// A record was ingested here.
+    RecordStored {
+        /// The record id.
+        record: String,
+        /// Plaintext bytes.
+        size: u64,
+    },
+    /// The local copy of a record was removed.
+    RecordRemoved {
+        /// The record id.
+        record: String,
+    },
+    /// A record was fetched from peers into this node.
+    RecordFetched {
+        /// The record id.
+        record: String,
+        /// Peers blocks came from.
+        providers: Vec<String>,
+        /// Blocks that came over the network.
+        blocks_fetched: u64,
+    },
+    /// A record's key was released to a grantee.
+    KeyReleased {
+        /// The record id.
+        record: String,
+        /// Who asked (as audited: `token:…`, `wallet:…`).
+        caller: String,
+        /// The grantee the key was wrapped for.
+        grantee: String,
+        /// `grant` or `emergency`.
+        access: String,
+        /// The grant or emergency id.
+        access_id: String,
+    },
+    /// A key request was refused.
+    KeyDenied {
+        /// The record id.
+        record: String,
+        /// Who asked.
+        caller: String,
+        /// The grantee the request named.
+        grantee: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A patient's signed grant was relayed and mined.
+    GrantRelayed {
+        /// The grant id.
+        grant_id: String,
+        /// The transaction hash.
+        transaction: String,
+        /// The block it was mined in.
+        block: u64,
+    },
+    /// A patient's signed revocation was relayed and mined.
+    RevocationRelayed {
+        /// The grant id revoked.
+        grant_id: String,
+        /// The transaction hash.
+        transaction: String,
+        /// The block it was mined in.
+        block: u64,
+    },
+    /// A break-glass (emergency) access was opened on chain: an institution may read
+    /// a patient's records without a grant until `until`.
+    BreakGlassOpened {
+        /// The emergency id.
+        emergency_id: String,
+        /// The institution that opened it.
+        institution: String,
+        /// The patient concerned.
+        patient: String,
+        /// Unix seconds when it ends.
+        until: u64,
+    },
+    /// A break-glass access was closed before its end.
+    BreakGlassClosed {
+        /// The emergency id.
+        emergency_id: String,
+    },
+    /// The replicas of a record changed (placed, lost, replaced).
+    ReplicationChanged {
+        /// The record id.
+        record: String,
+        /// How many copies are wanted.
+        copies: u32,
+        /// Peers that now hold one.
+        holders: Vec<String>,
+    },
+    /// A peer connected.
+    PeerConnected {
+        /// Its PeerId.
+        peer: String,
+    },
+    /// The last connection to a peer closed.
+    PeerDisconnected {
+        /// Its PeerId.
+        peer: String,
+    },
+}
+
+/// The broadcast every service publishes on; clones share it.
+#[derive(Debug, Clone)]
+pub struct EventBus {
+    sender: broadcast::Sender<NodeEvent>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self {
+            sender: broadcast::channel(CAPACITY).0,
+        }
+    }
+}
+
+impl EventBus {
+    /// Publishes an event to every current subscriber (none is fine).
+    pub fn publish(&self, event: NodeEvent) {
+        tracing::debug!(?event, "node event");
+        let _ = self.sender.send(event);
+    }
+
+    /// A new subscription: every event published from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
+        self.sender.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn subscribers_get_events_published_after_they_subscribed() {
+        let bus = EventBus::default();
+        bus.publish(NodeEvent::RecordRemoved {
+            record: "before".into(),
+        });
+        let mut rx = bus.subscribe();
+        let event = NodeEvent::RecordRemoved {
+            record: "after".into(),
+        };
+        bus.publish(event.clone());
+        assert_eq!(rx.recv().await.unwrap(), event);
+        assert!(rx.try_recv().is_err(), "the earlier event is not replayed");
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["type"], "record_removed");
+    }
+}

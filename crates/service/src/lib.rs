@@ -1,0 +1,27 @@
+//! The node's operations, once, for every transport.
+//!
+//! [`NodeServices`] owns what a running node has — the store, the unlocked institution
+//! keys, the chain services (key release, relaying), the peer-to-peer network, its
+//! settings — and an [`EventBus`] of typed [`NodeEvent`]s. The HTTP API, the MQTT
+//! bridge and the CLI parse their input, call one method here and map the result; none
+//! of them holds node logic of its own.
+//!
+//! Every method is `async` and runs blocking or CPU-heavy work (redb transactions,
+//! block files, signatures, key unwrap) on tokio's blocking pool, so a transport cannot
+//! stall the executor by calling it.
+
+mod access;
+mod error;
+mod events;
+mod keys;
+mod network;
+mod records;
+mod services;
+
+pub use access::{ConsentLinkView, GrantFilter};
+pub use error::ServiceError;
+pub use events::{EventBus, NodeEvent};
+pub use keys::NodeKeys;
+pub use network::{NetworkView, ReplicationView};
+pub use records::{Ingest, OpenedRecord, RecordSummary};
+pub use services::{ChainServices, NodeServices, ServiceSettings};

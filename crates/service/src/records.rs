@@ -1,0 +1,276 @@
+//! Records: ingest (then announce), open for reading, metadata, search, removal, and
+//! the store's housekeeping (gc, check), tokens and the audit log.
+
+use std::io::{self, Read, Write};
+
+use bytes::Bytes;
+use medmesh_core::{ContentType, Manifest, PatientRef, RecordId, RecordMeta};
+use medmesh_store::{
+    ApiToken, AuditBreak, AuditEntry, AuditSummary, CheckReport, GcReport, PutRequest, RecordQuery,
+    RemoveReport, TokenScope,
+};
+use time::OffsetDateTime;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{blocking, ServiceError};
+use crate::events::NodeEvent;
+use crate::services::NodeServices;
+
+/// What to store with a new record.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    /// Media type; sniffed from the first bytes when `None`.
+    pub content_type: Option<ContentType>,
+    /// The patient reference the record is about.
+    pub patient: Option<PatientRef>,
+    /// Who is writing, as audited (`token:…`, `device:…`, `cli`).
+    pub actor: String,
+}
+
+/// A record id with its metadata.
+#[derive(Debug, Clone)]
+pub struct RecordSummary {
+    /// The record id.
+    pub id: RecordId,
+    /// Its metadata.
+    pub meta: RecordMeta,
+}
+
+/// A record opened for reading: its verified metadata and its plaintext as a stream of
+/// chunks. A chunk that fails verification ends the stream with an error, so a reader
+/// that got fewer than `meta.size` bytes must treat the record as unreadable.
+pub struct OpenedRecord {
+    /// The record's metadata, from its verified manifest.
+    pub meta: RecordMeta,
+    /// The plaintext, chunk by chunk.
+    pub body: mpsc::Receiver<io::Result<Bytes>>,
+}
+
+/// Plaintext chunks buffered between the reading thread and a slow consumer.
+const READ_AHEAD: usize = 4;
+
+impl NodeServices {
+    /// Encrypts and stores a record read from `input` (streamed: memory stays a few
+    /// chunks whatever its size), then announces it to the network in the background.
+    pub async fn ingest(
+        &self,
+        mut input: Box<dyn Read + Send>,
+        request: Ingest,
+    ) -> Result<RecordSummary, ServiceError> {
+        let (store, keys) = (self.store.clone(), self.keys.clone());
+        let put = PutRequest {
+            content_type: request.content_type,
+            patient: request.patient,
+            chunk_size: self.settings.chunk_size,
+            actor: request.actor,
+        };
+        let (id, meta) = blocking("record ingest", move || {
+            let id = store.put_record(
+                &mut input,
+                &put,
+                &keys.signer,
+                &keys.certificate,
+                &[],
+                &|_| {},
+            )?;
+            Ok((id, store.meta(&id)?))
+        })
+        .await?;
+        self.announce(id);
+        self.events.publish(NodeEvent::RecordStored {
+            record: id.to_string(),
+            size: meta.size,
+        });
+        Ok(RecordSummary { id, meta })
+    }
+
+    /// Announces that this node provides `id`, in the background (the caller does not
+    /// wait on peers); a failure is a warning.
+    pub(crate) fn announce(&self, id: RecordId) {
+        let Some(network) = self.network().cloned() else {
+            return;
+        };
+        tokio::spawn(async move {
+            if let Err(e) = network.provide(*id.cid()).await {
+                tracing::warn!(record = %id, error = %e, "provider announcement failed");
+            }
+        });
+    }
+
+    /// Opens record `id` for reading as `actor` (fetching it from peers first when this
+    /// node lacks it and the network is on). The signature and key are checked before
+    /// this returns; chunks are verified as they stream, and the read is audited once
+    /// the last one is out.
+    pub async fn open_record(
+        &self,
+        id: RecordId,
+        actor: &str,
+    ) -> Result<OpenedRecord, ServiceError> {
+        self.ensure_local(&id).await?;
+        let (ready_tx, ready_rx) = oneshot::channel::<Result<RecordMeta, ServiceError>>();
+        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
+        let (store, keys, actor) = (self.store.clone(), self.keys.clone(), actor.to_string());
+        tokio::task::spawn_blocking(move || {
+            let opened = {
+                let mut decryptor = keys.decryptor.lock().unwrap_or_else(|e| e.into_inner());
+                store.open_record(&id, &keys.certificate, &mut decryptor)
+            };
+            let record = match opened {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            if ready_tx.send(Ok(record.meta().clone())).is_err() {
+                return;
+            }
+            let mut out = ChannelWriter { tx: tx.clone() };
+            if let Err(e) = record.copy_to(&mut out, &actor, &|_| {}) {
+                tracing::error!(record = %id, error = %e, "read aborted");
+                let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
+            }
+        });
+        let meta = ready_rx.await.map_err(|_| {
+            ServiceError::InvalidInput("the record reader stopped before opening the record".into())
+        })??;
+        Ok(OpenedRecord { meta, body: rx })
+    }
+
+    /// A stored record's metadata and manifest.
+    pub async fn record(&self, id: RecordId) -> Result<(RecordMeta, Manifest), ServiceError> {
+        let store = self.store.clone();
+        blocking("record lookup", move || {
+            Ok((store.meta(&id)?, store.manifest(&id)?))
+        })
+        .await
+    }
+
+    /// Up to `limit` records matching `query`, oldest first, and the `since` of the
+    /// next page when more match.
+    pub async fn search(
+        &self,
+        mut query: RecordQuery,
+        limit: usize,
+    ) -> Result<(Vec<RecordSummary>, Option<OffsetDateTime>), ServiceError> {
+        if limit == 0 {
+            return Err(ServiceError::InvalidInput(
+                "a page holds at least one record".into(),
+            ));
+        }
+        // One more than asked tells whether another page follows.
+        query.limit = limit + 1;
+        let store = self.store.clone();
+        let mut found = blocking("record search", move || Ok(store.list(&query)?)).await?;
+        let more = found.len() > limit;
+        found.truncate(limit);
+        let next_since = more
+            .then(|| {
+                found
+                    .last()
+                    .map(|(_, m)| m.created + time::Duration::nanoseconds(1))
+            })
+            .flatten();
+        Ok((
+            found
+                .into_iter()
+                .map(|(id, meta)| RecordSummary { id, meta })
+                .collect(),
+            next_since,
+        ))
+    }
+
+    /// Removes the local copy of record `id` (its blocks no other record uses).
+    pub async fn remove(&self, id: RecordId, actor: &str) -> Result<RemoveReport, ServiceError> {
+        let (store, actor) = (self.store.clone(), actor.to_string());
+        let report = blocking("record removal", move || {
+            Ok(store.remove_record(&id, &actor)?)
+        })
+        .await?;
+        self.events.publish(NodeEvent::RecordRemoved {
+            record: id.to_string(),
+        });
+        Ok(report)
+    }
+
+    /// Deletes blocks no record references.
+    pub async fn gc(&self, actor: &str) -> Result<GcReport, ServiceError> {
+        let (store, actor) = (self.store.clone(), actor.to_string());
+        blocking("garbage collection", move || Ok(store.gc(&actor)?)).await
+    }
+
+    /// Re-hashes every block and verifies the audit log (reads everything).
+    pub async fn check(&self) -> Result<CheckReport, ServiceError> {
+        let store = self.store.clone();
+        blocking("consistency check", move || Ok(store.check()?)).await
+    }
+
+    /// Up to `limit` audit entries from position `from`.
+    pub async fn audit_page(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, ServiceError> {
+        let store = self.store.clone();
+        blocking("audit log", move || Ok(store.audit_page(from, limit)?)).await
+    }
+
+    /// Walks the audit chain; `Ok(Err(..))` names the first bad entry.
+    pub async fn audit_verify(&self) -> Result<Result<AuditSummary, AuditBreak>, ServiceError> {
+        let store = self.store.clone();
+        blocking("audit verification", move || Ok(store.audit_verify()?)).await
+    }
+
+    /// Creates an API token; returns it and its secret (shown once).
+    pub async fn create_token(
+        &self,
+        name: String,
+        scope: TokenScope,
+        actor: &str,
+    ) -> Result<(ApiToken, String), ServiceError> {
+        let (store, actor) = (self.store.clone(), actor.to_string());
+        blocking("token creation", move || {
+            Ok(store.create_token(&name, scope, &actor)?)
+        })
+        .await
+    }
+
+    /// Every API token (without secrets).
+    pub async fn tokens(&self) -> Result<Vec<ApiToken>, ServiceError> {
+        let store = self.store.clone();
+        blocking("token list", move || Ok(store.list_tokens()?)).await
+    }
+
+    /// Revokes token `id`.
+    pub async fn revoke_token(&self, id: String, actor: &str) -> Result<(), ServiceError> {
+        let (store, actor) = (self.store.clone(), actor.to_string());
+        blocking("token revocation", move || {
+            Ok(store.revoke_token(&id, &actor)?)
+        })
+        .await
+    }
+
+    /// The live token a bearer secret belongs to, if any.
+    pub async fn verify_token(&self, secret: String) -> Result<Option<ApiToken>, ServiceError> {
+        let store = self.store.clone();
+        blocking("token check", move || Ok(store.verify_token(&secret)?)).await
+    }
+}
+
+/// A blocking `Write` that hands plaintext to the async consumer.
+struct ChannelWriter {
+    tx: mpsc::Sender<io::Result<Bytes>>,
+}
+
+impl Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tx
+            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the reader went away"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

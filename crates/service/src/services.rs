@@ -1,0 +1,208 @@
+//! [`NodeServices`]: what a running node has, wired once by the binary and shared by
+//! every transport.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use medmesh_chain::{Deployment, KeyReleaser, Relayer};
+use medmesh_net::{NetEvent, Network};
+use medmesh_store::{AuditAction, AuditEvent, Store, DEFAULT_CHUNK_SIZE};
+
+use crate::error::{blocking, ServiceError};
+use crate::events::{EventBus, NodeEvent};
+use crate::keys::NodeKeys;
+
+/// What the node uses of a chain.
+pub struct ChainServices {
+    /// EIP-155 chain id (for EIP-712 domains).
+    pub chain_id: u64,
+    /// Contract addresses.
+    pub deployment: Deployment,
+    /// Key release (with the grant cache).
+    pub releaser: Arc<KeyReleaser>,
+    /// Relays signed grants from the node's account; `None` when the node has no
+    /// account on this chain.
+    pub relayer: Option<Arc<Relayer>>,
+}
+
+/// Settings of the node's operations.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    /// Plaintext bytes per chunk of new records.
+    pub chunk_size: u32,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        Self {
+            chunk_size: DEFAULT_CHUNK_SIZE,
+        }
+    }
+}
+
+/// Everything a running node has, and its operations (in the other modules of this
+/// crate). Cheap to share behind an `Arc`.
+pub struct NodeServices {
+    pub(crate) store: Arc<Store>,
+    pub(crate) keys: Arc<NodeKeys>,
+    pub(crate) settings: ServiceSettings,
+    pub(crate) events: EventBus,
+    chain: OnceLock<ChainServices>,
+    network: OnceLock<Network>,
+}
+
+impl NodeServices {
+    /// Services over `store`, writing records owned by `keys`' institution. The chain
+    /// and the network are connected afterwards, once each.
+    pub fn new(store: Arc<Store>, keys: Arc<NodeKeys>, settings: ServiceSettings) -> Self {
+        Self {
+            store,
+            keys,
+            settings,
+            events: EventBus::default(),
+            chain: OnceLock::new(),
+            network: OnceLock::new(),
+        }
+    }
+
+    /// Connects key release, grants and relaying. Set once; a later call keeps the
+    /// first and returns `false`.
+    /// Consent changes the grant cache applies (whoever made it sync) are republished
+    /// on the event bus as break-glass events.
+    pub fn enable_chain(&self, services: ChainServices) -> bool {
+        let mut changes = services.releaser.cache().subscribe();
+        if self.chain.set(services).is_err() {
+            return false;
+        }
+        let bus = self.events.clone();
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let report = match changes.recv().await {
+                    Ok(report) => report,
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "consent changes missed by the event bus");
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                for (id, institution, patient, until) in report.emergencies_opened {
+                    bus.publish(NodeEvent::BreakGlassOpened {
+                        emergency_id: id.to_string(),
+                        institution: institution.to_string(),
+                        patient: patient.to_string(),
+                        until,
+                    });
+                }
+                for id in report.emergencies_closed {
+                    bus.publish(NodeEvent::BreakGlassClosed {
+                        emergency_id: id.to_string(),
+                    });
+                }
+            }
+        });
+        true
+    }
+
+    /// Connects the peer-to-peer network (fetching, replication, announcing new
+    /// records); its connection events are republished on the event bus. Set once.
+    pub fn enable_network(&self, network: Network) -> bool {
+        let mut net_events = network.events();
+        if self.network.set(network).is_err() {
+            return false;
+        }
+        let bus = self.events.clone();
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match net_events.recv().await {
+                    Ok(NetEvent::Connected(peer)) => bus.publish(NodeEvent::PeerConnected {
+                        peer: peer.to_string(),
+                    }),
+                    Ok(NetEvent::Disconnected(peer)) => bus.publish(NodeEvent::PeerDisconnected {
+                        peer: peer.to_string(),
+                    }),
+                    Ok(NetEvent::Gossip { .. }) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        true
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The institution's keys.
+    pub fn keys(&self) -> &Arc<NodeKeys> {
+        &self.keys
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &ServiceSettings {
+        &self.settings
+    }
+
+    /// The event bus.
+    pub fn events(&self) -> &EventBus {
+        &self.events
+    }
+
+    /// The network, if connected.
+    pub fn network(&self) -> Option<&Network> {
+        self.network.get()
+    }
+
+    /// The network, or [`ServiceError::NoNetwork`].
+    pub(crate) fn require_network(&self) -> Result<&Network, ServiceError> {
+        self.network.get().ok_or(ServiceError::NoNetwork)
+    }
+
+    /// The chain services, or [`ServiceError::NoChain`].
+    pub fn chain(&self) -> Result<&ChainServices, ServiceError> {
+        self.chain.get().ok_or(ServiceError::NoChain)
+    }
+
+    /// Appends an audit entry off the executor. Failures are logged, not raised: a
+    /// refusal must still be answered even when the log cannot be written.
+    pub async fn audit(
+        &self,
+        action: AuditAction,
+        actor: &str,
+        subject: &str,
+        detail: Vec<(&str, String)>,
+    ) {
+        let store = self.store.clone();
+        let event = AuditEvent {
+            action,
+            actor: actor.to_string(),
+            subject: subject.to_string(),
+            detail: detail
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect::<BTreeMap<_, _>>(),
+        };
+        let result = blocking("audit append", move || Ok(store.audit(event)?)).await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "could not append to the audit log");
+        }
+    }
+
+    /// Appends several audit entries in one transaction (one fsync for all), off the
+    /// executor; failures are logged like [`NodeServices::audit`]'s.
+    pub async fn audit_batch(&self, events: Vec<AuditEvent>) {
+        let store = self.store.clone();
+        let result = blocking("audit append", move || Ok(store.audit_batch(events)?)).await;
+        if let Err(e) = result {
+            tracing::error!(error = %e, "could not append to the audit log");
+        }
+    }
+
+    /// Number of records in the local index.
+    pub async fn record_count(&self) -> Result<u64, ServiceError> {
+        let store = self.store.clone();
+        blocking("record count", move || Ok(store.record_count()?)).await
+    }
+}

@@ -1,0 +1,51 @@
+//! Every `redb` table of the store, in one place (as iroh-blobs' `tables.rs`).
+//!
+//! The modules that read and write the index import their tables from here and from
+//! nowhere else, so no module needs another one's internals just to name a table, and
+//! [`create_tables`] cannot forget one. Table names are part of the on-disk format:
+//! renaming one orphans its data.
+
+use redb::{TableDefinition, WriteTransaction};
+
+use crate::StoreError;
+
+/// Record id → its metadata (`RecordMeta` as JSON).
+pub(crate) const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+/// `(created, record id)`: every record, oldest first.
+pub(crate) const BY_TIME: TableDefinition<(u64, &str), ()> =
+    TableDefinition::new("records_by_time");
+/// `(owner, created, record id)`: records by owning institution.
+pub(crate) const BY_OWNER: TableDefinition<(&str, u64, &str), ()> =
+    TableDefinition::new("records_by_owner");
+/// `(patient reference, created, record id)`: records by patient.
+pub(crate) const BY_PATIENT: TableDefinition<(&str, u64, &str), ()> =
+    TableDefinition::new("records_by_patient");
+/// `(content type, created, record id)`: records by media type.
+pub(crate) const BY_TYPE: TableDefinition<(&str, u64, &str), ()> =
+    TableDefinition::new("records_by_type");
+/// Block CID → number of stored records that reference it (a record pins its blocks).
+pub(crate) const REFS: TableDefinition<&str, u64> = TableDefinition::new("block_refs");
+/// Sequence number → audit entry (JSON), the hash-chained log.
+pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// Token id → API token (JSON, secret hashed).
+pub(crate) const API_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("api_tokens");
+/// Record id → its consent link (JSON: patient wallet and scope salt).
+pub(crate) const CONSENT_LINKS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("consent_links");
+/// Record id → its replication settings (JSON).
+pub(crate) const REPLICATION: TableDefinition<&str, &[u8]> = TableDefinition::new("replication");
+
+/// Creates every table so readers never meet a missing one.
+pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
+    txn.open_table(RECORDS)?;
+    txn.open_table(BY_TIME)?;
+    txn.open_table(BY_OWNER)?;
+    txn.open_table(BY_PATIENT)?;
+    txn.open_table(BY_TYPE)?;
+    txn.open_table(REFS)?;
+    txn.open_table(AUDIT)?;
+    txn.open_table(API_TOKENS)?;
+    txn.open_table(CONSENT_LINKS)?;
+    txn.open_table(REPLICATION)?;
+    Ok(())
+}

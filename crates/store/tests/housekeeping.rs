@@ -1,0 +1,239 @@
+//! Private file modes of the store directory, and the sweep of orphans that killed
+//! uploads and fetches leave.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use medmesh_core::{cid_of, Cid, Codec, ContentType};
+use medmesh_store::{secure_permissions, AuditAction, Store, MIN_CHUNK_SIZE};
+
+fn mode(path: &Path) -> u32 {
+    fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn chmod(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Every directory and file under `dir`, `dir` included.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(tree(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
+fn secure_permissions_narrows_loose_modes_and_names_them() {
+    let outer = tempfile::tempdir().unwrap();
+    let root = outer.path().join("store");
+    let sub = root.join("keys").join("old");
+    let blocks = root.join(Store::BLOCKS_DIR);
+    let shard = blocks.join("ab");
+    fs::create_dir_all(&sub).unwrap();
+    fs::create_dir_all(&shard).unwrap();
+    let write = |path: &Path, mode: u32| {
+        fs::write(path, b"x").unwrap();
+        chmod(path, mode);
+    };
+    let index = root.join("index.redb");
+    let nested = sub.join("state.json");
+    let group_readable = root.join("medmesh.toml");
+    let stray = blocks.join("stray");
+    let private = root.join("private");
+    let read_only = root.join("read-only");
+    let block_file = shard.join("block.data");
+    write(&index, 0o644);
+    write(&nested, 0o666);
+    write(&group_readable, 0o640);
+    write(&stray, 0o604);
+    write(&private, 0o600);
+    write(&read_only, 0o400);
+    write(&block_file, 0o644);
+    // A link to a file outside: neither followed nor changed.
+    let outside = outer.path().join("outside");
+    write(&outside, 0o644);
+    std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+    let dirs = [
+        root.clone(),
+        root.join("keys"),
+        sub.clone(),
+        blocks.clone(),
+        shard.clone(),
+    ];
+    for dir in &dirs {
+        chmod(dir, 0o755);
+    }
+
+    let mut repaired = secure_permissions(&root).unwrap();
+    repaired.sort();
+    let mut expected: Vec<PathBuf> = dirs.to_vec();
+    expected.extend([
+        index.clone(),
+        nested.clone(),
+        group_readable.clone(),
+        stray.clone(),
+    ]);
+    expected.sort();
+    assert_eq!(repaired, expected);
+
+    for dir in &dirs {
+        assert_eq!(mode(dir), 0o700, "{}", dir.display());
+    }
+    for file in [&index, &nested, &group_readable, &stray, &private] {
+        assert_eq!(mode(file), 0o600, "{}", file.display());
+    }
+    assert_eq!(mode(&read_only), 0o400, "modes are narrowed, never widened");
+    assert_eq!(mode(&outside), 0o644, "links are not followed");
+    // Block files are not walked (the store creates them 0600, in 0700 shard dirs).
+    assert_eq!(mode(&block_file), 0o644);
+
+    assert!(secure_permissions(&root).unwrap().is_empty(), "idempotent");
+}
+
+#[test]
+fn a_store_is_private_and_repaired_when_opened() {
+    let mut f = fixture();
+    f.put_with(
+        &noise(3 * MIN_CHUNK_SIZE as usize, 31),
+        request(ContentType::OCTET_STREAM, MIN_CHUNK_SIZE),
+    );
+    // Only the directory the test made (with the umask's mode) needed narrowing:
+    // everything the store created was private from the start.
+    assert!(
+        f.store
+            .repaired_permissions()
+            .iter()
+            .all(|p| p == f.dir.path()),
+        "{:?}",
+        f.store.repaired_permissions()
+    );
+    let dir = f.dir.path().to_path_buf();
+    let all = tree(&dir);
+    assert!(all.len() >= 7, "{all:?}");
+    for path in &all {
+        let expected = if path.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode(path), expected, "{}", path.display());
+    }
+
+    // A store an older version left readable is repaired at the next open.
+    drop(f.store);
+    let index = dir.join(Store::INDEX_FILE);
+    let blocks = dir.join(Store::BLOCKS_DIR);
+    chmod(&index, 0o644);
+    chmod(&blocks, 0o755);
+    let store = Store::open(&dir).unwrap();
+    let mut repaired = store.repaired_permissions().to_vec();
+    repaired.sort();
+    let mut expected = vec![index.clone(), blocks.clone()];
+    expected.sort();
+    assert_eq!(repaired, expected);
+    assert_eq!((mode(&index), mode(&blocks)), (0o600, 0o700));
+}
+
+/// Sets a file's modification time `age` in the past.
+fn age(path: &Path, age: Duration) {
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(SystemTime::now() - age)
+        .unwrap();
+}
+
+fn gc_entries(store: &Store) -> usize {
+    store
+        .audit_page(0, 1000)
+        .unwrap()
+        .iter()
+        .filter(|e| e.action == AuditAction::GarbageCollect)
+        .count()
+}
+
+#[test]
+fn sweep_orphans_removes_only_old_unreferenced_blocks_and_temp_files() {
+    let mut f = fixture();
+    let data = noise(2 * MIN_CHUNK_SIZE as usize, 32);
+    let id = f.put_with(&data, request(ContentType::OCTET_STREAM, MIN_CHUNK_SIZE));
+    let mut referenced: Vec<Cid> = f.store.manifest(&id).unwrap().body.chunks;
+    referenced.push(*id.cid());
+    let two_hours = Duration::from_secs(2 * 3600);
+    // Old but referenced: a stored record is never swept, whatever its age.
+    for cid in &referenced {
+        age(&block_path(f.dir.path(), cid), two_hours);
+    }
+
+    // What a killed upload left two hours ago, and what a fetch in progress just wrote.
+    let old_orphan = cid_of(Codec::Raw, b"old orphan");
+    let fresh_orphan = cid_of(Codec::Raw, b"fresh orphan");
+    f.store.blocks().put(&old_orphan, b"old orphan").unwrap();
+    f.store
+        .blocks()
+        .put(&fresh_orphan, b"fresh orphan")
+        .unwrap();
+    age(&block_path(f.dir.path(), &old_orphan), two_hours);
+    let shard = block_path(f.dir.path(), &old_orphan)
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let old_temp = shard.join(".tmp-1-1");
+    let fresh_temp = shard.join(".tmp-1-2");
+    fs::write(&old_temp, b"partial").unwrap();
+    fs::write(&fresh_temp, b"in progress").unwrap();
+    age(&old_temp, two_hours);
+
+    let audited = gc_entries(&f.store);
+    let report = f
+        .store
+        .sweep_orphans(Duration::from_secs(3600), "test")
+        .unwrap();
+    assert_eq!(
+        (
+            report.blocks_removed,
+            report.temp_files_removed,
+            report.bytes_freed
+        ),
+        (1, 1, (b"old orphan".len() + b"partial".len()) as u64),
+        "{report:?}"
+    );
+    assert!(!f.store.blocks().has(&old_orphan) && !old_temp.exists());
+    assert!(f.store.blocks().has(&fresh_orphan) && fresh_temp.exists());
+    assert!(referenced.iter().all(|c| f.store.blocks().has(c)));
+    assert_eq!(f.read(&id).unwrap(), data);
+    assert_eq!(
+        gc_entries(&f.store),
+        audited + 1,
+        "a sweep that removed something is audited"
+    );
+
+    // Nothing old is left: a second sweep removes nothing and logs nothing.
+    let again = f
+        .store
+        .sweep_orphans(Duration::from_secs(3600), "test")
+        .unwrap();
+    assert_eq!((again.blocks_removed, again.temp_files_removed), (0, 0));
+    assert_eq!(gc_entries(&f.store), audited + 1);
+
+    // gc is the same sweep without an age limit: the fresh orphans go too.
+    let gc = f.store.gc("test").unwrap();
+    assert_eq!((gc.blocks_removed, gc.temp_files_removed), (1, 1));
+    assert!(!f.store.blocks().has(&fresh_orphan) && !fresh_temp.exists());
+    assert_eq!(gc_entries(&f.store), audited + 2);
+    assert_eq!(f.read(&id).unwrap(), data);
+    let check = f.store.check().unwrap();
+    assert!(
+        check.problems.is_empty() && check.unreferenced_blocks == 0,
+        "{check:?}"
+    );
+}
