@@ -18,7 +18,8 @@ if [ ! -d interop/helia/node_modules/helia ]; then
 fi
 
 # The SDK must not compile the server: no HTTP server, index, libp2p or EVM in its tree.
-heavy=$(cargo tree -p medmesh-sdk -e normal --prefix none --locked | grep -E '^(axum|redb|libp2p|revm)( |-)' | sort -u || true)
+sdk_tree=$(cargo tree -p medmesh-sdk -e normal --prefix none --locked)
+heavy=$(printf '%s\n' "$sdk_tree" | grep -E '^(axum|redb|libp2p|revm)( |-)' | sort -u || true)
 if [ -n "$heavy" ]; then
   echo "medmesh-sdk depends on server crates:" >&2
   echo "$heavy" >&2

@@ -119,6 +119,7 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
     let decryptor = keys.decryptor.clone();
     let settings = ServiceSettings {
         chunk_size: node.config.store.chunk_size,
+        ..ServiceSettings::default()
     };
     let services = Arc::new(NodeServices::new(store.clone(), Arc::new(keys), settings));
     let chain_source = match (&args.chain_rpc, &args.chain_deployment) {
@@ -216,13 +217,15 @@ fn spawn_orphan_sweep(store: Arc<Store>) {
             let swept =
                 tokio::task::spawn_blocking(move || store.sweep_orphans(ORPHAN_AGE, "node")).await;
             match swept {
-                Ok(Ok(r)) if r.blocks_removed + r.temp_files_removed > 0 => tracing::warn!(
+                Ok(Ok(Some(r))) if r.blocks_removed + r.temp_files_removed > 0 => tracing::warn!(
                     blocks = r.blocks_removed,
                     temp_files = r.temp_files_removed,
                     bytes = r.bytes_freed,
                     "deleted what interrupted writes left behind"
                 ),
-                Ok(Ok(_)) => {}
+                Ok(Ok(Some(_))) => {}
+                // An upload or import is in progress: the next pass tries again.
+                Ok(Ok(None)) => tracing::debug!("orphan sweep skipped: the store is busy"),
                 Ok(Err(e)) => tracing::warn!(error = %e, "orphan sweep failed"),
                 Err(_) => return,
             }

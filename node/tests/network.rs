@@ -119,8 +119,12 @@ impl Proc {
         }
     }
 
+    /// Complete block files (a write in flight is a temp file, not a block yet).
     fn block_files(&self) -> usize {
-        files_under(&self.dir.join("store/blocks")).len()
+        files_under(&self.dir.join("store/blocks"))
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "data"))
+            .count()
     }
 }
 

@@ -7,6 +7,7 @@
 //! [`Authorized<Admin>`] before any body extractor, so a caller without the scope is
 //! refused (403) before its body is even parsed.
 
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use medmesh_core::siwe::SiweMessage;
 use medmesh_crypto::eth::{recover_personal_sign, Address, WalletSignatureError};
-use medmesh_store::TokenScope;
+use medmesh_store::{AuditAction, AuditEvent, TokenScope};
 use ring::rand::{SecureRandom, SystemRandom};
 use time::OffsetDateTime;
 
@@ -80,24 +81,35 @@ impl Principal {
                  key release under on-chain grants (POST /v1/records/{{id}}/key)"
             ),
         };
-        state
-            .inner
-            .denials
-            .record(self.actor(), subject.to_string(), refusal.clone(), true)
-            .await;
-        Err(ApiError::forbidden(refusal))
+        let error = ApiError::forbidden(refusal);
+        refused(state, self.actor(), subject, &error).await;
+        Err(error)
     }
+}
+
+/// Audits a refused request of `actor` on `subject` (coalesced by caller and kind of
+/// refusal, see `medmesh_service::DenialLog`).
+pub(crate) async fn refused(state: &AppState, actor: String, subject: &str, error: &ApiError) {
+    let event = AuditEvent {
+        action: AuditAction::AccessDenied,
+        actor,
+        subject: subject.to_string(),
+        detail: BTreeMap::from([("reason".to_string(), error.detail().to_string())]),
+    };
+    state.services().denials().record(event, error.slug()).await;
 }
 
 /// The address a request came from, as its rate-limit and audit key.
 pub(crate) fn client_key(parts: &Parts) -> String {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or_else(
-            || "anonymous".to_string(),
-            |ConnectInfo(a)| address_key(a.ip()),
-        )
+    client_key_of(&parts.extensions)
+}
+
+/// [`client_key`] from a request's extensions (where the server put the peer address).
+pub(crate) fn client_key_of(extensions: &axum::http::Extensions) -> String {
+    extensions.get::<ConnectInfo<SocketAddr>>().map_or_else(
+        || "anonymous".to_string(),
+        |ConnectInfo(a)| address_key(a.ip()),
+    )
 }
 
 impl FromRequestParts<AppState> for Principal {
@@ -109,16 +121,7 @@ impl FromRequestParts<AppState> for Principal {
             Err(e) => {
                 // Refused callers are audited by address: the token they sent proves
                 // nothing, and naming it would let anyone write entries in its name.
-                state
-                    .inner
-                    .denials
-                    .record(
-                        client_key(parts),
-                        parts.uri.path().to_string(),
-                        e.detail().to_string(),
-                        false,
-                    )
-                    .await;
+                refused(state, client_key(parts), parts.uri.path(), &e).await;
                 return Err(e);
             }
         };
@@ -195,7 +198,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiE
         .to_string();
     if token.starts_with(SESSION_PREFIX) {
         let mut sessions = lock(&state.inner.sessions);
-        return match sessions.get(&token) {
+        return match sessions.get_mut(&token).map(|s| s.clone()) {
             Some(s) if s.expires > OffsetDateTime::now_utc() => {
                 Ok(Principal::Wallet { address: s.address })
             }
@@ -232,10 +235,8 @@ pub(crate) fn random_hex(bytes: usize) -> Result<String, ApiError> {
 pub(crate) fn issue_nonce(state: &AppState) -> Result<(String, OffsetDateTime), ApiError> {
     let nonce = random_hex(12)?;
     let expires = OffsetDateTime::now_utc() + state.inner.config.nonce_ttl;
-    let mut nonces = lock(&state.inner.nonces);
-    let now = OffsetDateTime::now_utc();
-    nonces.retain(|_, exp| *exp > now);
-    nonces.insert(nonce.clone(), expires);
+    // Expired nonces are refused when used, and forgotten with their generation.
+    lock(&state.inner.nonces).insert(nonce.clone(), expires);
     Ok((nonce, expires))
 }
 

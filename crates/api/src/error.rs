@@ -77,7 +77,7 @@ impl ApiError {
             ..Self::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate-limited",
-                "too many requests for this token; retry after the number of seconds in Retry-After",
+                "too many requests from this client; retry after the number of seconds in Retry-After",
             )
         }
     }
@@ -95,6 +95,11 @@ impl ApiError {
     /// The status code.
     pub fn status(&self) -> StatusCode {
         self.status
+    }
+
+    /// The problem's slug: a stable code of its kind (`forbidden`, `unauthenticated`…).
+    pub fn slug(&self) -> &'static str {
+        self.slug
     }
 
     /// What went wrong, as the client reads it (also the audit log's reason).
@@ -147,6 +152,8 @@ impl From<ServiceError> for ApiError {
             ServiceError::NoChain => Self::unavailable("no-chain", e.to_string()),
             ServiceError::NoRelayer => Self::unavailable("no-relayer", e.to_string()),
             ServiceError::NoNetwork => Self::unavailable("network-disabled", e.to_string()),
+            ServiceError::Busy(_) => Self::unavailable("busy", e.to_string()),
+            ServiceError::Internal(what) => Self::internal(what, "see the node's log"),
             ServiceError::Task { what, .. } => Self::internal(what, e),
         }
     }

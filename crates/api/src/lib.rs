@@ -14,7 +14,6 @@
 //! connections are bounded in number and closed when idle or too slow.
 
 mod auth;
-mod denials;
 mod error;
 mod metrics;
 mod openapi;
@@ -23,7 +22,6 @@ mod routes;
 mod state;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,7 +59,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/v1/records/{id}",
-            bounded(get(records::info).merge(delete(records::remove))),
+            // Changes are not cut by the time limit: an answer must say what happened.
+            bounded(get(records::info)).merge(delete(records::remove)),
         )
         .route("/v1/records/{id}/content", get(records::download))
         // A fetch can move gigabytes: no 30 s limit.
@@ -72,15 +71,16 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/network", bounded(get(routes::network::status)))
         .route("/v1/network/dial", bounded(post(routes::network::dial)))
-        .route("/v1/records/{id}/consent-link", bounded(put(access::link)))
+        .route("/v1/records/{id}/consent-link", put(access::link))
         .route("/v1/records/{id}/key", bounded(post(access::request_key)))
         .route("/v1/access/challenge", bounded(post(access::challenge)))
         .route("/v1/chain", bounded(get(grants::chain_info)))
         .route(
             "/v1/grants",
-            bounded(get(grants::list).merge(post(grants::relay_grant))),
+            // A relay waits for its transaction (with deadlines of its own).
+            bounded(get(grants::list)).merge(post(grants::relay_grant)),
         )
-        .route("/v1/grants/revoke", bounded(post(grants::relay_revoke)))
+        .route("/v1/grants/revoke", post(grants::relay_revoke))
         .route(
             "/v1/keys/institution",
             bounded(get(system::institution_key)),
@@ -90,17 +90,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/auth/nonce", bounded(post(routes::auth::nonce)))
         .route("/v1/auth/siwe", bounded(post(routes::auth::siwe)))
         .route("/v1/auth/whoami", bounded(get(routes::auth::whoami)))
-        .route("/v1/admin/gc", bounded(post(system::gc)))
+        .route("/v1/admin/gc", post(system::gc))
         // A check reads every block: no request time limit.
         .route("/v1/admin/check", post(system::check))
         .route(
             "/v1/admin/tokens",
-            bounded(post(system::create_token).merge(get(system::list_tokens))),
+            bounded(get(system::list_tokens)).merge(post(system::create_token)),
         )
-        .route(
-            "/v1/admin/tokens/{id}",
-            bounded(delete(system::revoke_token)),
-        )
+        .route("/v1/admin/tokens/{id}", delete(system::revoke_token))
         .fallback(|| async {
             ApiError::not_found("no such endpoint; the API is described at /openapi.json and /docs")
         })
@@ -181,7 +178,7 @@ pub async fn serve(
     {
         tracing::warn!("some API requests were still running at shutdown");
     }
-    state.inner.denials.flush().await;
+    state.services().denials().flush().await;
     Ok(())
 }
 
@@ -204,10 +201,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
 /// One token bucket per client address, before anything else is looked at (the
 /// authenticated caller's own bucket is checked when it is authenticated).
 async fn rate_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let key = match request.extensions().get::<ConnectInfo<SocketAddr>>() {
-        Some(ConnectInfo(addr)) => ratelimit::address_key(addr.ip()),
-        None => "anonymous".into(),
-    };
+    let key = auth::client_key_of(request.extensions());
     match state.inner.address_limiter.check(&key) {
         Ok(()) => next.run(request).await,
         Err(retry_after) => ApiError::rate_limited(retry_after).into_response(),

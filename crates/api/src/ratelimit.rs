@@ -1,16 +1,16 @@
-//! Token buckets: one per client address before authentication, one per token (or
-//! wallet) after it, so rotating bogus tokens gains nothing and a shared address does
-//! not exhaust a valid token's allowance. Beyond its bucket a client gets 429 with
+//! Token buckets: one per client address before authentication (ten times a caller's
+//! allowance, since local clients share 127.0.0.1), one per token (or wallet) after
+//! it, so rotating bogus tokens gains nothing. Beyond its bucket a client gets 429 with
 //! `Retry-After`.
 //!
-//! The table is bounded without scanning it: buckets live in two generations, and when
-//! the current one is full it becomes the previous and the old previous is dropped
-//! whole. A bucket untouched for a generation is forgotten (it was refilling anyway).
+//! The table is bounded without scanning it (a [`BoundedMap`]): a bucket untouched for
+//! a generation is forgotten (it was refilling anyway).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Instant;
+
+use medmesh_core::bounded::BoundedMap;
 
 use crate::state::lock;
 
@@ -23,17 +23,11 @@ struct Bucket {
     last: Instant,
 }
 
-#[derive(Default)]
-struct Generations {
-    current: HashMap<String, Bucket>,
-    previous: HashMap<String, Bucket>,
-}
-
 /// Token buckets keyed by client.
 pub struct RateLimiter {
     rate: f64,
     burst: f64,
-    buckets: Mutex<Generations>,
+    buckets: Mutex<BoundedMap<String, Bucket>>,
 }
 
 impl RateLimiter {
@@ -42,19 +36,15 @@ impl RateLimiter {
         Self {
             rate: rate.max(0.001),
             burst: burst.max(1.0),
-            buckets: Mutex::new(Generations::default()),
+            buckets: Mutex::new(BoundedMap::new(GENERATION)),
         }
     }
 
     /// Takes one request from `key`'s bucket; `Err(seconds)` says when to retry.
     pub fn check(&self, key: &str) -> Result<(), u64> {
         let now = Instant::now();
-        let mut g = lock(&self.buckets);
-        let found = match g.current.get(key) {
-            Some(b) => Some(*b),
-            None => g.previous.remove(key),
-        };
-        let mut bucket = found.unwrap_or(Bucket {
+        let mut buckets = lock(&self.buckets);
+        let mut bucket = buckets.remove(&key.to_string()).unwrap_or(Bucket {
             tokens: self.burst,
             last: now,
         });
@@ -67,18 +57,14 @@ impl RateLimiter {
         } else {
             Err(((1.0 - bucket.tokens) / self.rate).ceil() as u64)
         };
-        if g.current.len() >= GENERATION && !g.current.contains_key(key) {
-            g.previous = std::mem::take(&mut g.current);
-        }
-        g.current.insert(key.to_string(), bucket);
+        buckets.insert(key.to_string(), bucket);
         answer
     }
 
     /// Buckets held (both generations), for tests.
     #[cfg(test)]
     fn len(&self) -> usize {
-        let g = lock(&self.buckets);
-        g.current.len() + g.previous.len()
+        lock(&self.buckets).len()
     }
 }
 

@@ -1,15 +1,14 @@
 //! Shared state of the API: the node's services, plus what only HTTP has (sessions,
 //! nonces, rate limits, request metrics, settings).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use medmesh_core::bounded::BoundedMap;
 use medmesh_service::NodeServices;
 use time::OffsetDateTime;
 
 use crate::auth::Session;
-use crate::denials::DenialLog;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 
@@ -63,6 +62,12 @@ impl Default for ApiConfig {
     }
 }
 
+/// Wallet sessions per generation: a flood of sign-ins (any key can sign in) forgets
+/// the oldest unused sessions, never scans them.
+const SESSIONS: usize = 65_536;
+/// Sign-in nonces per generation (anyone may ask for one).
+const NONCES: usize = 65_536;
+
 /// How many callers' worth of requests one client address may send.
 const ADDRESS_RATE_FACTOR: f64 = 10.0;
 
@@ -75,13 +80,12 @@ pub struct AppState {
 pub(crate) struct Inner {
     pub services: Arc<NodeServices>,
     pub config: ApiConfig,
-    pub sessions: Mutex<HashMap<String, Session>>,
-    pub nonces: Mutex<HashMap<String, OffsetDateTime>>,
+    pub sessions: Mutex<BoundedMap<String, Session>>,
+    pub nonces: Mutex<BoundedMap<String, OffsetDateTime>>,
     /// Per authenticated caller (token id or wallet).
     pub limiter: RateLimiter,
     /// Per client address, before authentication.
     pub address_limiter: RateLimiter,
-    pub denials: DenialLog,
     pub metrics: Metrics,
     pub started: Instant,
 }
@@ -98,11 +102,10 @@ impl AppState {
                     ADDRESS_RATE_FACTOR * config.rate_per_second,
                     ADDRESS_RATE_FACTOR * config.rate_burst,
                 ),
-                denials: DenialLog::new(services.clone()),
                 services,
                 config,
-                sessions: Mutex::new(HashMap::new()),
-                nonces: Mutex::new(HashMap::new()),
+                sessions: Mutex::new(BoundedMap::new(SESSIONS)),
+                nonces: Mutex::new(BoundedMap::new(NONCES)),
                 metrics: Metrics::default(),
                 started: Instant::now(),
             }),
@@ -114,7 +117,8 @@ impl AppState {
         &self.inner.services
     }
 
-    /// The store (through the services).
+    /// The store (through the services), for tests and benchmarks that look at disk;
+    /// handlers go through [`AppState::services`].
     pub fn store(&self) -> &Arc<medmesh_store::Store> {
         self.inner.services.store()
     }

@@ -173,6 +173,20 @@ struct Saved {
     last_block: Option<u64>,
 }
 
+/// Longest a chain call of a sync may take.
+const RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `call`, or [`ChainError::Timeout`] after `after`.
+async fn within<T>(
+    after: std::time::Duration,
+    what: &'static str,
+    call: impl std::future::Future<Output = T>,
+) -> Result<T, ChainError> {
+    tokio::time::timeout(after, call)
+        .await
+        .map_err(|_| ChainError::Timeout { what, after })
+}
+
 /// Blocks fetched per `eth_getLogs` call, below common RPC limits.
 const LOG_RANGE: u64 = 2_000;
 
@@ -260,7 +274,11 @@ impl GrantCache {
     /// which block it reached. Concurrent calls run one after the other.
     pub async fn sync<P: Provider>(&self, provider: &P) -> Result<SyncReport, ChainError> {
         let mut saved = self.syncing.lock().await;
-        let latest = provider.get_block_number().await.map_err(ChainError::rpc)?;
+        // Bounded: syncs run one at a time, so one hung call would stall every key
+        // release and grant listing behind it.
+        let latest = within(RPC_TIMEOUT, "eth_blockNumber", provider.get_block_number())
+            .await?
+            .map_err(ChainError::rpc)?;
         let mut report = SyncReport {
             latest,
             ..SyncReport::default()
@@ -304,7 +322,9 @@ impl GrantCache {
                 .address(self.contract)
                 .from_block(next)
                 .to_block(to);
-            let logs = provider.get_logs(&filter).await.map_err(ChainError::rpc)?;
+            let logs = within(RPC_TIMEOUT, "eth_getLogs", provider.get_logs(&filter))
+                .await?
+                .map_err(ChainError::rpc)?;
             {
                 let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
                 for log in &logs {

@@ -11,7 +11,7 @@ pub enum ChainError {
     #[error("deploying {0} failed: {1}")]
     Deploy(&'static str, String),
     /// A snapshot (the dev chain's state) could not be read or written.
-    #[error("grant cache snapshot {path}: {reason}")]
+    #[error("snapshot {path}: {reason}")]
     Snapshot {
         /// The snapshot file.
         path: String,

@@ -26,7 +26,9 @@ pub use deploy::{deploy, Deployment};
 pub use error::ChainError;
 pub use registry::registered_peer_id;
 pub use relay::{relaying_provider, RelayError, Relayed, Relayer};
-pub use release::{patient_scope, record_scope, KeyReleaser, KeyRequest, ReleaseError, Released};
+pub use release::{
+    denial_event, patient_scope, record_scope, KeyReleaser, KeyRequest, ReleaseError, Released,
+};
 
 /// Rust bindings generated from the committed artifacts in `contracts/artifacts/`.
 pub mod bindings {

@@ -39,6 +39,10 @@ pub const RECEIPT_DEADLINE: Duration = Duration::from_secs(60);
 pub const SEND_DEADLINE: Duration = Duration::from_secs(30);
 /// Sends retried after the node refused the account nonce.
 pub const NONCE_RETRIES: usize = 3;
+/// How long a relay whose answer was lost keeps looking at the chain for its outcome.
+pub const SETTLE_DEADLINE: Duration = Duration::from_secs(15);
+/// Pause between those looks.
+const SETTLE_POLL: Duration = Duration::from_millis(250);
 
 /// A relayed transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -345,7 +349,15 @@ impl Relayer {
         start_block: u64,
         cause: ChainError,
     ) -> Result<Relayed, RelayError> {
-        match self.on_chain(signed, transaction, start_block).await {
+        // A transaction whose answer was lost may still be pending (a chain mines a
+        // moment after accepting it): look again for a while before saying unknown.
+        let deadline = tokio::time::Instant::now() + SETTLE_DEADLINE;
+        let mut seen = self.on_chain(signed, transaction, start_block).await;
+        while matches!(seen, Ok(None)) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(SETTLE_POLL).await;
+            seen = self.on_chain(signed, transaction, start_block).await;
+        }
+        match seen {
             Ok(Some(answer)) => {
                 if let Ok(r) = &answer {
                     tracing::info!(

@@ -15,12 +15,13 @@
 //! never on the async executor. The same code serves every transport (HTTP now, the
 //! libp2p request/response protocol later).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use alloy::primitives::{keccak256, Address, B256};
 use alloy::providers::DynProvider;
+use medmesh_core::bounded::BoundedMap;
 use medmesh_core::{KeyWrap, RecordId};
 use medmesh_crypto::eth::recover_personal_sign;
 use medmesh_crypto::{Certificate, CryptoError, UnlockedDecryptor};
@@ -35,6 +36,8 @@ use crate::ChainError;
 pub const SCOPE_RECORD: u8 = 0;
 /// `ScopeKind.PatientAtInstitution` of the contract.
 pub const SCOPE_PATIENT: u8 = 1;
+/// Challenges per generation of the bounded challenge table.
+const CHALLENGES: usize = 65_536;
 /// How long a challenge can be answered.
 pub const CHALLENGE_TTL: Duration = Duration::from_secs(300);
 
@@ -69,6 +72,26 @@ fn is_fresh(issued: SystemTime) -> bool {
         .is_ok_and(|age| age < CHALLENGE_TTL)
 }
 
+/// The audit entry of a refused key request by `caller` (see [`KeyReleaser::release`]).
+pub fn denial_event(request: &KeyRequest, caller: &str, error: &ReleaseError) -> AuditEvent {
+    let mut detail = request_detail(request);
+    detail.insert("reason".into(), error.to_string());
+    AuditEvent {
+        action: AuditAction::KeyReleaseDenied,
+        actor: caller.to_string(),
+        subject: request.record.to_string(),
+        detail,
+    }
+}
+
+/// What every key-release entry records of the request.
+fn request_detail(request: &KeyRequest) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("purpose".to_string(), format!("DUO:{:07}", request.purpose)),
+        ("grantee".to_string(), request.grantee.to_string()),
+    ])
+}
+
 /// A grantee's request for a record's key.
 #[derive(Debug, Clone)]
 pub struct KeyRequest {
@@ -89,10 +112,8 @@ pub struct KeyRequest {
 impl KeyRequest {
     /// The exact text the grantee signs.
     pub fn message(record: &RecordId, grantee: Address, purpose: u32, challenge: &str) -> String {
-        format!(
-            "medmesh key request\nrecord: {record}\ngrantee: {}\npurpose: DUO:{purpose:07}\nchallenge: {challenge}",
-            grantee.to_checksum(None)
-        )
+        // One text for wallets, the SDK and the node.
+        medmesh_consent::key_request_message(record, grantee, purpose, challenge)
     }
 }
 
@@ -192,7 +213,7 @@ pub struct KeyReleaser {
     cache: Arc<GrantCache>,
     provider: DynProvider,
     node_registry: Address,
-    challenges: Mutex<HashMap<String, SystemTime>>,
+    challenges: Mutex<BoundedMap<String, SystemTime>>,
 }
 
 impl KeyReleaser {
@@ -212,7 +233,7 @@ impl KeyReleaser {
             cache,
             provider,
             node_registry,
-            challenges: Mutex::new(HashMap::new()),
+            challenges: Mutex::new(BoundedMap::new(CHALLENGES)),
         }
     }
 
@@ -233,64 +254,62 @@ impl KeyReleaser {
             .fill(&mut bytes)
             .map_err(|_| ReleaseError::Crypto(CryptoError::Random))?;
         let challenge = hex::encode(bytes);
-        let mut map = self.challenges.lock().unwrap_or_else(|e| e.into_inner());
-        map.retain(|_, issued| is_fresh(*issued));
-        map.insert(challenge.clone(), SystemTime::now());
+        // Stale challenges are refused when used and forgotten with their generation:
+        // asking for challenges never costs a scan.
+        self.challenges
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(challenge.clone(), SystemTime::now());
         Ok(challenge)
     }
 
-    /// Checks a request and, if everything allows it, releases the key. Every outcome is
-    /// audited under `caller`, the principal the transport authenticated (`token:…`,
-    /// `wallet:0x…`, a peer id), never under the grantee the request names: the grantee
-    /// is recorded in the entry's detail.
+    /// Checks a request and, if everything allows it, releases the key, audited (before
+    /// the key leaves) under `caller`, the principal the transport authenticated
+    /// (`token:…`, `wallet:0x…`, a peer id), never under the grantee the request names:
+    /// the grantee is recorded in the entry's detail.
+    ///
+    /// A refusal is not written here: the caller audits it with [`denial_event`]
+    /// through its coalescing log, so a flood of refused requests cannot cost one fsync
+    /// each.
     pub async fn release(
         &self,
         request: &KeyRequest,
         caller: &str,
     ) -> Result<Released, ReleaseError> {
-        let result = self.check_and_wrap(request).await;
-        let (action, mut detail) = match &result {
-            Ok(r) => (
-                // Break-glass releases are their own kind of entry, so they stand out.
-                match r.access {
-                    Access::Granted { .. } => AuditAction::KeyRelease,
-                    Access::Emergency { .. } => AuditAction::EmergencyAccess,
-                },
-                BTreeMap::from([(
-                    "access".to_string(),
-                    match r.access {
-                        Access::Granted { grant_id, .. } => format!("grant {grant_id}"),
-                        Access::Emergency { emergency_id, .. } => {
-                            format!("emergency {emergency_id}")
-                        }
-                    },
-                )]),
-            ),
-            Err(e) => (
-                AuditAction::KeyReleaseDenied,
-                BTreeMap::from([("reason".to_string(), e.to_string())]),
-            ),
+        let released = match self.check_and_wrap(request).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::info!(
+                    record = %request.record,
+                    grantee = %request.grantee,
+                    caller,
+                    reason = %e,
+                    "key release refused"
+                );
+                return Err(e);
+            }
         };
-        detail.insert("purpose".into(), format!("DUO:{:07}", request.purpose));
-        detail.insert("grantee".into(), request.grantee.to_string());
-        match &result {
-            Ok(r) => tracing::info!(
-                record = %request.record,
-                grantee = %request.grantee,
-                caller,
-                access = ?r.access,
-                "key released"
-            ),
-            Err(e) => tracing::info!(
-                record = %request.record,
-                grantee = %request.grantee,
-                caller,
-                reason = %e,
-                "key release refused"
-            ),
-        }
+        tracing::info!(
+            record = %request.record,
+            grantee = %request.grantee,
+            caller,
+            access = ?released.access,
+            "key released"
+        );
+        let mut detail = request_detail(request);
+        detail.insert(
+            "access".into(),
+            match released.access {
+                Access::Granted { grant_id, .. } => format!("grant {grant_id}"),
+                Access::Emergency { emergency_id, .. } => format!("emergency {emergency_id}"),
+            },
+        );
         let event = AuditEvent {
-            action,
+            // Break-glass releases are their own kind of entry, so they stand out.
+            action: match released.access {
+                Access::Granted { .. } => AuditAction::KeyRelease,
+                Access::Emergency { .. } => AuditAction::EmergencyAccess,
+            },
             actor: caller.to_string(),
             subject: request.record.to_string(),
             detail,
@@ -300,7 +319,7 @@ impl KeyReleaser {
             .await
             .map_err(ReleaseError::Internal)?
             .map_err(ReleaseError::Store)?;
-        result
+        Ok(released)
     }
 
     async fn check_and_wrap(&self, request: &KeyRequest) -> Result<Released, ReleaseError> {

@@ -4,6 +4,7 @@
 //! A record is stored as encrypted chunk blocks plus one manifest block; the manifest's
 //! CID is the record's [`RecordId`]. See `docs/architecture.md`.
 
+pub mod bounded;
 mod cid_util;
 mod content_type;
 mod error;

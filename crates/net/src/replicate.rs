@@ -229,16 +229,27 @@ impl Network {
         let wait = self.inner.config.replica_timeout() + ANSWER_MARGIN;
         let outcome = async {
             let mut control = self.inner.control.clone();
-            let mut stream = crate::wire::open_stream(&mut control, peer, PROTOCOL)
-                .await
-                .map_err(|e| format!("cannot open a stream: {e}"))?;
             let request = Request {
                 root: root.to_string(),
                 institution: self.inner.institution.clone(),
             };
-            write_json(&mut stream, &request)
-                .await
-                .map_err(|e| e.to_string())?;
+            // Two nodes that dialed each other at once hold two connections until one
+            // is closed; a stream opened on the closing one fails before the request is
+            // out. Nothing was asked then, so one more stream is safe.
+            let mut attempt = 0;
+            let mut stream = loop {
+                attempt += 1;
+                let mut stream = crate::wire::open_stream(&mut control, peer, PROTOCOL)
+                    .await
+                    .map_err(|e| format!("cannot open a stream: {e}"))?;
+                match write_json(&mut stream, &request).await {
+                    Ok(()) => break stream,
+                    Err(e) if attempt < 2 => {
+                        tracing::debug!(%peer, error = %e, "replication request not sent; retrying on a new stream");
+                    }
+                    Err(e) => return Err(e.to_string()),
+                }
+            };
             // Dropping the stream on timeout tells the peer to stop fetching.
             let reply: Reply = tokio::time::timeout(wait, read_json(&mut stream))
                 .await

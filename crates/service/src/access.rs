@@ -1,13 +1,16 @@
 //! Consent and key release: linking records to patient wallets, challenges, releasing
 //! keys under on-chain grants, relaying signed grants, and the grants the node sees.
 
+use std::collections::BTreeMap;
+
 use alloy::primitives::{Address, Bytes, B256};
 use medmesh_chain::bindings::{GrantConsent, RevokeConsent};
 use medmesh_chain::{
-    patient_scope, record_scope, Access, GrantView, KeyRequest, Relayed, Released,
+    denial_event, patient_scope, record_scope, Access, GrantView, KeyRequest, Relayed,
+    ReleaseError, Released,
 };
 use medmesh_core::RecordId;
-use medmesh_store::AuditAction;
+use medmesh_store::{AuditAction, AuditEvent};
 
 use crate::error::{blocking, ServiceError};
 use crate::events::NodeEvent;
@@ -96,10 +99,19 @@ impl NodeServices {
                 reason: e.to_string(),
             },
         });
+        if let Err(e) = &result {
+            self.denials
+                .record(denial_event(&request, caller, e), release_code(e))
+                .await;
+        }
         Ok(result?)
     }
 
     /// Relays a grant the patient signed (EIP-712), paid by the node's account.
+    ///
+    /// The relay runs as a task of its own: if the caller stops waiting (a transport's
+    /// time limit, a client that hangs up), it still finishes, is audited and is
+    /// published, so the log says what happened on chain.
     pub async fn relay_grant(
         &self,
         grant: GrantConsent,
@@ -107,18 +119,18 @@ impl NodeServices {
         actor: &str,
     ) -> Result<Relayed, ServiceError> {
         let relayer = self.relayer()?;
-        let relayed = relayer.relay_grant(&grant, signature).await?;
-        self.audit_relay(AuditAction::GrantRelay, actor, grant.patient, &relayed)
-            .await;
-        self.events.publish(NodeEvent::GrantRelayed {
-            grant_id: relayed.grant_id.to_string(),
-            transaction: relayed.transaction.to_string(),
-            block: relayed.block,
-        });
-        Ok(relayed)
+        let patient = grant.patient;
+        self.relay_detached(
+            "grant relay",
+            AuditAction::GrantRelay,
+            actor,
+            patient,
+            async move { relayer.relay_grant(&grant, signature).await },
+        )
+        .await
     }
 
-    /// Relays a revocation the patient signed.
+    /// Relays a revocation the patient signed, like [`NodeServices::relay_grant`].
     pub async fn relay_revoke(
         &self,
         revocation: RevokeConsent,
@@ -126,38 +138,69 @@ impl NodeServices {
         actor: &str,
     ) -> Result<Relayed, ServiceError> {
         let relayer = self.relayer()?;
-        let relayed = relayer.relay_revoke(&revocation, signature).await?;
-        self.audit_relay(
+        let patient = revocation.patient;
+        self.relay_detached(
+            "revocation relay",
             AuditAction::RevocationRelay,
             actor,
-            revocation.patient,
-            &relayed,
+            patient,
+            async move { relayer.relay_revoke(&revocation, signature).await },
         )
-        .await;
-        self.events.publish(NodeEvent::RevocationRelayed {
-            grant_id: relayed.grant_id.to_string(),
-            transaction: relayed.transaction.to_string(),
-            block: relayed.block,
+        .await
+    }
+
+    async fn relay_detached(
+        &self,
+        what: &'static str,
+        action: AuditAction,
+        actor: &str,
+        patient: Address,
+        relay: impl std::future::Future<Output = Result<Relayed, medmesh_chain::RelayError>>
+            + Send
+            + 'static,
+    ) -> Result<Relayed, ServiceError> {
+        let (store, events, actor) = (self.store.clone(), self.events.clone(), actor.to_string());
+        let task = tokio::spawn(async move {
+            let relayed = relay.await?;
+            let entry = AuditEvent {
+                action,
+                actor,
+                subject: relayed.grant_id.to_string(),
+                detail: BTreeMap::from([
+                    ("patient".to_string(), patient.to_string()),
+                    ("transaction".to_string(), relayed.transaction.to_string()),
+                    ("block".to_string(), relayed.block.to_string()),
+                ]),
+            };
+            if let Err(e) = blocking("audit append", move || Ok(store.audit(entry)?)).await {
+                tracing::error!(error = %e, "could not audit a relay");
+            }
+            let (grant_id, transaction, block) = (
+                relayed.grant_id.to_string(),
+                relayed.transaction.to_string(),
+                relayed.block,
+            );
+            events.publish(if action == AuditAction::GrantRelay {
+                NodeEvent::GrantRelayed {
+                    grant_id,
+                    transaction,
+                    block,
+                }
+            } else {
+                NodeEvent::RevocationRelayed {
+                    grant_id,
+                    transaction,
+                    block,
+                }
+            });
+            Ok(relayed)
         });
-        Ok(relayed)
+        task.await
+            .map_err(|source| ServiceError::Task { what, source })?
     }
 
     fn relayer(&self) -> Result<std::sync::Arc<medmesh_chain::Relayer>, ServiceError> {
         self.chain()?.relayer.clone().ok_or(ServiceError::NoRelayer)
-    }
-
-    async fn audit_relay(&self, action: AuditAction, actor: &str, patient: Address, r: &Relayed) {
-        self.audit(
-            action,
-            actor,
-            &r.grant_id.to_string(),
-            vec![
-                ("patient", patient.to_string()),
-                ("transaction", r.transaction.to_string()),
-                ("block", r.block.to_string()),
-            ],
-        )
-        .await;
     }
 
     /// Grants as the node's cache sees them, synced to the latest block first, by
@@ -187,5 +230,20 @@ impl NodeServices {
         };
         grants.sort_by_key(|g| (g.expiry, g.id));
         Ok(grants)
+    }
+}
+
+/// A stable code per kind of refusal, for coalescing the audit entries.
+fn release_code(e: &ReleaseError) -> &'static str {
+    match e {
+        ReleaseError::BadChallenge => "bad-challenge",
+        ReleaseError::NotGrantee(_) => "not-grantee",
+        ReleaseError::UnknownRecord(_) => "unknown-record",
+        ReleaseError::NotLinked(_) => "not-linked",
+        ReleaseError::CertificateMismatch { .. } => "certificate-mismatch",
+        ReleaseError::BadCertificate(_) => "bad-certificate",
+        ReleaseError::Denied(_) => "denied-by-consent",
+        ReleaseError::Chain(_) => "chain",
+        _ => "node-failure",
     }
 }

@@ -55,6 +55,12 @@ pub enum ServiceError {
     /// The node runs without the peer-to-peer network.
     #[error("this node runs without the peer-to-peer network (started with --no-network)")]
     NoNetwork,
+    /// The node is at a limit (concurrent reads, ingests); retrying later works.
+    #[error("{0}")]
+    Busy(String),
+    /// Something broke on this node that is not the caller's doing.
+    #[error("{0} on the node")]
+    Internal(&'static str),
     /// A background task of the node died.
     #[error("{what} stopped unexpectedly")]
     Task {

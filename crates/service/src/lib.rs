@@ -11,6 +11,7 @@
 //! stall the executor by calling it.
 
 mod access;
+mod denials;
 mod error;
 mod events;
 mod keys;
@@ -19,6 +20,7 @@ mod records;
 mod services;
 
 pub use access::{ConsentLinkView, GrantFilter};
+pub use denials::DenialLog;
 pub use error::ServiceError;
 pub use events::{EventBus, NodeEvent};
 pub use keys::NodeKeys;

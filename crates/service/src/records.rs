@@ -2,12 +2,13 @@
 //! the store's housekeeping (gc, check), tokens and the audit log.
 
 use std::io::{self, Read, Write};
+use std::time::Duration;
 
 use bytes::Bytes;
 use medmesh_core::{ContentType, Manifest, PatientRef, RecordId, RecordMeta};
 use medmesh_store::{
     ApiToken, AuditBreak, AuditEntry, AuditSummary, CheckReport, GcReport, PutRequest, RecordQuery,
-    RemoveReport, TokenScope,
+    RemoveReport, StoreError, TokenScope,
 };
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
@@ -57,6 +58,13 @@ impl NodeServices {
         mut input: Box<dyn Read + Send>,
         request: Ingest,
     ) -> Result<RecordSummary, ServiceError> {
+        // An ingest holds a blocking thread for as long as its input trickles in.
+        let permit = self.ingests.clone().try_acquire_owned().map_err(|_| {
+            ServiceError::Busy(format!(
+                "{} records are being stored already; retry shortly",
+                self.settings.max_ingests
+            ))
+        })?;
         let (store, keys) = (self.store.clone(), self.keys.clone());
         let put = PutRequest {
             content_type: request.content_type,
@@ -73,6 +81,7 @@ impl NodeServices {
                 &[],
                 &|_| {},
             )?;
+            drop(permit);
             Ok((id, store.meta(&id)?))
         })
         .await?;
@@ -107,6 +116,14 @@ impl NodeServices {
         actor: &str,
     ) -> Result<OpenedRecord, ServiceError> {
         self.ensure_local(&id).await?;
+        // Each read holds a blocking thread while its consumer reads: bound them, so
+        // slow readers cannot take the pool every other operation needs.
+        let permit = self.reads.clone().try_acquire_owned().map_err(|_| {
+            ServiceError::Busy(format!(
+                "{} records are being read already; retry shortly",
+                self.settings.max_reads
+            ))
+        })?;
         let (ready_tx, ready_rx) = oneshot::channel::<Result<RecordMeta, ServiceError>>();
         let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
         let (store, keys, actor) = (self.store.clone(), self.keys.clone(), actor.to_string());
@@ -125,15 +142,37 @@ impl NodeServices {
             if ready_tx.send(Ok(record.meta().clone())).is_err() {
                 return;
             }
-            let mut out = ChannelWriter { tx: tx.clone() };
-            if let Err(e) = record.copy_to(&mut out, &actor, &|_| {}) {
-                tracing::error!(record = %id, error = %e, "read aborted");
-                let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
+            let mut out = ChannelWriter {
+                tx: tx.clone(),
+                stall: READ_STALL,
+            };
+            match record.copy_to(&mut out, &actor, &|_| {}) {
+                Ok(_) => {}
+                // The consumer went away or stopped reading: its choice, not a fault.
+                Err(StoreError::Io { source, .. })
+                    if matches!(
+                        source.kind(),
+                        io::ErrorKind::BrokenPipe | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    tracing::debug!(record = %id, error = %source, "read ended by the reader");
+                }
+                Err(e) => {
+                    tracing::error!(record = %id, error = %e, "read aborted");
+                    let _ = tx.blocking_send(Err(io::Error::other(e.to_string())));
+                }
             }
+            drop(permit);
         });
-        let meta = ready_rx.await.map_err(|_| {
-            ServiceError::InvalidInput("the record reader stopped before opening the record".into())
-        })??;
+        let meta = match ready_rx.await {
+            Ok(opened) => opened?,
+            // The reading thread died before answering (a panic): the node's fault.
+            Err(_) => {
+                return Err(ServiceError::Internal(
+                    "the record reader stopped before opening the record",
+                ))
+            }
+        };
         Ok(OpenedRecord { meta, body: rx })
     }
 
@@ -257,17 +296,32 @@ impl NodeServices {
     }
 }
 
-/// A blocking `Write` that hands plaintext to the async consumer.
+/// How long a reader may leave a chunk unread before the read is given up.
+const READ_STALL: Duration = Duration::from_secs(60);
+
+/// A blocking `Write` that hands plaintext to the async consumer, giving up when the
+/// consumer leaves a chunk unread for `stall` (a client that stopped reading).
 struct ChannelWriter {
     tx: mpsc::Sender<io::Result<Bytes>>,
+    stall: Duration,
 }
 
 impl Write for ChannelWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.tx
-            .blocking_send(Ok(Bytes::copy_from_slice(buf)))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the reader went away"))?;
-        Ok(buf.len())
+        let chunk = Ok(Bytes::copy_from_slice(buf));
+        let sent = tokio::runtime::Handle::current()
+            .block_on(tokio::time::timeout(self.stall, self.tx.send(chunk)));
+        match sent {
+            Ok(Ok(())) => Ok(buf.len()),
+            Ok(Err(_)) => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the reader went away",
+            )),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the reader read nothing for {} s", self.stall.as_secs()),
+            )),
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {

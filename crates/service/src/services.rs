@@ -7,10 +7,15 @@ use std::sync::{Arc, OnceLock};
 use medmesh_chain::{Deployment, KeyReleaser, Relayer};
 use medmesh_net::{NetEvent, Network};
 use medmesh_store::{AuditAction, AuditEvent, Store, DEFAULT_CHUNK_SIZE};
+use tokio::sync::Semaphore;
 
+use crate::denials::DenialLog;
 use crate::error::{blocking, ServiceError};
 use crate::events::{EventBus, NodeEvent};
 use crate::keys::NodeKeys;
+
+/// How often the node reads new consent events when nothing else made it.
+const CONSENT_POLL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What the node uses of a chain.
 pub struct ChainServices {
@@ -30,12 +35,20 @@ pub struct ChainServices {
 pub struct ServiceSettings {
     /// Plaintext bytes per chunk of new records.
     pub chunk_size: u32,
+    /// Records read (streamed to a consumer) at once; more are refused as busy.
+    pub max_reads: usize,
+    /// Records ingested at once; more are refused as busy.
+    pub max_ingests: usize,
 }
 
 impl Default for ServiceSettings {
     fn default() -> Self {
         Self {
             chunk_size: DEFAULT_CHUNK_SIZE,
+            // Each holds a blocking thread (tokio's pool has 512): leave most of the
+            // pool to every other operation.
+            max_reads: 128,
+            max_ingests: 64,
         }
     }
 }
@@ -47,6 +60,9 @@ pub struct NodeServices {
     pub(crate) keys: Arc<NodeKeys>,
     pub(crate) settings: ServiceSettings,
     pub(crate) events: EventBus,
+    pub(crate) denials: DenialLog,
+    pub(crate) reads: Arc<Semaphore>,
+    pub(crate) ingests: Arc<Semaphore>,
     chain: OnceLock<ChainServices>,
     network: OnceLock<Network>,
 }
@@ -56,6 +72,9 @@ impl NodeServices {
     /// and the network are connected afterwards, once each.
     pub fn new(store: Arc<Store>, keys: Arc<NodeKeys>, settings: ServiceSettings) -> Self {
         Self {
+            denials: DenialLog::new(store.clone()),
+            reads: Arc::new(Semaphore::new(settings.max_reads.max(1))),
+            ingests: Arc::new(Semaphore::new(settings.max_ingests.max(1))),
             store,
             keys,
             settings,
@@ -71,9 +90,24 @@ impl NodeServices {
     /// on the event bus as break-glass events.
     pub fn enable_chain(&self, services: ChainServices) -> bool {
         let mut changes = services.releaser.cache().subscribe();
+        let (cache, provider) = (
+            services.releaser.cache().clone(),
+            services.releaser.provider().clone(),
+        );
         if self.chain.set(services).is_err() {
             return false;
         }
+        // Key requests sync the cache anyway; this keeps break-glass notices prompt when
+        // nobody asks for a key.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CONSENT_POLL);
+            loop {
+                tick.tick().await;
+                if let Err(e) = cache.sync(&provider).await {
+                    tracing::debug!(error = %e, "background consent sync failed");
+                }
+            }
+        });
         let bus = self.events.clone();
         tokio::spawn(async move {
             use tokio::sync::broadcast::error::RecvError;
@@ -148,6 +182,12 @@ impl NodeServices {
     /// The event bus.
     pub fn events(&self) -> &EventBus {
         &self.events
+    }
+
+    /// The audit trail of refused requests (coalesced; every transport records its
+    /// refusals here).
+    pub fn denials(&self) -> &DenialLog {
+        &self.denials
     }
 
     /// The network, if connected.

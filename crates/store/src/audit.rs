@@ -20,7 +20,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 const DOMAIN: &[u8] = b"medmesh/audit/v1\n";
 
 /// What an audit entry records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AuditAction {
     /// A record was ingested.

@@ -16,6 +16,7 @@ mod blocks;
 mod durable;
 mod error;
 mod index;
+mod leases;
 mod links;
 mod permissions;
 mod records;
@@ -52,6 +53,8 @@ pub struct Store {
     gc_guard: RwLock<()>,
     /// Paths whose modes [`secure_permissions`] narrowed when the store was opened.
     repaired_permissions: Vec<PathBuf>,
+    /// Records being read, and the blocks of removed ones their readers still need.
+    leases: leases::Leases,
 }
 
 impl Store {
@@ -97,6 +100,7 @@ impl Store {
             db,
             gc_guard: RwLock::new(()),
             repaired_permissions,
+            leases: leases::Leases::default(),
         })
     }
 

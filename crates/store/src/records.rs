@@ -133,6 +133,8 @@ pub struct OpenRecord<'a> {
     id: RecordId,
     manifest: Manifest,
     cipher: RecordCipher,
+    // Keeps the blocks until the read ends, even if the record is removed meanwhile.
+    _lease: crate::leases::ReadLease<'a>,
 }
 
 impl OpenRecord<'_> {
@@ -402,6 +404,7 @@ impl Store {
         owner_cert: &Certificate,
         decryptor: &mut UnlockedDecryptor,
     ) -> Result<OpenRecord<'_>, StoreError> {
+        let lease = self.lease(id)?;
         let manifest = self.manifest(id)?;
         owner_cert.verify_manifest(&manifest)?;
         let key = decryptor.unwrap_key(&manifest.body)?;
@@ -411,6 +414,7 @@ impl Store {
             id: *id,
             manifest,
             cipher,
+            _lease: lease,
         })
     }
 
@@ -537,15 +541,11 @@ impl Store {
             },
         )?;
         txn.commit()?;
-        let mut report = RemoveReport {
-            blocks_removed: 0,
-            bytes_freed: 0,
+        let (blocks_removed, bytes_freed) = self.release_blocks(id, unreferenced)?;
+        let report = RemoveReport {
+            blocks_removed,
+            bytes_freed,
         };
-        for cid in unreferenced {
-            let freed = self.blocks.remove(&cid)?;
-            report.blocks_removed += u64::from(freed > 0);
-            report.bytes_freed += freed;
-        }
         tracing::info!(record = %id, blocks = report.blocks_removed, "record removed");
         Ok(report)
     }
@@ -556,7 +556,8 @@ impl Store {
     ///
     /// Blocks of a fetch still in progress are unreferenced too: run it when none is.
     pub fn gc(&self, actor: &str) -> Result<GcReport, StoreError> {
-        self.collect_garbage(Duration::ZERO, actor, true)
+        let guard = self.gc_guard.write().unwrap_or_else(|e| e.into_inner());
+        self.collect_garbage(Duration::ZERO, actor, true, guard)
     }
 
     /// Deletes unreferenced blocks and temp files last modified more than `older_than`
@@ -565,8 +566,20 @@ impl Store {
     /// blocks of a fetch in progress, or of a recent interrupted fetch a restart
     /// resumes, as long as `older_than` exceeds the time since their last block was
     /// written. Audited like [`Store::gc`], but only when it removed something.
-    pub fn sweep_orphans(&self, older_than: Duration, actor: &str) -> Result<GcReport, StoreError> {
-        self.collect_garbage(older_than, actor, false)
+    ///
+    /// Returns `None`, having done nothing, while an upload or import is in progress:
+    /// waiting for it would hold every new upload behind the sweep (and a slow client
+    /// can keep an upload open for long). The next sweep tries again.
+    pub fn sweep_orphans(
+        &self,
+        older_than: Duration,
+        actor: &str,
+    ) -> Result<Option<GcReport>, StoreError> {
+        let Ok(guard) = self.gc_guard.try_write() else {
+            return Ok(None);
+        };
+        self.collect_garbage(older_than, actor, false, guard)
+            .map(Some)
     }
 
     /// The one garbage collection: deletes unreferenced blocks and temp files at least
@@ -576,8 +589,9 @@ impl Store {
         min_age: Duration,
         actor: &str,
         always_audit: bool,
+        // Held exclusively: no ingest or import has unreferenced blocks in flight.
+        _exclusive: std::sync::RwLockWriteGuard<'_, ()>,
     ) -> Result<GcReport, StoreError> {
-        let _guard = self.gc_guard.write().unwrap_or_else(|e| e.into_inner());
         let referenced = self.referenced_blocks()?;
         let scan = self.blocks.scan()?;
         let mut report = GcReport {

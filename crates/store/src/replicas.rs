@@ -49,12 +49,6 @@ impl Store {
             return Ok(false);
         }
         let manifest = medmesh_core::Manifest::decode(&self.blocks.get(id.cid())?)?;
-        if let Some(missing) = manifest.body.chunks.iter().find(|c| !self.blocks.has(c)) {
-            return Err(StoreError::MissingBlock {
-                cid: missing.to_string(),
-                record: Some(id.to_string()),
-            });
-        }
         let mut blocks = manifest.body.chunks.clone();
         blocks.push(*id.cid());
         let meta = &manifest.body.meta;
@@ -66,6 +60,16 @@ impl Store {
             txn.abort()?;
             tracing::debug!(record = %id, "record was imported concurrently");
             return Ok(false);
+        }
+        // Inside the transaction too: a removal of an earlier copy deletes its files
+        // under a write transaction after checking no record references them, so the
+        // blocks seen here stay until this import's references are committed.
+        if let Some(missing) = blocks.iter().find(|c| !self.blocks.has(c)) {
+            txn.abort()?;
+            return Err(StoreError::MissingBlock {
+                cid: missing.to_string(),
+                record: Some(id.to_string()),
+            });
         }
         index::insert_record(&txn, id, meta, &blocks)?;
         audit::append(

@@ -148,3 +148,37 @@ fn concurrent_removals_of_one_record_succeed_once() {
         "{check:?}"
     );
 }
+
+/// A record removed while it is being read: the read finishes whole, a read that starts
+/// after the removal is refused, and the blocks go when the first read ends.
+#[test]
+fn a_removal_during_a_read_lets_the_read_finish_then_frees_the_blocks() {
+    let mut f = fixture();
+    let data = noise(16 * MIN_CHUNK_SIZE as usize, 41);
+    let id = f.put_with(&data, request(ContentType::OCTET_STREAM, MIN_CHUNK_SIZE));
+    let blocks = blocks_of(&f.store, &id);
+    let reading = f.store.open_record(&id, &f.cert, &mut f.decryptor).unwrap();
+
+    let report = f.store.remove_record(&id, "test").unwrap();
+    assert_eq!(report.blocks_removed, blocks.len() as u64);
+    assert!(
+        blocks.is_subset(&stored_blocks(&f.store)),
+        "blocks stay while the record is read"
+    );
+    let keys = institution(0);
+    let mut other = keys.unlock_decryption(&pass()).unwrap();
+    assert!(matches!(
+        f.store.open_record(&id, &f.cert, &mut other),
+        Err(StoreError::UnknownRecord(_))
+    ));
+
+    let mut out = Vec::new();
+    reading.copy_to(&mut out, "test", &|_| {}).unwrap();
+    assert_eq!(out, data, "the read that began before the removal is whole");
+    assert!(
+        stored_blocks(&f.store).is_disjoint(&blocks),
+        "the last reader deleted the blocks"
+    );
+    assert!(f.store.check().unwrap().problems.is_empty());
+    assert_eq!(f.store.check().unwrap().unreferenced_blocks, 0);
+}

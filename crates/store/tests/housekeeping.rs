@@ -197,7 +197,8 @@ fn sweep_orphans_removes_only_old_unreferenced_blocks_and_temp_files() {
     let report = f
         .store
         .sweep_orphans(Duration::from_secs(3600), "test")
-        .unwrap();
+        .unwrap()
+        .expect("no upload in progress");
     assert_eq!(
         (
             report.blocks_removed,
@@ -221,9 +222,45 @@ fn sweep_orphans_removes_only_old_unreferenced_blocks_and_temp_files() {
     let again = f
         .store
         .sweep_orphans(Duration::from_secs(3600), "test")
-        .unwrap();
+        .unwrap()
+        .expect("no upload in progress");
     assert_eq!((again.blocks_removed, again.temp_files_removed), (0, 0));
     assert_eq!(gc_entries(&f.store), audited + 1);
+
+    // While an upload is in progress the sweep steps aside instead of holding every new
+    // upload behind it.
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let store = &f.store;
+        let (signer, cert) = (&f.signer, &f.cert);
+        s.spawn(move || {
+            let mut input = Gated {
+                rx,
+                started: Some(started_tx),
+                pending: Vec::new(),
+            };
+            store
+                .put_record(
+                    &mut input,
+                    &request(ContentType::OCTET_STREAM, MIN_CHUNK_SIZE),
+                    signer,
+                    cert,
+                    &[],
+                    &|_| {},
+                )
+                .unwrap();
+        });
+        started_rx.recv().unwrap();
+        assert!(
+            store
+                .sweep_orphans(Duration::ZERO, "test")
+                .unwrap()
+                .is_none(),
+            "a sweep during an upload does nothing"
+        );
+        drop(tx);
+    });
 
     // gc is the same sweep without an age limit: the fresh orphans go too.
     let gc = f.store.gc("test").unwrap();
@@ -236,4 +273,29 @@ fn sweep_orphans_removes_only_old_unreferenced_blocks_and_temp_files() {
         check.problems.is_empty() && check.unreferenced_blocks == 0,
         "{check:?}"
     );
+}
+
+/// An upload input that says when it was first read, then waits for its bytes.
+struct Gated {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    started: Option<std::sync::mpsc::Sender<()>>,
+    pending: Vec<u8>,
+}
+
+impl std::io::Read for Gated {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(started) = self.started.take() {
+            let _ = started.send(());
+        }
+        if self.pending.is_empty() {
+            match self.rx.recv() {
+                Ok(bytes) => self.pending = bytes,
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.pending.len());
+        buf[..n].copy_from_slice(&self.pending[..n]);
+        self.pending.drain(..n);
+        Ok(n)
+    }
 }

@@ -262,7 +262,7 @@ impl Blockstore for ExecutorCheck {
 }
 
 /// A different Ed25519 seed on every call (so every peer has its own PeerId).
-fn fresh_seed() -> [u8; 32] {
+pub(crate) fn fresh_seed() -> [u8; 32] {
     static COUNTER: AtomicU64 = AtomicU64::new(1);
     let mut seed = [0u8; 32];
     seed[..8].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());

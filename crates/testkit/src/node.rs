@@ -119,6 +119,32 @@ impl TestNode {
         assert!(connected, "the node was already connected to a chain");
     }
 
+    /// Starts the peer-to-peer network (TCP on a free 127.0.0.1 port) over the node's
+    /// store and connects it to the node's services; returns its handle.
+    #[cfg(feature = "net")]
+    pub async fn connect_network(&self) -> medmesh_net::Network {
+        let net = medmesh_net::Network::start(medmesh_net::NetworkOptions {
+            config: medmesh_net::NetConfig {
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")],
+                block_timeout_secs: 20,
+                find_timeout_ms: 500,
+                ..medmesh_net::NetConfig::default()
+            },
+            identity_seed: crate::net::fresh_seed(),
+            store: self.state.store().clone(),
+            policy: Arc::new(medmesh_net::OpenPolicy),
+            institution: None,
+            agent: "medmesh-test-node".into(),
+        })
+        .await
+        .expect("network starts");
+        assert!(
+            self.state.services().enable_network(net.clone()),
+            "the node already had a network"
+        );
+        net
+    }
+
     /// `http://ADDR` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)

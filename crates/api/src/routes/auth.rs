@@ -7,7 +7,7 @@ use medmesh_api_types::{NonceResponse, SessionResponse, SignInRequest, WhoAmI};
 use medmesh_store::AuditAction;
 
 use super::ApiJson;
-use crate::auth::{issue_nonce, sign_in, ClientAddr, Principal};
+use crate::auth::{issue_nonce, refused, sign_in, ClientAddr, Principal};
 use crate::error::{ApiError, Problem};
 use crate::state::AppState;
 
@@ -70,16 +70,7 @@ pub async fn siwe(
             }))
         }
         Err(e) => {
-            state
-                .inner
-                .denials
-                .record(
-                    client,
-                    "/v1/auth/siwe".into(),
-                    e.detail().to_string(),
-                    false,
-                )
-                .await;
+            refused(&state, client, "/v1/auth/siwe", &e).await;
             Err(e)
         }
     }

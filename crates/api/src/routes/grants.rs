@@ -13,7 +13,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::{ApiJson, ApiQuery};
-use crate::auth::Principal;
+use crate::auth::{refused, Principal};
 use crate::error::{ApiError, Problem};
 use crate::state::AppState;
 
@@ -88,9 +88,9 @@ pub async fn list(
         Principal::Wallet { address } => {
             let filtered = patient.is_some() || grantee.is_some();
             if filtered && patient != Some(*address) && grantee != Some(*address) {
-                return Err(ApiError::forbidden(
-                    "a wallet may list only grants that name it",
-                ));
+                let error = ApiError::forbidden("a wallet may list only grants that name it");
+                refused(&state, principal.actor(), "/v1/grants", &error).await;
+                return Err(error);
             }
             Some(*address)
         }
@@ -156,9 +156,11 @@ async fn prepare_relay(
     };
     match principal {
         Principal::Wallet { address } if *address == signed.patient => Ok(signed),
-        Principal::Wallet { .. } => Err(ApiError::forbidden(
-            "a wallet may relay only its own (patient) signatures",
-        )),
+        Principal::Wallet { .. } => {
+            let error = ApiError::forbidden("a wallet may relay only its own (patient) signatures");
+            refused(state, principal.actor(), "/v1/grants", &error).await;
+            Err(error)
+        }
         Principal::Operator { .. } => {
             principal
                 .require(state, TokenScope::Write, "/v1/grants")

@@ -90,7 +90,12 @@ fn declared_type(headers: &HeaderMap) -> Result<Option<ContentType>, ApiError> {
         .to_str()
         .map_err(|_| ApiError::bad_request("the Content-Type header is not text"))?;
     let ct: ContentType = text.parse()?;
-    Ok((!UNINFORMATIVE_TYPES.contains(&ct.as_str())).then_some(ct))
+    // Compare the type itself, not its parameters (`; charset=UTF-8`).
+    let essence = ct.as_str().split(';').next().unwrap_or_default().trim();
+    let uninformative = UNINFORMATIVE_TYPES
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(essence));
+    Ok((!uninformative).then_some(ct))
 }
 
 /// Upload a record (streamed; the body is the plaintext).

@@ -5,7 +5,8 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse};
 use medmesh_api_types::{CheckResult, CreatedToken, GcResult, Health, TokenRequest, TokenView};
-use medmesh_store::TokenScope;
+use medmesh_service::ServiceError;
+use medmesh_store::{StoreError, TokenScope};
 use time::format_description::well_known::Rfc3339;
 
 use super::ApiJson;
@@ -212,7 +213,11 @@ pub async fn revoke_token(
         .services()
         .revoke_token(id, &caller.actor())
         .await
-        .map_err(|e| ApiError::not_found(e.to_string()))?;
+        .map_err(|e| match e {
+            // The store's word for a token id it does not know.
+            ServiceError::Store(StoreError::InvalidInput(_)) => ApiError::not_found(e.to_string()),
+            other => other.into(),
+        })?;
     Ok(StatusCode::NO_CONTENT)
 }
 

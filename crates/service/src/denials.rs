@@ -1,22 +1,27 @@
-//! The audit trail of refused requests, built so that a flood of them cannot turn into
-//! a flood of disk writes.
+//! The audit trail of refused requests, for every transport, built so that a flood of
+//! them cannot turn into a flood of disk writes.
 //!
-//! The first refusal of a kind — the same caller (token, wallet, or client address when
-//! unauthenticated) for the same reason — in a window is written at once, and the
-//! request is answered only once it is durable. Repeats within the window only count;
-//! at the end of the window each kind that repeated gets one summary entry
-//! (`repeated: N`). Entries are written by one task that commits whatever is queued in
-//! a single transaction (group commit), so concurrent refusals share an fsync.
+//! A refusal has a kind: the caller (token, wallet, or client address when
+//! unauthenticated), the audit action, and a stable code naming the reason (never its
+//! text, which a caller can vary at will). The first refusal of a kind in a window is
+//! written at once, and the request is answered only once it is durable. Repeats
+//! within the window only count; at the end of the window each kind that repeated gets
+//! one summary entry (`repeated: N`). Entries are written by one task that commits
+//! whatever is queued in a single transaction (group commit), so concurrent refusals
+//! share an fsync.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use medmesh_service::NodeServices;
-use medmesh_store::{AuditAction, AuditEvent};
+use medmesh_store::{AuditAction, AuditEvent, Store};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::state::lock;
+use crate::error::blocking;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// How long repeats of one kind are folded into one summary.
 const WINDOW: Duration = Duration::from_secs(60);
@@ -27,17 +32,18 @@ const QUEUE: usize = 1024;
 /// Most entries committed in one transaction.
 const BATCH: usize = 512;
 
-type Kind = (String, String, String);
+type Kind = (String, AuditAction, &'static str);
 type Queued = (AuditEvent, Option<oneshot::Sender<()>>);
 
 struct Repeats {
     count: u64,
-    subject: String,
+    /// The first refusal's entry: the summary repeats its subject and detail.
+    first: AuditEvent,
 }
 
 /// Refused requests, audited with bounded disk writes.
-pub(crate) struct DenialLog {
-    services: Arc<NodeServices>,
+pub struct DenialLog {
+    store: Arc<Store>,
     window: Arc<Mutex<HashMap<Kind, Repeats>>>,
     queue: mpsc::Sender<Queued>,
     pending: Mutex<Option<mpsc::Receiver<Queued>>>,
@@ -45,10 +51,10 @@ pub(crate) struct DenialLog {
 }
 
 impl DenialLog {
-    pub(crate) fn new(services: Arc<NodeServices>) -> Self {
+    pub(crate) fn new(store: Arc<Store>) -> Self {
         let (queue, pending) = mpsc::channel(QUEUE);
         Self {
-            services,
+            store,
             window: Arc::default(),
             queue,
             pending: Mutex::new(Some(pending)),
@@ -56,26 +62,12 @@ impl DenialLog {
         }
     }
 
-    /// Audits a refusal of `actor`'s request on `subject` for `reason`. `per_subject`
-    /// keeps kinds apart by subject too (for authenticated callers, who are accountable
-    /// and rate limited; anonymous ones could vary the path at will).
-    pub(crate) async fn record(
-        &self,
-        actor: String,
-        subject: String,
-        reason: String,
-        per_subject: bool,
-    ) {
+    /// Audits `event`, a refusal whose reason has the stable code `code` (e.g.
+    /// `unauthenticated`, `forbidden`, `not-grantee`); returns once a first refusal of
+    /// its kind is durable, at once for a repeat.
+    pub async fn record(&self, event: AuditEvent, code: &'static str) {
         self.start();
-        let kind = (
-            actor.clone(),
-            reason.clone(),
-            if per_subject {
-                subject.clone()
-            } else {
-                String::new()
-            },
-        );
+        let kind = (event.actor.clone(), event.action, code);
         let first = {
             let mut window = lock(&self.window);
             let len = window.len();
@@ -85,16 +77,20 @@ impl DenialLog {
                     false
                 }
                 None if len >= MAX_KINDS => {
-                    let overflow = (
-                        "overflow".into(),
-                        "too many kinds of refusal".into(),
-                        String::new(),
-                    );
+                    let overflow = ("*".to_string(), event.action, "too-many-kinds");
                     window
                         .entry(overflow)
-                        .or_insert(Repeats {
+                        .or_insert_with(|| Repeats {
                             count: 0,
-                            subject: "*".into(),
+                            first: AuditEvent {
+                                actor: "*".into(),
+                                subject: "*".into(),
+                                detail: BTreeMap::from([(
+                                    "reason".into(),
+                                    "refusals of more callers than tracked".into(),
+                                )]),
+                                ..event.clone()
+                            },
                         })
                         .count += 1;
                     false
@@ -104,7 +100,7 @@ impl DenialLog {
                         kind.clone(),
                         Repeats {
                             count: 0,
-                            subject: subject.clone(),
+                            first: event.clone(),
                         },
                     );
                     true
@@ -114,12 +110,6 @@ impl DenialLog {
         if !first {
             return;
         }
-        let event = AuditEvent {
-            action: AuditAction::AccessDenied,
-            actor,
-            subject,
-            detail: BTreeMap::from([("reason".into(), reason)]),
-        };
         let (done, written) = oneshot::channel();
         match self.queue.try_send((event, Some(done))) {
             Ok(()) => {
@@ -135,11 +125,8 @@ impl DenialLog {
     }
 
     /// Writes the summaries of the current window now (at shutdown).
-    pub(crate) async fn flush(&self) {
-        let events = summaries(&self.window);
-        if !events.is_empty() {
-            self.services.audit_batch(events).await;
-        }
+    pub async fn flush(&self) {
+        write(&self.store, summaries(&self.window)).await;
     }
 
     fn start(&self) {
@@ -147,7 +134,7 @@ impl DenialLog {
             let Some(mut pending) = lock(&self.pending).take() else {
                 return;
             };
-            let services = self.services.clone();
+            let store = self.store.clone();
             tokio::spawn(async move {
                 while let Some(first) = pending.recv().await {
                     let mut batch = vec![first];
@@ -158,7 +145,7 @@ impl DenialLog {
                         }
                     }
                     let (events, acks): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                    services.audit_batch(events).await;
+                    write(&store, events).await;
                     for ack in acks.into_iter().flatten() {
                         let _ = ack.send(());
                     }
@@ -185,17 +172,27 @@ impl DenialLog {
 fn summaries(window: &Mutex<HashMap<Kind, Repeats>>) -> Vec<AuditEvent> {
     let ended = std::mem::take(&mut *lock(window));
     ended
-        .into_iter()
-        .filter(|(_, r)| r.count > 0)
-        .map(|((actor, reason, _), r)| AuditEvent {
-            action: AuditAction::AccessDenied,
-            actor,
-            subject: r.subject,
-            detail: BTreeMap::from([
-                ("reason".into(), reason),
-                ("repeated".into(), r.count.to_string()),
-                ("window_secs".into(), WINDOW.as_secs().to_string()),
-            ]),
+        .into_values()
+        .filter(|r| r.count > 0)
+        .map(|r| {
+            let mut event = r.first;
+            event.detail.insert("repeated".into(), r.count.to_string());
+            event
+                .detail
+                .insert("window_secs".into(), WINDOW.as_secs().to_string());
+            event
         })
         .collect()
+}
+
+/// Appends `events` in one transaction, off the executor; failures are logged (a
+/// refusal is answered even when the log cannot be written).
+async fn write(store: &Arc<Store>, events: Vec<AuditEvent>) {
+    if events.is_empty() {
+        return;
+    }
+    let store = store.clone();
+    if let Err(e) = blocking("audit append", move || Ok(store.audit_batch(events)?)).await {
+        tracing::error!(error = %e, "could not append refusals to the audit log");
+    }
 }
