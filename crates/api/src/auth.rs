@@ -329,3 +329,22 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
         Ok(Self(client_key(parts)))
     }
 }
+
+/// A caller who may make the node pay gas for a relay: an operator whose token has
+/// `write` (checked here, before the body is read), or a wallet, whose own signatures
+/// only are relayed (checked against the body's patient by the handler).
+pub struct RelayCaller(pub Principal);
+
+impl FromRequestParts<AppState> for RelayCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        if let Principal::Operator { .. } = principal {
+            principal
+                .require(state, TokenScope::Write, parts.uri.path())
+                .await?;
+        }
+        Ok(Self(principal))
+    }
+}

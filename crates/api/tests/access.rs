@@ -6,6 +6,7 @@ use alloy::primitives::B256;
 use alloy::signers::Signer;
 use medmesh_chain::KeyRequest;
 use medmesh_core::RecordId;
+use medmesh_store::AuditAction;
 use medmesh_testkit::chain::{grant_scope, open_released, Chain, BACKENDS};
 use medmesh_testkit::institution;
 use medmesh_testkit::node::TestNode;
@@ -280,6 +281,39 @@ async fn signed_grants_are_relayed_listed_and_enforced() {
         let resp = key_request(&node, &chain, &id, 42).await;
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
         assert!(resp.text().await.unwrap().contains("revoked"));
+
+        // Both relays are in the audit log, under the operator who asked, with their
+        // transactions; the refused key request under its caller, naming the grantee.
+        let entries = node.state.store().audit_page(0, 10_000).unwrap();
+        let of = |action: AuditAction| -> Vec<_> {
+            entries.iter().filter(|e| e.action == action).collect()
+        };
+        let write_actor = format!(
+            "token:{}",
+            node.write_token
+                .split('_')
+                .nth(1)
+                .expect("mm_<id>_<secret>")
+        );
+        for (action, transaction) in [
+            (AuditAction::GrantRelay, &relayed["transaction"]),
+            (AuditAction::RevocationRelay, &Value::Null),
+        ] {
+            let found = of(action);
+            assert_eq!(found.len(), 1, "{backend:?} {action:?}: {entries:?}");
+            assert_eq!(found[0].actor, write_actor);
+            assert_eq!(found[0].subject, relayed["grant_id"].as_str().unwrap());
+            if let Some(tx) = transaction.as_str() {
+                assert_eq!(found[0].detail["transaction"], tx);
+            }
+        }
+        let denied = of(AuditAction::KeyReleaseDenied);
+        assert!(
+            denied.iter().any(|e| e.actor.starts_with("token:")
+                && e.detail["grantee"] == chain.researcher.address().to_string()
+                && e.detail["reason"].contains("revoked")),
+            "{denied:?}"
+        );
 
         // Malformed relay bodies are 400s.
         let resp = post_as(

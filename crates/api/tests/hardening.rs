@@ -110,6 +110,18 @@ async fn scopes_are_checked_before_the_body_is_read() {
         .await
         .unwrap();
     problem(resp, StatusCode::FORBIDDEN, "scope `write`").await;
+    // Relays too: a read token cannot make the node pay gas, whatever it sends.
+    for path in ["/v1/grants", "/v1/grants/revoke"] {
+        let resp = http
+            .post(node.url(path))
+            .bearer_auth(&node.read_token)
+            .header("content-type", "application/json")
+            .body("{")
+            .send()
+            .await
+            .unwrap();
+        problem(resp, StatusCode::FORBIDDEN, "scope `write`").await;
+    }
 }
 
 fn siwe(node: &TestNode, wallet: &PrivateKeySigner, nonce: &str, uri: &str) -> SiweMessage {

@@ -6,8 +6,9 @@
 //! at a time holds the [`Relayer`]'s send lock from choosing the account nonce until the
 //! chain's node accepted the transaction (not until it is mined; receipts are awaited
 //! concurrently). A send refused for its account nonce (someone else used the account:
-//! "nonce too low", "already known", "replacement transaction underpriced") is retried
-//! with a fresh nonce a few times.
+//! "nonce too low", "replacement transaction underpriced") is retried with a fresh
+//! nonce a few times; "already known" means this very transaction is pending, so it is
+//! settled on chain instead of sent twice.
 //!
 //! The answer matches the chain. When sending or waiting for the receipt fails in a way
 //! that leaves the outcome open (a transport error, no receipt within
@@ -322,6 +323,11 @@ impl Relayer {
                     "{refusal:?}"
                 ))));
             }
+            if is_already_pending(&error) {
+                // This very transaction is in the node's pool (an earlier attempt did
+                // go through): sending another would pay twice. Settle it on chain.
+                return Err(SendFailure::Unknown(ChainError::rpc(error)));
+            }
             if is_nonce_refusal(&error) && retries < NONCE_RETRIES {
                 retries += 1;
                 tracing::warn!(
@@ -502,6 +508,15 @@ fn contract_refusal(e: &TransportError) -> Option<ConsentRegistry::ConsentRegist
     ConsentRegistry::ConsentRegistryErrors::abi_decode(&data).ok()
 }
 
+/// Whether the node says it holds this exact transaction already (geth's "already
+/// known", reth's "already imported"): it was sent, and its outcome is the chain's.
+fn is_already_pending(e: &TransportError) -> bool {
+    e.as_error_resp().is_some_and(|payload| {
+        let message = payload.message.to_ascii_lowercase();
+        message.contains("already known") || message.contains("already imported")
+    })
+}
+
 /// Whether the node refused the transaction for its account nonce, which a fresh nonce
 /// fixes (geth, anvil, reth and the embedded dev chain word it these ways).
 fn is_nonce_refusal(e: &TransportError) -> bool {
@@ -512,8 +527,6 @@ fn is_nonce_refusal(e: &TransportError) -> bool {
     [
         "nonce too low",
         "nonce_too_low",
-        "already known",
-        "already imported",
         "replacement transaction underpriced",
         "nonce has already been used",
     ]

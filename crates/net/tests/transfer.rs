@@ -368,7 +368,20 @@ async fn start_slow(bootstrap: &[&Node], delay: &Delay) -> Node {
 /// `owner` asks `holder` to hold `id`; the outcome and how long the answer took.
 async fn timed_replica(owner: &Node, holder: PeerId, id: RecordId) -> (ReplicaOutcome, Duration) {
     let start = Instant::now();
-    let outcome = owner.net.request_replica(holder, &id).await;
+    let mut outcome = owner.net.request_replica(holder, &id).await;
+    // A connection that closes under the request (two nodes that dialed each other hold
+    // two until one goes) is a transport hiccup, not what these tests are about; the
+    // owner's repair pass would ask again too.
+    for _ in 0..3 {
+        let transient = outcome
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("connection is closed"));
+        if !transient {
+            break;
+        }
+        outcome = owner.net.request_replica(holder, &id).await;
+    }
     (outcome, start.elapsed())
 }
 

@@ -1,14 +1,15 @@
 //! Records: ingest (then announce), open for reading, metadata, search, removal, and
 //! the store's housekeeping (gc, check), tokens and the audit log.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::time::Duration;
 
 use bytes::Bytes;
 use medmesh_core::{ContentType, Manifest, PatientRef, RecordId, RecordMeta};
 use medmesh_store::{
-    ApiToken, AuditBreak, AuditEntry, AuditSummary, CheckReport, GcReport, PutRequest, RecordQuery,
-    RemoveReport, StoreError, TokenScope,
+    ApiToken, AuditAction, AuditBreak, AuditEntry, AuditEvent, AuditSummary, CheckReport, GcReport,
+    PutRequest, RecordQuery, RemoveReport, StoreError, TokenScope,
 };
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
@@ -145,8 +146,25 @@ impl NodeServices {
             let mut out = ChannelWriter {
                 tx: tx.clone(),
                 stall: READ_STALL,
+                sent: 0,
             };
-            match record.copy_to(&mut out, &actor, &|_| {}) {
+            let result = record.copy_to(&mut out, &actor, &|_| {});
+            if result.is_err() && out.sent > 0 {
+                // Plaintext left the node: a read that stopped early is a read too.
+                let entry = AuditEvent {
+                    action: AuditAction::RecordRead,
+                    actor: actor.clone(),
+                    subject: id.to_string(),
+                    detail: BTreeMap::from([
+                        ("size".to_string(), out.sent.to_string()),
+                        ("complete".to_string(), "false".to_string()),
+                    ]),
+                };
+                if let Err(e) = store.audit(entry) {
+                    tracing::error!(record = %id, error = %e, "could not audit a partial read");
+                }
+            }
+            match result {
                 Ok(_) => {}
                 // The consumer went away or stopped reading: its choice, not a fault.
                 Err(StoreError::Io { source, .. })
@@ -304,6 +322,8 @@ const READ_STALL: Duration = Duration::from_secs(60);
 struct ChannelWriter {
     tx: mpsc::Sender<io::Result<Bytes>>,
     stall: Duration,
+    /// Plaintext bytes handed over so far.
+    sent: u64,
 }
 
 impl Write for ChannelWriter {
@@ -312,7 +332,10 @@ impl Write for ChannelWriter {
         let sent = tokio::runtime::Handle::current()
             .block_on(tokio::time::timeout(self.stall, self.tx.send(chunk)));
         match sent {
-            Ok(Ok(())) => Ok(buf.len()),
+            Ok(Ok(())) => {
+                self.sent += buf.len() as u64;
+                Ok(buf.len())
+            }
             Ok(Err(_)) => Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
                 "the reader went away",

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::{ApiJson, ApiQuery};
-use crate::auth::{refused, Principal};
+use crate::auth::{refused, Principal, RelayCaller};
 use crate::error::{ApiError, Problem};
 use crate::state::AppState;
 
@@ -134,8 +134,8 @@ struct Signed {
     signature: Bytes,
 }
 
-/// Parses and authorises a relay request: only operators with `write`, or the
-/// patient's own wallet session, make the node pay gas for a relay.
+/// Parses and authorises a relay request: only operators with `write` (checked by
+/// `RelayCaller`), or the patient's own wallet session, make the node pay gas.
 async fn prepare_relay(
     state: &AppState,
     principal: &Principal,
@@ -161,12 +161,8 @@ async fn prepare_relay(
             refused(state, principal.actor(), "/v1/grants", &error).await;
             Err(error)
         }
-        Principal::Operator { .. } => {
-            principal
-                .require(state, TokenScope::Write, "/v1/grants")
-                .await?;
-            Ok(signed)
-        }
+        // Its `write` scope was checked before the body was read (`RelayCaller`).
+        Principal::Operator { .. } => Ok(signed),
     }
 }
 
@@ -197,7 +193,7 @@ fn relay_answer(r: Relayed) -> axum::Json<RelayResponse> {
 )]
 pub async fn relay_grant(
     State(state): State<AppState>,
-    principal: Principal,
+    RelayCaller(principal): RelayCaller,
     ApiJson(body): ApiJson<SignedGrant>,
 ) -> Result<axum::Json<RelayResponse>, ApiError> {
     let signed = prepare_relay(
@@ -245,7 +241,7 @@ pub async fn relay_grant(
 )]
 pub async fn relay_revoke(
     State(state): State<AppState>,
-    principal: Principal,
+    RelayCaller(principal): RelayCaller,
     ApiJson(body): ApiJson<SignedRevocation>,
 ) -> Result<axum::Json<RelayResponse>, ApiError> {
     let signed = prepare_relay(

@@ -113,7 +113,9 @@ fn declared_type(headers: &HeaderMap) -> Result<Option<ContentType>, ApiError> {
         (status = 400, description = "Malformed input", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Token lacks `write`", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body stalled or trickled (under 1 KiB per 30 s); nothing stored", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Too large", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many records being stored at once; retry", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -274,6 +276,7 @@ impl Read for ChannelReader {
         (status = 403, description = "Not allowed", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Unknown record", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Record failed verification", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Too many records being read at once; retry", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
