@@ -12,13 +12,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use alloy::signers::Signer;
-use medmesh_chain::KeyRequest;
-use medmesh_core::RecordId;
 use medmesh_testkit::chain::{grant_scope, Backend, Chain};
 use medmesh_testkit::institution;
 use medmesh_testkit::node::TestNode;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -41,25 +38,10 @@ async fn main() {
     })
     .await;
     node.connect_chain(&chain);
-    let http = reqwest::Client::new();
-    let created: Value = http
-        .post(node.url("/v1/records"))
-        .bearer_auth(&node.write_token)
-        .body(medmesh_testkit::noise(64 << 10, 5))
-        .send()
+    let id = node.upload(medmesh_testkit::noise(64 << 10, 5)).await;
+    let link: Value = node
+        .link(&id, &chain.patient.address().to_string())
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_str().unwrap().to_string();
-    let link: Value = http
-        .put(node.url(&format!("/v1/records/{id}/consent-link")))
-        .bearer_auth(&node.write_token)
-        .json(&json!({"patient": chain.patient.address().to_string()}))
-        .send()
-        .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -70,41 +52,16 @@ async fn main() {
     let certificate = String::from_utf8(researcher_cert.to_armored().unwrap()).unwrap();
 
     let until = Instant::now() + Duration::from_secs(secs);
+    let node = std::sync::Arc::new(node);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..clients {
-        let (http, id, certificate) = (http.clone(), id.clone(), certificate.clone());
-        let (url, token) = (node.url(""), node.read_token.clone());
+        let (node, id, certificate) = (node.clone(), id.clone(), certificate.clone());
         let researcher = chain.researcher.clone();
         tasks.spawn(async move {
-            let record: RecordId = id.parse().unwrap();
             let mut latencies = Vec::new();
             while Instant::now() < until {
                 let started = Instant::now();
-                let challenge: Value = http
-                    .post(format!("{url}/v1/access/challenge"))
-                    .bearer_auth(&token)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                let challenge = challenge["challenge"].as_str().unwrap().to_string();
-                let message = KeyRequest::message(&record, researcher.address(), 42, &challenge);
-                let signature = researcher.sign_message(message.as_bytes()).await.unwrap();
-                let resp = http
-                    .post(format!("{url}/v1/records/{id}/key"))
-                    .bearer_auth(&token)
-                    .json(&json!({
-                        "grantee": researcher.address().to_string(),
-                        "purpose": 42,
-                        "certificate": certificate,
-                        "challenge": challenge,
-                        "signature": format!("0x{}", hex::encode(signature.as_bytes())),
-                    }))
-                    .send()
-                    .await
-                    .unwrap();
+                let resp = node.request_key(&researcher, &id, 42, &certificate).await;
                 assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
                 latencies.push(started.elapsed());
             }

@@ -4,7 +4,6 @@
 
 use alloy::primitives::B256;
 use alloy::signers::Signer;
-use medmesh_chain::KeyRequest;
 use medmesh_core::RecordId;
 use medmesh_store::AuditAction;
 use medmesh_testkit::chain::{grant_scope, open_released, Chain, BACKENDS};
@@ -21,28 +20,14 @@ async fn node_with_chain(chain: &Chain) -> TestNode {
 
 /// Uploads a record with the write token; returns its id.
 async fn upload(node: &TestNode, bytes: Vec<u8>) -> String {
-    let created: Value = reqwest::Client::new()
-        .post(node.url("/v1/records"))
-        .bearer_auth(&node.write_token)
-        .body(bytes)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    created["id"].as_str().unwrap().to_string()
+    node.upload(bytes).await
 }
 
 /// Links record `id` to the chain's patient; returns the record's consent scope.
 async fn link_to_patient(node: &TestNode, chain: &Chain, id: &str) -> B256 {
-    let link: Value = reqwest::Client::new()
-        .put(node.url(&format!("/v1/records/{id}/consent-link")))
-        .bearer_auth(&node.write_token)
-        .json(&json!({"patient": chain.patient.address().to_string()}))
-        .send()
+    let link: Value = node
+        .link(id, &chain.patient.address().to_string())
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -60,34 +45,10 @@ async fn post(node: &TestNode, path: &str, body: Value) -> reqwest::Response {
 }
 
 async fn key_request(node: &TestNode, chain: &Chain, id: &str, purpose: u32) -> reqwest::Response {
-    let challenge: Value = post(node, "/v1/access/challenge", json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let challenge = challenge["challenge"].as_str().unwrap().to_string();
-    let record: RecordId = id.parse().unwrap();
-    let grantee = chain.researcher.address();
-    let message = KeyRequest::message(&record, grantee, purpose, &challenge);
-    let signature = chain
-        .researcher
-        .sign_message(message.as_bytes())
-        .await
-        .unwrap();
     let certificate =
         String::from_utf8(institution(1).certificate().unwrap().to_armored().unwrap()).unwrap();
-    post(
-        node,
-        &format!("/v1/records/{id}/key"),
-        json!({
-            "grantee": grantee.to_string(),
-            "purpose": purpose,
-            "certificate": certificate,
-            "challenge": challenge,
-            "signature": format!("0x{}", hex::encode(signature.as_bytes())),
-        }),
-    )
-    .await
+    node.request_key(&chain.researcher, id, purpose, &certificate)
+        .await
 }
 
 #[tokio::test]

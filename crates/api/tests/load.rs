@@ -183,40 +183,10 @@ impl Ctx {
         let Some(id) = self.random_id(true) else {
             return;
         };
-        let challenge: Value = self
-            .http
-            .post(self.node.url("/v1/access/challenge"))
-            .bearer_auth(&self.node.read_token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let challenge = challenge["challenge"].as_str().unwrap().to_string();
-        let record: RecordId = id.parse().unwrap();
-        let grantee = self.chain.researcher.address();
-        let message = medmesh_chain::KeyRequest::message(&record, grantee, PURPOSE, &challenge);
-        let signature = self
-            .chain
-            .researcher
-            .sign_message(message.as_bytes())
-            .await
-            .unwrap();
         let resp = self
-            .http
-            .post(self.node.url(&format!("/v1/records/{id}/key")))
-            .bearer_auth(&self.node.read_token)
-            .json(&json!({
-                "grantee": grantee.to_string(),
-                "purpose": PURPOSE,
-                "certificate": self.certificate,
-                "challenge": challenge,
-                "signature": format!("0x{}", hex::encode(signature.as_bytes())),
-            }))
-            .send()
-            .await
-            .unwrap();
+            .node
+            .request_key(&self.chain.researcher, &id, PURPOSE, &self.certificate)
+            .await;
         let status = resp.status();
         let mut ledger = lock(&self.ledger);
         ledger.saw("key", status);

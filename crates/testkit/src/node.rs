@@ -145,6 +145,80 @@ impl TestNode {
         net
     }
 
+    /// Uploads `bytes` with the write token; returns the new record's id.
+    pub async fn upload(&self, bytes: Vec<u8>) -> String {
+        let created: serde_json::Value = reqwest::Client::new()
+            .post(self.url("/v1/records"))
+            .bearer_auth(&self.write_token)
+            .body(bytes)
+            .send()
+            .await
+            .expect("upload")
+            .json()
+            .await
+            .expect("upload answer");
+        created["id"].as_str().expect("a record id").to_string()
+    }
+
+    /// Links record `id` to the wallet `patient` with the write token; returns the raw
+    /// answer (`scope`, `patient_scope` on success).
+    pub async fn link(&self, id: &str, patient: &str) -> reqwest::Response {
+        reqwest::Client::new()
+            .put(self.url(&format!("/v1/records/{id}/consent-link")))
+            .bearer_auth(&self.write_token)
+            .json(&serde_json::json!({ "patient": patient }))
+            .send()
+            .await
+            .expect("consent link")
+    }
+
+    /// Asks for record `id`'s key as `grantee` for DUO `purpose`, to be wrapped for the
+    /// armored `certificate`: a challenge, then the signed key request, both with the
+    /// read token. Returns the raw answer.
+    #[cfg(feature = "chain")]
+    pub async fn request_key(
+        &self,
+        grantee: &alloy::signers::local::PrivateKeySigner,
+        id: &str,
+        purpose: u32,
+        certificate: &str,
+    ) -> reqwest::Response {
+        use alloy::signers::Signer;
+        let http = reqwest::Client::new();
+        let challenge: serde_json::Value = http
+            .post(self.url("/v1/access/challenge"))
+            .bearer_auth(&self.read_token)
+            .send()
+            .await
+            .expect("challenge")
+            .json()
+            .await
+            .expect("challenge answer");
+        let challenge = challenge["challenge"]
+            .as_str()
+            .expect("a challenge")
+            .to_string();
+        let record: medmesh_core::RecordId = id.parse().expect("a record id");
+        let message =
+            medmesh_chain::KeyRequest::message(&record, grantee.address(), purpose, &challenge);
+        let signature = grantee
+            .sign_message(message.as_bytes())
+            .await
+            .expect("signature");
+        http.post(self.url(&format!("/v1/records/{id}/key")))
+            .bearer_auth(&self.read_token)
+            .json(&serde_json::json!({
+                "grantee": grantee.address().to_string(),
+                "purpose": purpose,
+                "certificate": certificate,
+                "challenge": challenge,
+                "signature": format!("0x{}", hex::encode(signature.as_bytes())),
+            }))
+            .send()
+            .await
+            .expect("key request")
+    }
+
     /// `http://ADDR` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
