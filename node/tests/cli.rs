@@ -50,6 +50,43 @@ impl Node {
             .unwrap()
     }
 
+    /// Starts `medmesh node ARGS` and waits until it says it runs; returns the process
+    /// and the lines it printed until then. Panics with its stderr if it exits first.
+    // The child is the caller's to wait for (it is returned running).
+    #[allow(clippy::zombie_processes)]
+    fn start_node(&self, args: &[&str]) -> (std::process::Child, Vec<String>) {
+        let mut child = self
+            .cmd()
+            .arg("node")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut lines = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("node did not start within 60 s");
+            }
+            let mut line = String::new();
+            if std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() == 0 {
+                let mut err = String::new();
+                std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+                let status = child.wait().unwrap();
+                panic!("node exited ({status}): {err}");
+            }
+            let started = line.contains("stop with Ctrl-C");
+            lines.push(line);
+            if started {
+                return (child, lines);
+            }
+        }
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().unwrap()
     }
@@ -509,39 +546,18 @@ fn node_runs_on_embedded_defaults() {
     assert_fails(&refused, "not a loopback address");
 
     let (api, chain) = (free_port(), free_port());
-    let mut child = node
-        .cmd()
-        .args([
-            "node",
-            "--listen",
-            &format!("127.0.0.1:{api}"),
-            "--dev-chain-listen",
-            &format!("127.0.0.1:{chain}"),
-            "--p2p-listen",
-            "/ip4/127.0.0.1/tcp/0",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut token = None;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(Instant::now() < deadline, "node did not start");
-        let mut line = String::new();
-        if std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() == 0 {
-            let mut err = String::new();
-            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-            panic!("node exited: {err}");
-        }
-        if let Some(t) = line.split_whitespace().find(|w| w.starts_with("mm_")) {
-            token = Some(t.to_string());
-        }
-        if line.contains("stop with Ctrl-C") {
-            break;
-        }
-    }
+    let (mut child, lines) = node.start_node(&[
+        "--listen",
+        &format!("127.0.0.1:{api}"),
+        "--dev-chain-listen",
+        &format!("127.0.0.1:{chain}"),
+        "--p2p-listen",
+        "/ip4/127.0.0.1/tcp/0",
+    ]);
+    let token = lines
+        .iter()
+        .find_map(|l| l.split_whitespace().find(|w| w.starts_with("mm_")))
+        .map(str::to_string);
     let token = token.expect("the first run prints an admin token");
     assert_eq!(http(api, "GET", "/health", None).0, 200);
     let (status, body) = http(api, "POST", "/v1/access/challenge", Some(&token));
@@ -634,32 +650,12 @@ fn node_makes_its_data_dir_private() {
     chmod(&data.join("store"), 0o755);
 
     let api = free_port();
-    let mut child = node
-        .cmd()
-        .args([
-            "node",
-            "--listen",
-            &format!("127.0.0.1:{api}"),
-            "--no-chain",
-            "--no-network",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(Instant::now() < deadline, "node did not start");
-        let mut line = String::new();
-        assert!(
-            std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0,
-            "node exited"
-        );
-        if line.contains("stop with Ctrl-C") {
-            break;
-        }
-    }
+    let (child, _) = node.start_node(&[
+        "--listen",
+        &format!("127.0.0.1:{api}"),
+        "--no-chain",
+        "--no-network",
+    ]);
     std::process::Command::new("kill")
         .arg(child.id().to_string())
         .status()

@@ -168,7 +168,9 @@ impl From<CoreError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::UnknownRecord(_) => Self::not_found(e.to_string()),
+            StoreError::UnknownRecord(_) | StoreError::UnknownToken(_) => {
+                Self::not_found(e.to_string())
+            }
             StoreError::InvalidInput(_) | StoreError::Core(_) => Self::bad_request(e.to_string()),
             StoreError::Locked(_) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "store-busy", e.to_string())

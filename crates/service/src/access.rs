@@ -14,7 +14,7 @@ use medmesh_store::{AuditAction, AuditEvent};
 
 use crate::error::{blocking, ServiceError};
 use crate::events::NodeEvent;
-use crate::services::NodeServices;
+use crate::services::{append_audit, NodeServices};
 
 /// A record's consent link: what the patient needs to sign grants for it.
 #[derive(Debug, Clone)]
@@ -172,9 +172,7 @@ impl NodeServices {
                     ("block".to_string(), relayed.block.to_string()),
                 ]),
             };
-            if let Err(e) = blocking("audit append", move || Ok(store.audit(entry)?)).await {
-                tracing::error!(error = %e, "could not audit a relay");
-            }
+            append_audit(&store, vec![entry]).await;
             let (grant_id, transaction, block) = (
                 relayed.grant_id.to_string(),
                 relayed.transaction.to_string(),

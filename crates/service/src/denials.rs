@@ -17,7 +17,7 @@ use std::time::Duration;
 use medmesh_store::{AuditAction, AuditEvent, Store};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::blocking;
+use crate::services::append_audit;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -126,7 +126,7 @@ impl DenialLog {
 
     /// Writes the summaries of the current window now (at shutdown).
     pub async fn flush(&self) {
-        write(&self.store, summaries(&self.window)).await;
+        append_audit(&self.store, summaries(&self.window)).await;
     }
 
     fn start(&self) {
@@ -145,7 +145,7 @@ impl DenialLog {
                         }
                     }
                     let (events, acks): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                    write(&store, events).await;
+                    append_audit(&store, events).await;
                     for ack in acks.into_iter().flatten() {
                         let _ = ack.send(());
                     }
@@ -183,16 +183,4 @@ fn summaries(window: &Mutex<HashMap<Kind, Repeats>>) -> Vec<AuditEvent> {
             event
         })
         .collect()
-}
-
-/// Appends `events` in one transaction, off the executor; failures are logged (a
-/// refusal is answered even when the log cannot be written).
-async fn write(store: &Arc<Store>, events: Vec<AuditEvent>) {
-    if events.is_empty() {
-        return;
-    }
-    let store = store.clone();
-    if let Err(e) = blocking("audit append", move || Ok(store.audit_batch(events)?)).await {
-        tracing::error!(error = %e, "could not append refusals to the audit log");
-    }
 }

@@ -214,7 +214,6 @@ impl NodeServices {
         subject: &str,
         detail: Vec<(&str, String)>,
     ) {
-        let store = self.store.clone();
         let event = AuditEvent {
             action,
             actor: actor.to_string(),
@@ -224,25 +223,25 @@ impl NodeServices {
                 .map(|(k, v)| (k.to_string(), v))
                 .collect::<BTreeMap<_, _>>(),
         };
-        let result = blocking("audit append", move || Ok(store.audit(event)?)).await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "could not append to the audit log");
-        }
-    }
-
-    /// Appends several audit entries in one transaction (one fsync for all), off the
-    /// executor; failures are logged like [`NodeServices::audit`]'s.
-    pub async fn audit_batch(&self, events: Vec<AuditEvent>) {
-        let store = self.store.clone();
-        let result = blocking("audit append", move || Ok(store.audit_batch(events)?)).await;
-        if let Err(e) = result {
-            tracing::error!(error = %e, "could not append to the audit log");
-        }
+        append_audit(&self.store, vec![event]).await;
     }
 
     /// Number of records in the local index.
     pub async fn record_count(&self) -> Result<u64, ServiceError> {
         let store = self.store.clone();
         blocking("record count", move || Ok(store.record_count()?)).await
+    }
+}
+
+/// Appends `events` in one transaction (one fsync for all) off the executor. Failures
+/// are logged, not raised: a refusal must still be answered, and a change already
+/// made still reported, when the log cannot be written.
+pub(crate) async fn append_audit(store: &Arc<Store>, events: Vec<AuditEvent>) {
+    if events.is_empty() {
+        return;
+    }
+    let store = store.clone();
+    if let Err(e) = blocking("audit append", move || Ok(store.audit_batch(events)?)).await {
+        tracing::error!(error = %e, "could not append to the audit log");
     }
 }

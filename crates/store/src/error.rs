@@ -10,6 +10,9 @@ pub enum StoreError {
     /// No record with this id is stored here.
     #[error("no record {0} in this store (see `medmesh ls`)")]
     UnknownRecord(String),
+    /// No API token with this id.
+    #[error("no token with id {0} (see `medmesh token list`)")]
+    UnknownToken(String),
     /// A block the record needs is not stored here.
     #[error("block {cid} is missing from the store{}", .record.as_ref().map(|r| format!(" (needed by record {r})")).unwrap_or_default())]
     MissingBlock {

@@ -174,9 +174,7 @@ impl Store {
         let txn = self.db.begin_write()?;
         let existed = txn.open_table(API_TOKENS)?.remove(id)?.is_some();
         if !existed {
-            return Err(StoreError::InvalidInput(format!(
-                "no token with id {id} (see `medmesh token list`)"
-            )));
+            return Err(StoreError::UnknownToken(id.to_string()));
         }
         audit::append(
             &mut txn.open_table(AUDIT)?,

@@ -5,8 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse};
 use medmesh_api_types::{CheckResult, CreatedToken, GcResult, Health, TokenRequest, TokenView};
-use medmesh_service::ServiceError;
-use medmesh_store::{StoreError, TokenScope};
+use medmesh_store::TokenScope;
 use time::format_description::well_known::Rfc3339;
 
 use super::ApiJson;
@@ -209,15 +208,7 @@ pub async fn revoke_token(
     caller: Authorized<Admin>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state
-        .services()
-        .revoke_token(id, &caller.actor())
-        .await
-        .map_err(|e| match e {
-            // The store's word for a token id it does not know.
-            ServiceError::Store(StoreError::InvalidInput(_)) => ApiError::not_found(e.to_string()),
-            other => other.into(),
-        })?;
+    state.services().revoke_token(id, &caller.actor()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
