@@ -113,7 +113,10 @@ fn read_account(path: &Path) -> Result<PrivateKeySigner> {
 /// Connects to the configured chain (starting the embedded one if so configured).
 pub async fn open(source: Source, data_dir: &Path) -> Result<Option<ChainLink>> {
     let dir = data_dir.join("chain");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // Private like the rest of the data dir (the dev chain's state names who consented).
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
     let (rpc, deployment, embedded, account) = match source {
         Source::None => return Ok(None),
         Source::External {

@@ -3,21 +3,23 @@
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::ops::ControlFlow;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use medmesh_core::{ContentType, PatientRef, RecordId};
 use medmesh_crypto::{Keystore, Passphrase};
 use medmesh_net::Transfer;
-use medmesh_store::{PutRequest, RecordQuery, StoreError, TokenScope};
+use medmesh_service::{Ingest, OpenedRecord, Progress, RecordSummary};
+use medmesh_store::{RecordQuery, TokenScope};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::config::{self, Config};
-use crate::datadir::{open_store, Node};
+use crate::datadir::{block_on, open_store, Node};
 use crate::passphrase::PassphraseSource;
 use crate::progress::progress_bar;
 
@@ -57,7 +59,11 @@ pub fn init_with(data_dir: &Path, institution: &str, passphrase: &Passphrase) ->
     passphrase.check_new()?;
 
     let result = (|| -> Result<(String, String)> {
-        fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .with_context(|| format!("creating {}", data_dir.display()))?;
         let keystore = Keystore::create(&keys_dir, institution, passphrase)?;
         open_store(&data_dir.join("store"))?;
         fs::OpenOptions::new()
@@ -67,6 +73,10 @@ pub fn init_with(data_dir: &Path, institution: &str, passphrase: &Passphrase) ->
             .open(&config_path)
             .and_then(|mut f| f.write_all(Config::template(institution).as_bytes()))
             .with_context(|| format!("writing {}", config_path.display()))?;
+        // A new node is private from the start (the public certificate too, like all
+        // of the data dir), so its first start has nothing to repair.
+        medmesh_store::secure_permissions(data_dir)
+            .with_context(|| format!("securing the permissions of {}", data_dir.display()))?;
         Ok((
             keystore.certificate()?.id().to_string(),
             keystore.node_identity()?.peer_id(),
@@ -104,13 +114,16 @@ pub struct PutArgs {
 }
 
 pub fn put(data_dir: &Path, source: &PassphraseSource, args: PutArgs) -> Result<()> {
-    let content_type = args
-        .content_type
-        .as_deref()
-        .map(str::parse::<ContentType>)
-        .transpose()?;
-    let patient = args.patient.as_deref().map(PatientRef::new).transpose()?;
-    let (mut input, size): (Box<dyn Read + Send>, Option<u64>) = if args.file == Path::new("-") {
+    let request = Ingest {
+        content_type: args
+            .content_type
+            .as_deref()
+            .map(str::parse::<ContentType>)
+            .transpose()?,
+        patient: args.patient.as_deref().map(PatientRef::new).transpose()?,
+        actor: CLI_ACTOR.into(),
+    };
+    let (input, size): (Box<dyn Read + Send>, Option<u64>) = if args.file == Path::new("-") {
         (Box::new(io::stdin()), None)
     } else {
         let file = fs::File::open(&args.file)
@@ -125,23 +138,19 @@ pub fn put(data_dir: &Path, source: &PassphraseSource, args: PutArgs) -> Result<
         (Box::new(file), Some(meta.len()))
     };
     let node = Node::open(data_dir)?;
-    let secret = node.keystore.secret_keys()?;
-    let signer = Mutex::new(secret.unlock_signing(&source.get(false)?)?);
-    let cert = node.keystore.certificate()?;
-    let request = PutRequest {
-        content_type,
-        patient,
-        chunk_size: node.config.store.chunk_size,
-        actor: CLI_ACTOR.into(),
-    };
+    let services = node.services(Some(node.unlock_keys(&source.get(false)?)?));
     let bar = progress_bar(size, "encrypting");
-    let id = node
-        .store
-        .put_record(&mut input, &request, &signer, &cert, &[], &|n| {
-            bar.set_position(n)
-        })?;
+    let progress: Progress = {
+        let bar = bar.clone();
+        Arc::new(move |n| bar.set_position(n))
+    };
+    let stored = block_on(async {
+        Ok(services
+            .ingest_with_progress(input, request, progress)
+            .await?)
+    })?;
     bar.finish_and_clear();
-    println!("{id}");
+    println!("{}", stored.id);
     Ok(())
 }
 
@@ -180,12 +189,15 @@ pub struct FetchArgs {
 pub fn fetch(data_dir: &Path, args: FetchArgs) -> Result<()> {
     let id = parse_id(&args.id)?;
     let node = Node::open(data_dir)?;
+    let services = node.services(None);
     let transfer = if args.bitswap {
         Transfer::Bitswap
     } else {
         Transfer::FastPath
     };
-    let report = crate::network::fetch_for_cli(&node, id, &args.net, transfer)?;
+    let report = block_on(crate::network::fetch_for_cli(
+        &node, &services, id, &args.net, transfer,
+    ))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -215,71 +227,69 @@ pub fn get(data_dir: &Path, source: &PassphraseSource, args: GetArgs) -> Result<
         );
     }
     let node = Node::open(data_dir)?;
-    if !node.store.has_record(&id)? {
-        let report = crate::network::fetch_for_cli(&node, id, &args.net, Transfer::FastPath)?;
-        eprintln!(
-            "fetched {} blocks ({} bytes) from {}",
-            report.blocks_fetched,
-            report.bytes_fetched,
-            report.providers.join(", ")
+    let services = node.services(Some(node.unlock_keys(&source.get(false)?)?));
+    block_on(async {
+        if !services.has_record(id).await? {
+            let report =
+                crate::network::fetch_for_cli(&node, &services, id, &args.net, Transfer::FastPath)
+                    .await?;
+            eprintln!(
+                "fetched {} blocks ({} bytes) from {}",
+                report.blocks_fetched,
+                report.bytes_fetched,
+                report.providers.join(", ")
+            );
+        }
+        let record = services.open_record(id, CLI_ACTOR).await?;
+        if to_stdout {
+            let mut out = io::BufWriter::with_capacity(1 << 20, io::stdout().lock());
+            // A reader that stops early (`| head`) makes this fail with EPIPE, which
+            // `main` treats as a quiet end; the dropped stream stops the read.
+            copy_plaintext(record, &mut out)
+                .await
+                .context("writing the record to standard output")
+        } else {
+            // Plaintext goes to a private temp file first and takes the final name only
+            // once every chunk has verified, so a failed read leaves no partial record.
+            let temp = partial_path(&args.output);
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&temp)
+                .with_context(|| format!("cannot create {}", temp.display()))?;
+            let written = copy_plaintext(record, &mut file)
+                .await
+                .and_then(|()| Ok(file.sync_all()?))
+                .and_then(|()| Ok(fs::rename(&temp, &args.output)?));
+            if written.is_err() {
+                let _ = fs::remove_file(&temp);
+            }
+            written
+        }
+    })
+}
+
+/// Writes an opened record's plaintext to `out` with a progress bar; fails unless
+/// every byte of the record arrived (a chunk that fails verification ends the stream).
+async fn copy_plaintext(mut record: OpenedRecord, out: &mut impl Write) -> Result<()> {
+    let bar = progress_bar(Some(record.meta.size), "decrypting");
+    let mut written = 0u64;
+    while let Some(chunk) = record.body.recv().await {
+        let chunk = chunk.context("reading the record")?;
+        out.write_all(&chunk)?;
+        written += chunk.len() as u64;
+        bar.set_position(written);
+    }
+    out.flush()?;
+    bar.finish_and_clear();
+    if written != record.meta.size {
+        bail!(
+            "the record ended after {written} of {} bytes; it was not fully read",
+            record.meta.size
         );
     }
-    let meta = node.store.meta(&id)?;
-    let mut decryptor = node
-        .keystore
-        .secret_keys()?
-        .unlock_decryption(&source.get(false)?)?;
-    let cert = node.keystore.certificate()?;
-    let bar = progress_bar(Some(meta.size), "decrypting");
-    let progress = |n| bar.set_position(n);
-    if to_stdout {
-        let stdout = io::stdout();
-        let mut out = io::BufWriter::with_capacity(1 << 20, stdout.lock());
-        // A reader that stops early (`| head`) closes the pipe; Rust ignores SIGPIPE, so
-        // the write fails with EPIPE. That is the reader's choice, not an error: end
-        // quietly, as ripgrep does.
-        let read =
-            node.store
-                .read_record(&id, &cert, &mut decryptor, &mut out, CLI_ACTOR, &progress);
-        match read {
-            Err(StoreError::Io { source, .. }) if source.kind() == io::ErrorKind::BrokenPipe => {
-                bar.finish_and_clear();
-                return Ok(());
-            }
-            other => {
-                other?;
-            }
-        }
-        match out.flush() {
-            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
-                bar.finish_and_clear();
-                return Ok(());
-            }
-            other => other.context("writing the record to standard output")?,
-        }
-    } else {
-        // Plaintext goes to a private temp file first and takes the final name only
-        // once every chunk has verified, so a failed read leaves no partial record.
-        let temp = partial_path(&args.output);
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temp)
-            .with_context(|| format!("cannot create {}", temp.display()))?;
-        let read = node
-            .store
-            .read_record(&id, &cert, &mut decryptor, &mut file, CLI_ACTOR, &progress)
-            .map_err(anyhow::Error::from)
-            .and_then(|_| Ok(file.sync_all()?))
-            .and_then(|()| Ok(fs::rename(&temp, &args.output)?));
-        if let Err(e) = read {
-            let _ = fs::remove_file(&temp);
-            return Err(e);
-        }
-    }
-    bar.finish_and_clear();
     Ok(())
 }
 
@@ -334,49 +344,53 @@ pub fn ls(data_dir: &Path, args: LsArgs) -> Result<()> {
         limit: args.limit.unwrap_or(0),
     };
     let node = Node::open(data_dir)?;
-    let mut out = io::stdout().lock();
+    let services = node.services(None);
     // Each record is printed as the index is read, so a large store's first lines come
     // at once and memory stays flat; the first write error stops the scan.
-    let mut failed: Option<anyhow::Error> = None;
-    node.store.scan_records(&query, |id, meta| {
-        let printed = if args.json {
-            let line = serde_json::json!({ "id": id, "meta": meta });
-            writeln!(out, "{line}").map_err(anyhow::Error::from)
-        } else {
-            meta.created
-                .format(&Rfc3339)
-                .map_err(anyhow::Error::from)
-                .and_then(|created| {
-                    writeln!(
-                        out,
-                        "{id}  {:>10}  {:<24}  {}  {}",
-                        human_bytes(meta.size),
-                        meta.content_type,
-                        created,
-                        meta.patient.as_ref().map_or("-", |p| p.as_str())
-                    )
-                    .map_err(anyhow::Error::from)
-                })
-        };
-        match printed {
-            Ok(()) => std::ops::ControlFlow::Continue(()),
+    let failed: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
+    let visit = {
+        let failed = failed.clone();
+        let mut out = io::stdout();
+        move |record: RecordSummary| match print_record(&mut out, &record, args.json) {
+            Ok(()) => ControlFlow::Continue(()),
             Err(e) => {
-                failed = Some(e);
-                std::ops::ControlFlow::Break(())
+                *failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                ControlFlow::Break(())
             }
         }
-    })?;
+    };
+    block_on(async { Ok(services.scan(query, visit).await?) })?;
+    let failed = failed.lock().unwrap_or_else(|e| e.into_inner()).take();
     match failed {
         Some(e) => Err(e),
         None => Ok(()),
     }
 }
 
+/// One line of `ls`: JSON, or a table row.
+fn print_record(out: &mut impl Write, record: &RecordSummary, json: bool) -> Result<()> {
+    let RecordSummary { id, meta } = record;
+    if json {
+        let line = serde_json::json!({ "id": id, "meta": meta });
+        writeln!(out, "{line}")?;
+    } else {
+        writeln!(
+            out,
+            "{id}  {:>10}  {:<24}  {}  {}",
+            human_bytes(meta.size),
+            meta.content_type,
+            meta.created.format(&Rfc3339)?,
+            meta.patient.as_ref().map_or("-", |p| p.as_str())
+        )?;
+    }
+    Ok(())
+}
+
 pub fn info(data_dir: &Path, id: &str, json: bool) -> Result<()> {
     let id = parse_id(id)?;
     let node = Node::open(data_dir)?;
-    let meta = node.store.meta(&id)?;
-    let manifest = node.store.manifest(&id)?;
+    let services = node.services(None);
+    let (meta, manifest) = block_on(async { Ok(services.record(id).await?) })?;
     let recipients: Vec<String> = manifest
         .body
         .key_wraps
@@ -426,24 +440,28 @@ pub fn rm(data_dir: &Path, ids: &[String]) -> Result<()> {
         .map(|i| parse_id(i))
         .collect::<Result<Vec<_>>>()?;
     let node = Node::open(data_dir)?;
-    // Check them all first: an unknown id in the list removes nothing.
-    for id in &ids {
-        node.store.meta(id)?;
-    }
-    for id in &ids {
-        let report = node.store.remove_record(id, CLI_ACTOR)?;
-        println!(
-            "removed {id} ({} blocks, {} freed)",
-            report.blocks_removed,
-            human_bytes(report.bytes_freed)
-        );
-    }
-    Ok(())
+    let services = node.services(None);
+    block_on(async {
+        // Check them all first: an unknown id in the list removes nothing.
+        for id in &ids {
+            services.record(*id).await?;
+        }
+        for id in ids {
+            let report = services.remove(id, CLI_ACTOR).await?;
+            println!(
+                "removed {id} ({} blocks, {} freed)",
+                report.blocks_removed,
+                human_bytes(report.bytes_freed)
+            );
+        }
+        Ok(())
+    })
 }
 
 pub fn gc(data_dir: &Path) -> Result<()> {
     let node = Node::open(data_dir)?;
-    let report = node.store.gc(CLI_ACTOR)?;
+    let services = node.services(None);
+    let report = block_on(async { Ok(services.gc(CLI_ACTOR).await?) })?;
     println!(
         "removed {} unreferenced blocks and {} temp files, {} freed",
         report.blocks_removed,
@@ -455,7 +473,8 @@ pub fn gc(data_dir: &Path) -> Result<()> {
 
 pub fn check(data_dir: &Path) -> Result<()> {
     let node = Node::open(data_dir)?;
-    let report = node.store.check()?;
+    let services = node.services(None);
+    let report = block_on(async { Ok(services.check().await?) })?;
     for problem in &report.problems {
         eprintln!("problem: {problem}");
     }
@@ -491,8 +510,9 @@ pub enum AuditCommand {
 
 pub fn audit(data_dir: &Path, cmd: AuditCommand) -> Result<()> {
     let node = Node::open(data_dir)?;
+    let services = node.services(None);
     match cmd {
-        AuditCommand::Verify => match node.store.audit_verify()? {
+        AuditCommand::Verify => match block_on(async { Ok(services.audit_verify().await?) })? {
             Ok(summary) => {
                 println!(
                     "audit log verifies: {} entries, head {}",
@@ -504,7 +524,8 @@ pub fn audit(data_dir: &Path, cmd: AuditCommand) -> Result<()> {
         },
         AuditCommand::Log { from, limit } => {
             let mut out = io::stdout().lock();
-            for entry in node.store.audit_page(from, limit)? {
+            let page = block_on(async { Ok(services.audit_page(from, limit).await?) })?;
+            for entry in page {
                 writeln!(out, "{}", serde_json::to_string(&entry)?)?;
             }
             Ok(())
@@ -589,10 +610,12 @@ pub fn token(data_dir: &Path, cmd: TokenCommand) -> Result<()> {
         _ => None,
     };
     let node = Node::open(data_dir)?;
+    let services = node.services(None);
     match cmd {
         TokenCommand::Create { name, .. } => {
             let scope = scope.expect("parsed above");
-            let (token, secret) = node.store.create_token(&name, scope, CLI_ACTOR)?;
+            let (token, secret) =
+                block_on(async { Ok(services.create_token(name, scope, CLI_ACTOR).await?) })?;
             eprintln!(
                 "created {scope} token {} ({}); it is shown only now:",
                 token.id, token.name
@@ -600,7 +623,7 @@ pub fn token(data_dir: &Path, cmd: TokenCommand) -> Result<()> {
             println!("{secret}");
         }
         TokenCommand::List => {
-            for t in node.store.list_tokens()? {
+            for t in block_on(async { Ok(services.tokens().await?) })? {
                 println!(
                     "{}  {:<5}  {}  {}",
                     t.id,
@@ -611,7 +634,7 @@ pub fn token(data_dir: &Path, cmd: TokenCommand) -> Result<()> {
             }
         }
         TokenCommand::Revoke { id } => {
-            node.store.revoke_token(&id, CLI_ACTOR)?;
+            block_on(async { Ok(services.revoke_token(id.clone(), CLI_ACTOR).await?) })?;
             println!("revoked token {id}");
         }
     }

@@ -1,12 +1,14 @@
-//! An initialised data dir, opened: its config, keystore and store. Every command and
-//! `medmesh node` start here.
+//! An initialised data dir, opened: its config, keystore and store, and the node's
+//! services over them. Every command and `medmesh node` start here.
 
+use std::future::Future;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
-use medmesh_crypto::Keystore;
+use anyhow::{Context, Result};
+use medmesh_crypto::{Keystore, Passphrase};
+use medmesh_service::{NodeKeys, NodeServices, ServiceSettings};
 use medmesh_store::{Store, StoreError};
 
 use crate::config::Config;
@@ -33,6 +35,38 @@ impl Node {
             store: Arc::new(store),
         })
     }
+
+    /// Unlocks the institution's signing and decryption keys with `passphrase`.
+    pub fn unlock_keys(&self, passphrase: &Passphrase) -> Result<NodeKeys> {
+        let secret = self.keystore.secret_keys()?;
+        Ok(NodeKeys {
+            certificate: self.keystore.certificate()?,
+            signer: Mutex::new(secret.unlock_signing(passphrase)?),
+            decryptor: Arc::new(Mutex::new(secret.unlock_decryption(passphrase)?)),
+        })
+    }
+
+    /// The node's services over this data dir, with `keys` when the operation signs or
+    /// decrypts (without them, those operations answer that the keys are locked).
+    pub fn services(&self, keys: Option<NodeKeys>) -> NodeServices {
+        let settings = ServiceSettings {
+            chunk_size: self.config.store.chunk_size,
+            ..ServiceSettings::default()
+        };
+        match keys {
+            Some(keys) => NodeServices::new(self.store.clone(), Arc::new(keys), settings),
+            None => NodeServices::without_keys(self.store.clone(), settings),
+        }
+    }
+}
+
+/// Runs a command's async work (the services are async) on a runtime of its own.
+pub fn block_on<T>(work: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(work)
 }
 
 /// How long a command waits for another medmesh process to release the store.

@@ -2,15 +2,15 @@
 //! command-line overrides, announcing stored records, and fetching records for the CLI.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use medmesh_core::RecordId;
 use medmesh_net::{
     FetchOptions, FetchReport, Multiaddr, NetConfig, Network, NetworkOptions, OpenPolicy,
-    PeerPolicy, Transfer,
+    PeerPolicy, Progress, Transfer,
 };
+use medmesh_service::NodeServices;
 use medmesh_store::{RecordQuery, Store};
 
 use crate::datadir::Node;
@@ -84,10 +84,12 @@ pub fn announce_records(network: Network, store: Arc<Store>) {
     });
 }
 
-/// Fetches record `id` into `node`'s store from the network (the CLI's own short-lived
-/// network instance: the node is not running, since it would hold the store).
-pub fn fetch_for_cli(
+/// Fetches record `id` into the store from the network, through `services` (the CLI's
+/// own short-lived network instance: the node is not running, since it would hold the
+/// store).
+pub async fn fetch_for_cli(
     node: &Node,
+    services: &NodeServices,
     id: RecordId,
     args: &NetArgs,
     transfer: Transfer,
@@ -101,35 +103,35 @@ pub fn fetch_for_cli(
              pass --peer /ip4/…/tcp/…/p2p/<peer id> or set net.bootstrap in medmesh.toml"
         );
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let store = node.store.clone();
-    runtime.block_on(async {
-        let network = start(node, store, config.clone(), Arc::new(OpenPolicy), None).await?;
-        // Providers given on the command line are asked directly; the DHT adds others.
-        let mut providers = Vec::new();
-        for addr in &config.bootstrap {
-            match tokio::time::timeout(Duration::from_secs(10), network.dial(addr.clone())).await {
-                Ok(Ok(peer)) => providers.push(peer),
-                Ok(Err(e)) => eprintln!("warning: {e}"),
-                Err(_) => eprintln!("warning: {addr} did not answer within 10 s"),
-            }
+    let network = start(
+        node,
+        services.store().clone(),
+        config.clone(),
+        Arc::new(OpenPolicy),
+        None,
+    )
+    .await?;
+    services.enable_network(network.clone());
+    // Providers given on the command line are asked directly; the DHT adds others.
+    let mut providers = Vec::new();
+    for addr in &config.bootstrap {
+        match services.dial(addr.clone()).await {
+            Ok(peer) => providers.push(peer),
+            Err(e) => eprintln!("warning: {e}"),
         }
-        let bar = crate::progress::progress_bar(None, "fetching");
-        let progress = {
-            let bar = bar.clone();
-            Arc::new(move |n: u64| bar.inc(n))
-        };
-        let options = FetchOptions {
-            providers,
-            transfer,
-            ..FetchOptions::default()
-        };
-        let report = network.fetch_record(id, options, progress).await;
-        bar.finish_and_clear();
-        network.shutdown().await;
-        Ok(report?)
-    })
+    }
+    let bar = crate::progress::progress_bar(None, "fetching");
+    let progress: Progress = {
+        let bar = bar.clone();
+        Arc::new(move |n: u64| bar.inc(n))
+    };
+    let options = FetchOptions {
+        providers,
+        transfer,
+        ..FetchOptions::default()
+    };
+    let report = services.fetch_with_progress(id, options, progress).await;
+    bar.finish_and_clear();
+    network.shutdown().await;
+    Ok(report?)
 }

@@ -3,12 +3,11 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use medmesh_api::{ApiConfig, AppState};
-use medmesh_service::{NodeKeys, NodeServices, ServiceSettings};
 use medmesh_store::{Store, TokenScope};
 
 use crate::chain;
@@ -91,12 +90,7 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
     let listen = args.listen.unwrap_or(node.config.api.listen);
     check_listen(listen, args.allow_public)?;
 
-    let secret = node.keystore.secret_keys()?;
-    let keys = NodeKeys {
-        certificate: node.keystore.certificate()?,
-        signer: Mutex::new(secret.unlock_signing(&passphrase)?),
-        decryptor: Arc::new(Mutex::new(secret.unlock_decryption(&passphrase)?)),
-    };
+    let keys = node.unlock_keys(&passphrase)?;
     drop(passphrase);
     let peer_id = node.keystore.node_identity()?.peer_id();
     let store = node.store.clone();
@@ -117,11 +111,7 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
     let institution = keys.certificate.id();
     let certificate = keys.certificate.clone();
     let decryptor = keys.decryptor.clone();
-    let settings = ServiceSettings {
-        chunk_size: node.config.store.chunk_size,
-        ..ServiceSettings::default()
-    };
-    let services = Arc::new(NodeServices::new(store.clone(), Arc::new(keys), settings));
+    let services = Arc::new(node.services(Some(keys)));
     let chain_source = match (&args.chain_rpc, &args.chain_deployment) {
         _ if args.no_chain => chain::Source::None,
         (Some(rpc), Some(deployment)) => chain::Source::External {
@@ -137,11 +127,7 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
         }
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    crate::datadir::block_on(async move {
         let state = AppState::new(services.clone(), config);
         spawn_orphan_sweep(store.clone());
         let mut policy: Arc<dyn medmesh_net::PeerPolicy> = Arc::new(medmesh_net::OpenPolicy);

@@ -391,14 +391,24 @@ fn keys_export_is_the_public_certificate() {
         show.contains("12D3KooW") && show.contains("Test Hospital"),
         "{show}"
     );
-    // Secret files are private.
+    // `init` makes the whole data dir private at once (not only the secret keys), so
+    // the node's first start has nothing to repair.
     use std::os::unix::fs::PermissionsExt;
-    for f in ["institution.pgp", "node.key"] {
-        let mode = std::fs::metadata(node.data_dir().join("keys").join(f))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600, "{f}");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let files = files_under(&node.data_dir());
+    for f in [
+        "keys/institution.pgp",
+        "keys/node.key",
+        "keys/institution.cert.asc",
+    ] {
+        assert!(files.contains(&node.data_dir().join(f)), "{f} exists");
+    }
+    for path in files {
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+    for dir in ["", "keys", "store"] {
+        let dir = node.data_dir().join(dir);
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
     }
 }
 

@@ -152,6 +152,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::NoChain => Self::unavailable("no-chain", e.to_string()),
             ServiceError::NoRelayer => Self::unavailable("no-relayer", e.to_string()),
             ServiceError::NoNetwork => Self::unavailable("network-disabled", e.to_string()),
+            ServiceError::KeysLocked => Self::unavailable("keys-locked", e.to_string()),
             ServiceError::Busy(_) => Self::unavailable("busy", e.to_string()),
             ServiceError::Internal(what) => Self::internal(what, "see the node's log"),
             ServiceError::Task { what, .. } => Self::internal(what, e),

@@ -17,13 +17,14 @@ use libp2p_stream::Control;
 use medmesh_core::{verify_cid, Cid, Manifest, RecordId, MAX_BLOCK_SIZE};
 use medmesh_store::StoreError;
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 
 use crate::blockstore::Blockstore;
 use crate::wire::{
     open_stream, read_frame, read_json, varint, within_idle, write_frame, write_json, Reply,
 };
-use crate::NetError;
+use crate::{NetError, NetEvent};
 
 /// The fast-path protocol id.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/medmesh/blocks/1.0.0");
@@ -44,16 +45,30 @@ struct Request {
 }
 
 /// Serves fast-path requests from `store` until the network stops.
-pub(crate) fn serve(control: &mut Control, store: Arc<dyn Blockstore>) -> Result<(), NetError> {
+/// Each request served to its end is reported on `events`.
+pub(crate) fn serve(
+    control: &mut Control,
+    store: Arc<dyn Blockstore>,
+    events: broadcast::Sender<NetEvent>,
+) -> Result<(), NetError> {
     let mut incoming = control
         .accept(PROTOCOL)
         .map_err(NetError::setup(format!("accepting {PROTOCOL}")))?;
     tokio::spawn(async move {
         while let Some((peer, stream)) = incoming.next().await {
-            let store = store.clone();
+            let (store, events) = (store.clone(), events.clone());
             tokio::spawn(async move {
-                if let Err(e) = answer(store, stream).await {
-                    tracing::debug!(%peer, error = %e, "fast-path request failed");
+                match answer(store, stream).await {
+                    Ok(Some(served)) => {
+                        let _ = events.send(NetEvent::Served {
+                            peer,
+                            record: served.record,
+                            blocks: served.blocks,
+                            bytes: served.bytes,
+                        });
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(%peer, error = %e, "fast-path request failed"),
                 }
             });
         }
@@ -61,7 +76,18 @@ pub(crate) fn serve(control: &mut Control, store: Arc<dyn Blockstore>) -> Result
     Ok(())
 }
 
-async fn answer(store: Arc<dyn Blockstore>, mut stream: libp2p::Stream) -> std::io::Result<()> {
+/// What one request was sent.
+struct Served {
+    record: RecordId,
+    blocks: u64,
+    bytes: u64,
+}
+
+/// Answers one request; `None` when it was refused.
+async fn answer(
+    store: Arc<dyn Blockstore>,
+    mut stream: libp2p::Stream,
+) -> std::io::Result<Option<Served>> {
     let request: Request = within_idle(read_json(&mut stream)).await?;
     let plan = {
         let store = store.clone();
@@ -69,12 +95,18 @@ async fn answer(store: Arc<dyn Blockstore>, mut stream: libp2p::Stream) -> std::
             .await
             .map_err(std::io::Error::other)?
     };
-    let blocks = match plan {
-        Ok(blocks) => blocks,
+    let (record, blocks) = match plan {
+        Ok(planned) => planned,
         Err(reason) => {
             write_json(&mut stream, &Reply::<()>::refused(reason)).await?;
-            return stream.close().await;
+            stream.close().await?;
+            return Ok(None);
         }
+    };
+    let mut served = Served {
+        record,
+        blocks: 0,
+        bytes: 0,
     };
     write_json(&mut stream, &Reply::<()>::ok(None)).await?;
     // A reader thread stays a few blocks ahead of the socket.
@@ -102,13 +134,16 @@ async fn answer(store: Arc<dyn Blockstore>, mut stream: libp2p::Stream) -> std::
             .await?;
         stream.write_all(&header).await?;
         stream.write_all(&bytes).await?;
+        served.blocks += 1;
+        served.bytes += bytes.len() as u64;
     }
     write_frame(&mut stream, &[]).await?;
-    stream.close().await
+    stream.close().await?;
+    Ok(Some(served))
 }
 
-/// The blocks a request asks for, or why it is refused.
-fn plan(store: &dyn Blockstore, request: &Request) -> Result<Vec<Cid>, String> {
+/// The record and blocks a request asks for, or why it is refused.
+fn plan(store: &dyn Blockstore, request: &Request) -> Result<(RecordId, Vec<Cid>), String> {
     let root: RecordId = request
         .root
         .parse()
@@ -137,7 +172,7 @@ fn plan(store: &dyn Blockstore, request: &Request) -> Result<Vec<Cid>, String> {
         })?;
         blocks.push(*cid);
     }
-    Ok(blocks)
+    Ok((root, blocks))
 }
 
 /// Fetches the manifest block of `root` from `peer`, checked against `root`.

@@ -17,7 +17,7 @@ use libp2p::{
     connection_limits, gossipsub, identify, identity, kad, mdns, noise, ping, tcp, yamux,
     Multiaddr, PeerId, StreamProtocol, Swarm,
 };
-use medmesh_core::Cid;
+use medmesh_core::{Cid, RecordId};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::bitswap::Bitswap;
@@ -58,6 +58,37 @@ pub enum NetEvent {
     Connected(PeerId),
     /// The last connection to a peer closed.
     Disconnected(PeerId),
+    /// A peer fetched blocks of a record from this node over the fast path (one event
+    /// per request served to its end).
+    Served {
+        /// Who fetched.
+        peer: PeerId,
+        /// The record.
+        record: RecordId,
+        /// Blocks sent.
+        blocks: u64,
+        /// Bytes sent.
+        bytes: u64,
+    },
+    /// A peer's replication request was served: this node now holds a copy of its
+    /// record.
+    ReplicaHeld {
+        /// Who asked.
+        peer: PeerId,
+        /// The record.
+        record: RecordId,
+        /// Blocks that came over the network for it.
+        blocks_fetched: u64,
+    },
+    /// A repair pass changed which peers hold a record's replicas.
+    ReplicasRepaired {
+        /// The record.
+        record: RecordId,
+        /// Copies wanted.
+        copies: u32,
+        /// Peers that hold one now.
+        holders: Vec<String>,
+    },
 }
 
 enum Command {
@@ -118,7 +149,7 @@ pub(crate) struct Inner {
     pub(crate) replicas: Arc<replicate::Slots>,
     commands: mpsc::Sender<Command>,
     shared: Arc<Shared>,
-    events: broadcast::Sender<NetEvent>,
+    pub(crate) events: broadcast::Sender<NetEvent>,
 }
 
 impl Network {
@@ -253,6 +284,7 @@ impl Network {
         fastpath::serve(
             &mut network.inner.control.clone(),
             network.inner.store.clone(),
+            events.clone(),
         )?;
         replicate::serve(&network)?;
 

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::fetch::FetchOptions;
 use crate::wire::{read_json, within_idle, write_json};
 use crate::{FetchReport, ReplicaOutcome};
-use crate::{NetError, Network};
+use crate::{NetError, NetEvent, Network};
 
 /// The replication protocol id.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/medmesh/replicate/1.0.0");
@@ -214,6 +214,11 @@ impl Network {
         match self.fetch_record(root, options, Arc::new(|_| {})).await {
             Ok(report) => {
                 tracing::info!(%peer, record = %root, fetched = report.blocks_fetched, "holding a replica");
+                let _ = self.inner.events.send(NetEvent::ReplicaHeld {
+                    peer,
+                    record: root,
+                    blocks_fetched: report.blocks_fetched,
+                });
                 Reply::ok(Some(report))
             }
             Err(e) => {
@@ -345,8 +350,21 @@ impl Network {
         let mut short = 0;
         for (id, replication) in records {
             let outcomes = self.replicate(store, &id, &replication).await?;
-            if outcomes.iter().filter(|o| o.ok).count() < replication.copies as usize {
+            // `replicate` keeps, in order, the peers that answered yes.
+            let holders: Vec<String> = outcomes
+                .iter()
+                .filter(|o| o.ok)
+                .map(|o| o.peer.clone())
+                .collect();
+            if holders.len() < replication.copies as usize {
                 short += 1;
+            }
+            if holders != replication.holders {
+                let _ = self.inner.events.send(NetEvent::ReplicasRepaired {
+                    record: id,
+                    copies: replication.copies,
+                    holders,
+                });
             }
         }
         Ok(short)

@@ -47,6 +47,7 @@ impl NodeServices {
         patient: String,
         actor: &str,
     ) -> Result<ConsentLinkView, ServiceError> {
+        let institution = self.keys()?.certificate.id();
         let (store, actor) = (self.store.clone(), actor.to_string());
         let link = blocking("consent link", move || {
             Ok(store.link_patient(&id, &patient, &actor)?)
@@ -58,7 +59,7 @@ impl NodeServices {
         Ok(ConsentLinkView {
             patient,
             scope: record_scope(&id, &link.salt)?,
-            patient_scope: patient_scope(&self.keys.certificate.id(), patient),
+            patient_scope: patient_scope(&institution, patient),
         })
     }
 

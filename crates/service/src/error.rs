@@ -52,6 +52,9 @@ pub enum ServiceError {
         "this node has no account on its chain to pay for relays (start it with --chain-key-file)"
     )]
     NoRelayer,
+    /// The operation signs or decrypts, and the institution's keys were not unlocked.
+    #[error("this operation needs the institution's keys, which were not unlocked")]
+    KeysLocked,
     /// The node runs without the peer-to-peer network.
     #[error("this node runs without the peer-to-peer network (started with --no-network)")]
     NoNetwork,

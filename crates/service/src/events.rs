@@ -37,6 +37,28 @@ pub enum NodeEvent {
         /// Blocks that came over the network.
         blocks_fetched: u64,
     },
+    /// A peer fetched blocks of a record from this node (one event per fast-path
+    /// request; bitswap serves blocks one by one, without naming a record, and is not
+    /// reported).
+    RecordServed {
+        /// The record id.
+        record: String,
+        /// The peer that fetched.
+        peer: String,
+        /// Blocks sent.
+        blocks: u64,
+        /// Bytes sent.
+        bytes: u64,
+    },
+    /// A peer asked this node to hold a replica of its record, and it now does.
+    ReplicaStored {
+        /// The record id.
+        record: String,
+        /// The peer that asked.
+        peer: String,
+        /// Blocks that came over the network for it.
+        blocks_fetched: u64,
+    },
     /// A record's key was released to a grantee.
     KeyReleased {
         /// The record id.

@@ -25,5 +25,5 @@ pub use error::ServiceError;
 pub use events::{EventBus, NodeEvent};
 pub use keys::NodeKeys;
 pub use network::{NetworkView, ReplicationView};
-pub use records::{Ingest, OpenedRecord, RecordSummary};
+pub use records::{Ingest, OpenedRecord, Progress, RecordSummary};
 pub use services::{ChainServices, NodeServices, ServiceSettings};

@@ -10,6 +10,7 @@ use medmesh_store::Replication;
 
 use crate::error::{blocking, ServiceError};
 use crate::events::NodeEvent;
+use crate::records::Progress;
 use crate::services::NodeServices;
 
 /// Most peers a record may be replicated on.
@@ -69,8 +70,19 @@ impl NodeServices {
         id: RecordId,
         options: FetchOptions,
     ) -> Result<FetchReport, ServiceError> {
+        self.fetch_with_progress(id, options, Arc::new(|_| {}))
+            .await
+    }
+
+    /// [`fetch`](Self::fetch), calling `progress` with the bytes of each block fetched.
+    pub async fn fetch_with_progress(
+        &self,
+        id: RecordId,
+        options: FetchOptions,
+        progress: Progress,
+    ) -> Result<FetchReport, ServiceError> {
         let net = self.require_network()?;
-        let report = net.fetch_record(id, options, Arc::new(|_| {})).await?;
+        let report = net.fetch_record(id, options, progress).await?;
         if report.blocks_fetched > 0 || report.imported {
             self.events.publish(NodeEvent::RecordFetched {
                 record: id.to_string(),
@@ -87,8 +99,7 @@ impl NodeServices {
         if self.network().is_none() {
             return Ok(());
         }
-        let (store, copy) = (self.store.clone(), *id);
-        if blocking("record lookup", move || Ok(store.has_record(&copy)?)).await? {
+        if self.has_record(*id).await? {
             return Ok(());
         }
         match self.fetch(*id, FetchOptions::default()).await {

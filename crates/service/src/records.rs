@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
+use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,6 +15,8 @@ use medmesh_store::{
 };
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
+
+pub use medmesh_net::Progress;
 
 use crate::error::{blocking, ServiceError};
 use crate::events::NodeEvent;
@@ -56,9 +60,21 @@ impl NodeServices {
     /// chunks whatever its size), then announces it to the network in the background.
     pub async fn ingest(
         &self,
-        mut input: Box<dyn Read + Send>,
+        input: Box<dyn Read + Send>,
         request: Ingest,
     ) -> Result<RecordSummary, ServiceError> {
+        self.ingest_with_progress(input, request, Arc::new(|_| {}))
+            .await
+    }
+
+    /// [`ingest`](Self::ingest), calling `progress` with the plaintext bytes read so far.
+    pub async fn ingest_with_progress(
+        &self,
+        mut input: Box<dyn Read + Send>,
+        request: Ingest,
+        progress: Progress,
+    ) -> Result<RecordSummary, ServiceError> {
+        let keys = self.keys()?.clone();
         // An ingest holds a blocking thread for as long as its input trickles in.
         let permit = self.ingests.clone().try_acquire_owned().map_err(|_| {
             ServiceError::Busy(format!(
@@ -66,7 +82,7 @@ impl NodeServices {
                 self.settings.max_ingests
             ))
         })?;
-        let (store, keys) = (self.store.clone(), self.keys.clone());
+        let store = self.store.clone();
         let put = PutRequest {
             content_type: request.content_type,
             patient: request.patient,
@@ -80,7 +96,7 @@ impl NodeServices {
                 &keys.signer,
                 &keys.certificate,
                 &[],
-                &|_| {},
+                &|n| progress(n),
             )?;
             drop(permit);
             Ok((id, store.meta(&id)?))
@@ -116,6 +132,7 @@ impl NodeServices {
         id: RecordId,
         actor: &str,
     ) -> Result<OpenedRecord, ServiceError> {
+        let keys = self.keys()?.clone();
         self.ensure_local(&id).await?;
         // Each read holds a blocking thread while its consumer reads: bound them, so
         // slow readers cannot take the pool every other operation needs.
@@ -127,7 +144,7 @@ impl NodeServices {
         })?;
         let (ready_tx, ready_rx) = oneshot::channel::<Result<RecordMeta, ServiceError>>();
         let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
-        let (store, keys, actor) = (self.store.clone(), self.keys.clone(), actor.to_string());
+        let (store, actor) = (self.store.clone(), actor.to_string());
         tokio::task::spawn_blocking(move || {
             let opened = {
                 let mut decryptor = keys.decryptor.lock().unwrap_or_else(|e| e.into_inner());
@@ -194,6 +211,12 @@ impl NodeServices {
         Ok(OpenedRecord { meta, body: rx })
     }
 
+    /// Whether record `id` is stored here.
+    pub async fn has_record(&self, id: RecordId) -> Result<bool, ServiceError> {
+        let store = self.store.clone();
+        blocking("record lookup", move || Ok(store.has_record(&id)?)).await
+    }
+
     /// A stored record's metadata and manifest.
     pub async fn record(&self, id: RecordId) -> Result<(RecordMeta, Manifest), ServiceError> {
         let store = self.store.clone();
@@ -235,6 +258,21 @@ impl NodeServices {
                 .collect(),
             next_since,
         ))
+    }
+
+    /// Calls `visit` with every record matching `query` (up to `query.limit`, 0 for
+    /// all), oldest first, as the index is read: memory stays flat however many match.
+    /// `visit` runs on a blocking thread and may stop the scan.
+    pub async fn scan(
+        &self,
+        query: RecordQuery,
+        mut visit: impl FnMut(RecordSummary) -> ControlFlow<()> + Send + 'static,
+    ) -> Result<(), ServiceError> {
+        let store = self.store.clone();
+        blocking("record scan", move || {
+            Ok(store.scan_records(&query, |id, meta| visit(RecordSummary { id, meta }))?)
+        })
+        .await
     }
 
     /// Removes the local copy of record `id` (its blocks no other record uses).

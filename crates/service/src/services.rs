@@ -57,7 +57,7 @@ impl Default for ServiceSettings {
 /// crate). Cheap to share behind an `Arc`.
 pub struct NodeServices {
     pub(crate) store: Arc<Store>,
-    pub(crate) keys: Arc<NodeKeys>,
+    keys: Option<Arc<NodeKeys>>,
     pub(crate) settings: ServiceSettings,
     pub(crate) events: EventBus,
     pub(crate) denials: DenialLog,
@@ -71,6 +71,17 @@ impl NodeServices {
     /// Services over `store`, writing records owned by `keys`' institution. The chain
     /// and the network are connected afterwards, once each.
     pub fn new(store: Arc<Store>, keys: Arc<NodeKeys>, settings: ServiceSettings) -> Self {
+        Self::build(store, Some(keys), settings)
+    }
+
+    /// Services over `store` without the institution's keys: for the maintenance
+    /// commands (list, inspect, remove, gc, check, audit, tokens, fetch). Operations
+    /// that sign or decrypt answer [`ServiceError::KeysLocked`].
+    pub fn without_keys(store: Arc<Store>, settings: ServiceSettings) -> Self {
+        Self::build(store, None, settings)
+    }
+
+    fn build(store: Arc<Store>, keys: Option<Arc<NodeKeys>>, settings: ServiceSettings) -> Self {
         Self {
             denials: DenialLog::new(store.clone()),
             reads: Arc::new(Semaphore::new(settings.max_reads.max(1))),
@@ -139,7 +150,8 @@ impl NodeServices {
     }
 
     /// Connects the peer-to-peer network (fetching, replication, announcing new
-    /// records); its connection events are republished on the event bus. Set once.
+    /// records); what peers do with this node (connections, blocks served, replicas
+    /// held, repairs) is republished on the event bus. Set once.
     pub fn enable_network(&self, network: Network) -> bool {
         let mut net_events = network.events();
         if self.network.set(network).is_err() {
@@ -156,7 +168,39 @@ impl NodeServices {
                     Ok(NetEvent::Disconnected(peer)) => bus.publish(NodeEvent::PeerDisconnected {
                         peer: peer.to_string(),
                     }),
-                    Ok(NetEvent::Gossip { .. }) | Err(RecvError::Lagged(_)) => {}
+                    Ok(NetEvent::Served {
+                        peer,
+                        record,
+                        blocks,
+                        bytes,
+                    }) => bus.publish(NodeEvent::RecordServed {
+                        record: record.to_string(),
+                        peer: peer.to_string(),
+                        blocks,
+                        bytes,
+                    }),
+                    Ok(NetEvent::ReplicaHeld {
+                        peer,
+                        record,
+                        blocks_fetched,
+                    }) => bus.publish(NodeEvent::ReplicaStored {
+                        record: record.to_string(),
+                        peer: peer.to_string(),
+                        blocks_fetched,
+                    }),
+                    Ok(NetEvent::ReplicasRepaired {
+                        record,
+                        copies,
+                        holders,
+                    }) => bus.publish(NodeEvent::ReplicationChanged {
+                        record: record.to_string(),
+                        copies,
+                        holders,
+                    }),
+                    Ok(NetEvent::Gossip { .. }) => {}
+                    Err(RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "network events missed by the event bus");
+                    }
                     Err(RecvError::Closed) => return,
                 }
             }
@@ -169,9 +213,10 @@ impl NodeServices {
         &self.store
     }
 
-    /// The institution's keys.
-    pub fn keys(&self) -> &Arc<NodeKeys> {
-        &self.keys
+    /// The institution's keys, or [`ServiceError::KeysLocked`] when the services were
+    /// built without them.
+    pub fn keys(&self) -> Result<&Arc<NodeKeys>, ServiceError> {
+        self.keys.as_ref().ok_or(ServiceError::KeysLocked)
     }
 
     /// The settings.

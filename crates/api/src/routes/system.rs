@@ -64,7 +64,7 @@ pub async fn institution_key(
 ) -> Result<impl IntoResponse, ApiError> {
     let armored = state
         .services()
-        .keys()
+        .keys()?
         .certificate
         .to_armored()
         .map_err(|e| ApiError::internal("certificate export", e))?;
