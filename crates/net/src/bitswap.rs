@@ -18,8 +18,9 @@ use prost::Message as _;
 use tokio::sync::mpsc;
 
 use crate::blockstore::Blockstore;
+use crate::limits::ServeLimits;
 use crate::scores::PeerScores;
-use crate::wire::{read_frame, varint, write_frame};
+use crate::wire::{read_frame_within, varint, write_frame};
 use crate::NetError;
 
 /// The bitswap protocol ids, newest first.
@@ -32,6 +33,11 @@ pub const PROTOCOLS: [StreamProtocol; 4] = [
 
 /// Kubo's limit on a bitswap message; a 1 MiB block and its framing fit.
 const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+/// Want-list entries read from one message (as boxo's `MaxWantlistSize`); the rest are
+/// ignored.
+pub(crate) const MAX_WANTS: usize = 1024;
+/// Outbound queues kept before closed ones are swept.
+const OUTBOXES: usize = 1024;
 const SHA2_256: u64 = 0x12;
 const DAG_PB: u64 = 0x70;
 
@@ -108,6 +114,7 @@ pub(crate) struct Bitswap {
     store: Arc<dyn Blockstore>,
     control: Control,
     scores: Arc<PeerScores>,
+    limits: Arc<ServeLimits>,
     wants: Mutex<HashMap<Cid, Vec<mpsc::UnboundedSender<WantEvent>>>>,
     outboxes: Mutex<HashMap<PeerId, mpsc::Sender<pb::Message>>>,
 }
@@ -117,11 +124,13 @@ impl Bitswap {
         store: Arc<dyn Blockstore>,
         control: Control,
         scores: Arc<PeerScores>,
+        limits: Arc<ServeLimits>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
             control,
             scores,
+            limits,
             wants: Mutex::new(HashMap::new()),
             outboxes: Mutex::new(HashMap::new()),
         })
@@ -142,8 +151,20 @@ impl Bitswap {
         tokio::spawn(async move {
             let mut incoming = futures::stream::select_all(incoming);
             while let Some((peer, stream)) = incoming.next().await {
+                // Kubo and Helia open one stream per direction; a peer opening many
+                // would hold a task and a frame each.
+                let slot = match this.limits.bitswap_streams.try_take(peer) {
+                    Ok(slot) => slot,
+                    Err(refusal) => {
+                        tracing::debug!(%peer, refusal, "bitswap stream refused");
+                        continue;
+                    }
+                };
                 let this = this.clone();
-                tokio::spawn(async move { this.read_messages(peer, stream).await });
+                tokio::spawn(async move {
+                    this.read_messages(peer, stream).await;
+                    drop(slot);
+                });
             }
         });
         Ok(())
@@ -151,7 +172,17 @@ impl Bitswap {
 
     async fn read_messages(self: Arc<Self>, peer: PeerId, mut stream: libp2p::Stream) {
         loop {
-            let frame = match read_frame(&mut stream, MAX_MESSAGE).await {
+            // Idle between messages is fine (the stream lives as long as the
+            // connection); a message once begun must arrive in time, and a large one
+            // takes its size from the node's frame budget while it is handled.
+            let read = read_frame_within(
+                &mut stream,
+                MAX_MESSAGE,
+                Some(&self.limits.frames),
+                self.limits.frame_timeout,
+            )
+            .await;
+            let (frame, _held) = match read {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return,
                 Err(e) => {
@@ -203,16 +234,26 @@ impl Bitswap {
         }
     }
 
-    /// Serves a peer's wants: blocks, haves and (when asked) don't-haves.
+    /// Serves a peer's wants: blocks, haves and (when asked) don't-haves. Each CID is
+    /// answered once per message however often it is listed, at most [`MAX_WANTS`]
+    /// entries are read, blocks leave at the peer's serving rate, and answering stops
+    /// when the peer is gone.
     async fn answer(&self, peer: PeerId, wantlist: pb::Wantlist) {
         let mut presences = Vec::new();
-        for entry in wantlist.entries {
+        let mut seen = HashSet::new();
+        if wantlist.entries.len() > MAX_WANTS {
+            tracing::debug!(%peer, entries = wantlist.entries.len(), "bitswap want-list truncated to {MAX_WANTS} entries");
+        }
+        for entry in wantlist.entries.into_iter().take(MAX_WANTS) {
             if entry.cancel {
                 continue;
             }
             let Ok(cid) = Cid::try_from(entry.block.as_slice()) else {
                 continue;
             };
+            if !seen.insert(cid) {
+                continue;
+            }
             // `has` and `get` touch the disk: both run off the async executor.
             let want_block = entry.want_type == WANT_BLOCK;
             let store = self.store.clone();
@@ -231,18 +272,24 @@ impl Bitswap {
             };
             match read {
                 Some(Ok(Some(data))) => {
+                    self.limits.rate.take(peer, data.len()).await;
                     let block = pb::Block {
                         prefix: cid_prefix(&cid),
                         data,
                     };
-                    self.send(
-                        peer,
-                        pb::Message {
-                            payload: vec![block],
-                            ..Default::default()
-                        },
-                    )
-                    .await;
+                    let sent = self
+                        .send(
+                            peer,
+                            pb::Message {
+                                payload: vec![block],
+                                ..Default::default()
+                            },
+                        )
+                        .await;
+                    if !sent {
+                        tracing::debug!(%peer, "peer gone: the rest of its want-list is dropped");
+                        return;
+                    }
                     continue;
                 }
                 Some(Ok(None)) => {
@@ -383,10 +430,26 @@ impl Bitswap {
         outcome
     }
 
-    /// Queues a message for `peer` on our outbound stream to it.
-    async fn send(&self, peer: PeerId, message: pb::Message) {
+    /// Outbound queues held.
+    pub(crate) fn queues(&self) -> usize {
+        crate::lock(&self.outboxes).len()
+    }
+
+    /// Forgets `peer`'s outbound queue (it disconnected): its writer ends, and a later
+    /// message opens a new one.
+    pub(crate) fn forget(&self, peer: &PeerId) {
+        crate::lock(&self.outboxes).remove(peer);
+    }
+
+    /// Queues a message for `peer` on our outbound stream to it; `false` when the peer
+    /// cannot be reached (its writer gave up).
+    async fn send(&self, peer: PeerId, message: pb::Message) -> bool {
         let outbox = {
             let mut outboxes = crate::lock(&self.outboxes);
+            if outboxes.len() >= OUTBOXES {
+                // Queues of peers whose writer ended (a missed disconnect) go first.
+                outboxes.retain(|_, tx| !tx.is_closed());
+            }
             match outboxes.get(&peer) {
                 Some(tx) if !tx.is_closed() => tx.clone(),
                 _ => {
@@ -398,7 +461,7 @@ impl Bitswap {
                 }
             }
         };
-        let _ = outbox.send(message).await;
+        outbox.send(message).await.is_ok()
     }
 }
 
@@ -429,7 +492,9 @@ async fn write_messages(mut control: Control, peer: PeerId, mut rx: mpsc::Receiv
                 stream = open(&mut control, peer).await;
             }
             let Some(s) = stream.as_mut() else {
-                break;
+                // The peer cannot be reached: end, so senders see the queue closed
+                // instead of filling it for nobody.
+                return;
             };
             let written = async {
                 write_frame(s, &bytes).await?;

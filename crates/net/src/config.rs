@@ -40,6 +40,23 @@ pub struct NetConfig {
     /// Seconds a replica may take to fetch: the holder gives up after this long, and
     /// the asking side waits this long (plus a short margin for the holder's answer).
     pub replica_timeout_secs: u64,
+    /// Bytes per second this node serves to one peer, bitswap and fast path together
+    /// (bursts of a quarter of it); a peer asking faster is slowed down, not refused.
+    pub serve_bytes_per_peer_per_sec: u64,
+    /// Fast-path requests from one peer served at once; more are refused until one
+    /// ends (a fetch uses 2 per provider by default).
+    pub max_fast_path_requests_per_peer: usize,
+    /// Fast-path requests served at once, from all peers together.
+    pub max_fast_path_requests: usize,
+    /// Inbound bitswap streams one peer may hold open (Kubo and Helia use one).
+    pub max_bitswap_streams_per_peer: usize,
+    /// Inbound bitswap streams from all peers together.
+    pub max_bitswap_streams: usize,
+    /// Memory that inbound frames still being read may hold, from all peers together
+    /// (a large frame reserves its size before its body is read).
+    pub frame_budget_bytes: usize,
+    /// Seconds a peer has to finish sending a frame once its length has arrived.
+    pub frame_timeout_secs: u64,
 }
 
 impl Default for NetConfig {
@@ -62,6 +79,13 @@ impl Default for NetConfig {
             max_replications_per_peer: 2,
             max_replications: 8,
             replica_timeout_secs: 3600,
+            serve_bytes_per_peer_per_sec: 512 << 20,
+            max_fast_path_requests_per_peer: 8,
+            max_fast_path_requests: 64,
+            max_bitswap_streams_per_peer: 4,
+            max_bitswap_streams: 256,
+            frame_budget_bytes: 64 << 20,
+            frame_timeout_secs: 30,
         }
     }
 }
@@ -101,6 +125,33 @@ impl NetConfig {
                 "replica_timeout_secs must be at least 1".into(),
             ));
         }
+        for (name, value) in [
+            (
+                "serve_bytes_per_peer_per_sec",
+                self.serve_bytes_per_peer_per_sec as usize,
+            ),
+            (
+                "max_fast_path_requests_per_peer",
+                self.max_fast_path_requests_per_peer,
+            ),
+            ("max_fast_path_requests", self.max_fast_path_requests),
+            (
+                "max_bitswap_streams_per_peer",
+                self.max_bitswap_streams_per_peer,
+            ),
+            ("max_bitswap_streams", self.max_bitswap_streams),
+            ("frame_timeout_secs", self.frame_timeout_secs as usize),
+        ] {
+            if value == 0 {
+                return Err(NetError::Config(format!("{name} must be at least 1")));
+            }
+        }
+        if self.frame_budget_bytes < 4 << 20 {
+            return Err(NetError::Config(format!(
+                "frame_budget_bytes ({}) must hold at least one 4 MiB bitswap message",
+                self.frame_budget_bytes
+            )));
+        }
         for addr in &self.bootstrap {
             let has_peer = addr
                 .iter()
@@ -127,6 +178,11 @@ impl NetConfig {
     /// [`NetConfig::replica_timeout_secs`] as a duration.
     pub fn replica_timeout(&self) -> Duration {
         Duration::from_secs(self.replica_timeout_secs)
+    }
+
+    /// [`NetConfig::frame_timeout_secs`] as a duration.
+    pub fn frame_timeout(&self) -> Duration {
+        Duration::from_secs(self.frame_timeout_secs)
     }
 
     /// [`NetConfig::block_timeout_secs`] as a duration.
@@ -172,6 +228,39 @@ mod tests {
         ] {
             let err = bad.validate().expect_err("invalid limits are refused");
             assert!(err.to_string().contains("replica"), "{err}");
+        }
+    }
+
+    #[test]
+    fn serving_limits_default_and_are_validated() {
+        let config = NetConfig::default();
+        assert_eq!(config.serve_bytes_per_peer_per_sec, 512 << 20);
+        assert_eq!(config.frame_budget_bytes, 64 << 20);
+        for (bad, named) in [
+            (
+                NetConfig {
+                    max_fast_path_requests: 0,
+                    ..NetConfig::default()
+                },
+                "max_fast_path_requests must",
+            ),
+            (
+                NetConfig {
+                    serve_bytes_per_peer_per_sec: 0,
+                    ..NetConfig::default()
+                },
+                "serve_bytes_per_peer_per_sec",
+            ),
+            (
+                NetConfig {
+                    frame_budget_bytes: 1 << 20,
+                    ..NetConfig::default()
+                },
+                "frame_budget_bytes",
+            ),
+        ] {
+            let err = bad.validate().expect_err("invalid limits are refused");
+            assert!(err.to_string().contains(named), "{err}");
         }
     }
 }

@@ -10,6 +10,7 @@
 //! missing.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
@@ -21,6 +22,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 
 use crate::blockstore::Blockstore;
+use crate::limits::ServeLimits;
 use crate::wire::{
     open_stream, read_frame, read_json, varint, within_idle, write_frame, write_json, Reply,
 };
@@ -29,8 +31,8 @@ use crate::{NetError, NetEvent};
 /// The fast-path protocol id.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/medmesh/blocks/1.0.0");
 
-/// Most chunks one request may ask for.
-pub(crate) const MAX_CHUNKS_PER_REQUEST: usize = 4096;
+/// Most chunks one request may ask for (with 1 MiB chunks, 256 MiB per request).
+pub(crate) const MAX_CHUNKS_PER_REQUEST: usize = 256;
 /// Blocks read ahead of the socket by the provider, and verified/stored concurrently by
 /// the receiver.
 const PIPELINE: usize = 4;
@@ -45,10 +47,13 @@ struct Request {
 }
 
 /// Serves fast-path requests from `store` until the network stops.
-/// Each request served to its end is reported on `events`.
+/// Each request served to its end is reported on `events`. Requests are bounded per
+/// peer and in total (`limits.fast_path`), and bytes per peer per second
+/// (`limits.rate`).
 pub(crate) fn serve(
     control: &mut Control,
     store: Arc<dyn Blockstore>,
+    limits: Arc<ServeLimits>,
     events: broadcast::Sender<NetEvent>,
 ) -> Result<(), NetError> {
     let mut incoming = control
@@ -56,9 +61,9 @@ pub(crate) fn serve(
         .map_err(NetError::setup(format!("accepting {PROTOCOL}")))?;
     tokio::spawn(async move {
         while let Some((peer, stream)) = incoming.next().await {
-            let (store, events) = (store.clone(), events.clone());
+            let (store, limits, events) = (store.clone(), limits.clone(), events.clone());
             tokio::spawn(async move {
-                match answer(store, stream).await {
+                match answer(&store, &limits, peer, stream).await {
                     Ok(Some(served)) => {
                         let _ = events.send(NetEvent::Served {
                             peer,
@@ -83,12 +88,29 @@ struct Served {
     bytes: u64,
 }
 
-/// Answers one request; `None` when it was refused.
+/// How long one block may take to leave: a peer that stops reading loses its request
+/// (and its place) instead of holding them.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Answers one request; `None` when it was refused. Nothing here holds a thread while
+/// the peer reads: each block is read from disk on its own short blocking task, at
+/// most [`PIPELINE`] ahead of the socket.
 async fn answer(
-    store: Arc<dyn Blockstore>,
+    store: &Arc<dyn Blockstore>,
+    limits: &ServeLimits,
+    peer: PeerId,
     mut stream: libp2p::Stream,
 ) -> std::io::Result<Option<Served>> {
     let request: Request = within_idle(read_json(&mut stream)).await?;
+    let slot = match limits.fast_path.try_take(peer) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            tracing::debug!(%peer, refusal, "fast-path request refused");
+            write_json(&mut stream, &Reply::<()>::refused(refusal)).await?;
+            stream.close().await?;
+            return Ok(None);
+        }
+    };
     let plan = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || plan(&*store, &request))
@@ -103,46 +125,58 @@ async fn answer(
             return Ok(None);
         }
     };
+    write_json(&mut stream, &Reply::<()>::ok(None)).await?;
     let mut served = Served {
         record,
         blocks: 0,
         bytes: 0,
     };
-    write_json(&mut stream, &Reply::<()>::ok(None)).await?;
-    // A reader thread stays a few blocks ahead of the socket.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(Cid, Vec<u8>), String>>(PIPELINE);
-    tokio::task::spawn_blocking(move || {
-        for cid in blocks {
-            let block = match store.get_for_peer(&cid) {
-                Ok(Some(bytes)) => Ok((cid, bytes)),
-                Ok(None) => Err(format!("block {cid} is no longer stored here")),
-                Err(e) => Err(e.to_string()),
-            };
-            let failed = block.is_err();
-            if tx.blocking_send(block).is_err() || failed {
-                return;
+    let mut reads = futures::stream::iter(blocks)
+        .map(|cid| {
+            let store = store.clone();
+            async move {
+                match tokio::task::spawn_blocking(move || store.get_for_peer(&cid)).await {
+                    Ok(Ok(Some(bytes))) => Ok((cid, bytes)),
+                    Ok(Ok(None)) => Err(format!("block {cid} is no longer stored here")),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
             }
-        }
-    });
-    while let Some(block) = rx.recv().await {
+        })
+        .buffered(PIPELINE);
+    while let Some(block) = reads.next().await {
         let (cid, bytes) = block.map_err(std::io::Error::other)?;
+        limits.rate.take(peer, bytes.len()).await;
         let cid_bytes = cid.to_bytes();
         let mut header = varint(cid_bytes.len());
         header.extend_from_slice(&cid_bytes);
-        stream
-            .write_all(&varint(header.len() + bytes.len()))
-            .await?;
-        stream.write_all(&header).await?;
-        stream.write_all(&bytes).await?;
+        let write = async {
+            stream
+                .write_all(&varint(header.len() + bytes.len()))
+                .await?;
+            stream.write_all(&header).await?;
+            stream.write_all(&bytes).await
+        };
+        tokio::time::timeout(WRITE_TIMEOUT, write)
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the peer read nothing for {WRITE_TIMEOUT:?}"),
+                )
+            })??;
         served.blocks += 1;
         served.bytes += bytes.len() as u64;
     }
     write_frame(&mut stream, &[]).await?;
     stream.close().await?;
+    drop(slot);
     Ok(Some(served))
 }
 
-/// The record and blocks a request asks for, or why it is refused.
+/// The record and blocks a request asks for, or why it is refused. Each chunk may be
+/// asked once per request: repeats would make one small request cost the node any
+/// number of bytes.
 fn plan(store: &dyn Blockstore, request: &Request) -> Result<(RecordId, Vec<Cid>), String> {
     let root: RecordId = request
         .root
@@ -152,6 +186,12 @@ fn plan(store: &dyn Blockstore, request: &Request) -> Result<(RecordId, Vec<Cid>
         return Err(format!(
             "{} chunks asked; at most {MAX_CHUNKS_PER_REQUEST} per request",
             request.chunks.len()
+        ));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(request.chunks.len());
+    if let Some(repeated) = request.chunks.iter().find(|&&i| !seen.insert(i)) {
+        return Err(format!(
+            "chunk {repeated} is asked more than once; ask each chunk once per request"
         ));
     }
     let bytes = store

@@ -1,7 +1,7 @@
 //! medmesh's peer-to-peer network.
 //!
 //! - [`Network`]: a libp2p node with a persistent Ed25519 identity: TCP and QUIC,
-//!   Noise, Yamux, identify, ping, a Kademlia DHT (providers of record CIDs),
+//!   Noise, Yamux, identify, ping (answered by [`pong`]), a Kademlia DHT (providers of record CIDs),
 //!   gossipsub (node presence, dataset announcements), optional mDNS, bootstrap peers
 //!   and connection limits.
 //! - Bitswap 1.2.0 ([`bitswap::PROTOCOLS`]): any IPFS peer (Kubo, Helia) can fetch our
@@ -23,8 +23,10 @@ mod config;
 mod error;
 pub mod fastpath;
 mod fetch;
+mod limits;
 mod network;
 mod policy;
+mod pong;
 pub mod replicate;
 mod scores;
 mod wire;
@@ -36,7 +38,9 @@ pub use fetch::{FetchOptions, Progress};
 // What transfers report lives in core, so the API and the SDK show it without libp2p.
 pub use libp2p::{Multiaddr, PeerId};
 pub use medmesh_core::{FetchReport, PeerInfo, ReplicaOutcome, Transfer};
-pub use network::{NetEvent, Network, NetworkOptions, DATASETS_TOPIC, PRESENCE_TOPIC};
+pub use network::{
+    NetEvent, Network, NetworkOptions, ServingStats, DATASETS_TOPIC, PRESENCE_TOPIC,
+};
 pub use policy::{AllowList, OpenPolicy, PeerPolicy};
 pub use scores::PeerScores;
 

@@ -14,17 +14,18 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    connection_limits, gossipsub, identify, identity, kad, mdns, noise, ping, tcp, yamux,
-    Multiaddr, PeerId, StreamProtocol, Swarm,
+    connection_limits, gossipsub, identify, identity, kad, mdns, noise, tcp, yamux, Multiaddr,
+    PeerId, StreamProtocol, Swarm,
 };
 use medmesh_core::{Cid, RecordId};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::bitswap::Bitswap;
 use crate::blockstore::Blockstore;
+use crate::limits::{ServeLimits, Slots};
 use crate::policy::PeerPolicy;
 use crate::scores::PeerScores;
-use crate::{fastpath, replicate, NetConfig, NetError, PeerInfo};
+use crate::{fastpath, pong, replicate, NetConfig, NetError, PeerInfo};
 
 /// Gossipsub topic of node presence announcements.
 pub const PRESENCE_TOPIC: &str = "medmesh/presence/1";
@@ -35,7 +36,6 @@ pub const DATASETS_TOPIC: &str = "medmesh/datasets/1";
 struct Behaviour {
     limits: connection_limits::Behaviour,
     identify: identify::Behaviour,
-    ping: ping::Behaviour,
     kad: kad::Behaviour<kad::store::MemoryStore>,
     gossipsub: gossipsub::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
@@ -113,6 +113,37 @@ struct Connected {
     connections: usize,
 }
 
+/// Streams per yamux connection. js-libp2p's yamux (@chainsafe/libp2p-yamux 8) sends
+/// each data frame as large as the window we grant, and rust-yamux 0.14 drops the whole
+/// connection on a frame above 1 MiB (a constant, `FrameTooLarge`). A stream's window
+/// grows only into `1 GiB − max_num_streams × 256 KiB`: 4 093 streams cap every
+/// window at 256 KiB + 768 KiB = 1 MiB, so an honest JavaScript peer's frames always
+/// fit. (4 096 would stop the growth at 256 KiB.)
+const YAMUX_MAX_STREAMS: usize = 4093;
+
+fn yamux_config() -> yamux::Config {
+    let mut config = yamux::Config::default();
+    config.set_max_num_streams(YAMUX_MAX_STREAMS);
+    config
+}
+
+/// What the node holds for peers at one moment ([`Network::stats`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServingStats {
+    /// Peers with an open connection.
+    pub connected_peers: usize,
+    /// Outbound bitswap queues (one per peer we answer or ask).
+    pub bitswap_queues: usize,
+    /// Inbound bitswap streams being read.
+    pub bitswap_streams: usize,
+    /// Fast-path requests being served.
+    pub fast_path_requests: usize,
+    /// Replication requests being served.
+    pub replication_requests: usize,
+    /// Bytes of the inbound frame budget not taken.
+    pub frame_budget_free: usize,
+}
+
 /// What a node needs to join the network.
 pub struct NetworkOptions {
     /// Settings.
@@ -146,7 +177,9 @@ pub(crate) struct Inner {
     pub(crate) policy: Arc<dyn PeerPolicy>,
     pub(crate) institution: Option<String>,
     /// Replication requests being served, bounded per peer and in total.
-    pub(crate) replicas: Arc<replicate::Slots>,
+    pub(crate) replicas: Arc<Slots>,
+    /// What peers may make this node serve.
+    pub(crate) limits: Arc<ServeLimits>,
     commands: mpsc::Sender<Command>,
     shared: Arc<Shared>,
     pub(crate) events: broadcast::Sender<NetEvent>,
@@ -171,7 +204,7 @@ impl Network {
                 // Noise is what every libp2p implementation speaks (Helia, Kubo); TLS 1.3
                 // is offered as well, as Kubo does.
                 (noise::Config::new, libp2p::tls::Config::new),
-                yamux::Config::default,
+                yamux_config,
             )
             .map_err(NetError::setup("TCP transport"))?
             .with_quic()
@@ -209,7 +242,6 @@ impl Network {
                         identify::Config::new("/medmesh/1.0.0".into(), key.public())
                             .with_agent_version(options.agent.clone()),
                     ),
-                    ping: ping::Behaviour::default(),
                     kad,
                     gossipsub,
                     mdns: Toggle::from(mdns),
@@ -258,7 +290,13 @@ impl Network {
 
         let control = swarm.behaviour().stream.new_control();
         let scores = Arc::new(PeerScores::default());
-        let bitswap = Bitswap::new(options.store.clone(), control.clone(), scores.clone());
+        let limits = ServeLimits::new(&config);
+        let bitswap = Bitswap::new(
+            options.store.clone(),
+            control.clone(),
+            scores.clone(),
+            limits.clone(),
+        );
         let (commands, command_rx) = mpsc::channel(64);
         let (events, _) = broadcast::channel(256);
         let network = Network {
@@ -271,7 +309,9 @@ impl Network {
                 scores,
                 policy: options.policy,
                 institution: options.institution,
-                replicas: replicate::Slots::new(
+                limits: limits.clone(),
+                replicas: Slots::new(
+                    "replication requests",
                     config.max_replications_per_peer,
                     config.max_replications,
                 ),
@@ -284,9 +324,12 @@ impl Network {
         fastpath::serve(
             &mut network.inner.control.clone(),
             network.inner.store.clone(),
+            network.inner.limits.clone(),
             events.clone(),
         )?;
         replicate::serve(&network)?;
+        pong::serve(&mut network.inner.control.clone())?;
+        network.forget_departed_peers();
 
         let mut driver = Driver {
             swarm,
@@ -339,9 +382,44 @@ impl Network {
         peers.contains_key(peer)
     }
 
+    /// Drops what was kept for each peer that disconnects (its bitswap queue, its
+    /// serving rate), so peers that come and go leave nothing behind. A peer missed
+    /// when events lag is swept later (the tables are bounded anyway).
+    fn forget_departed_peers(&self) {
+        let mut events = self.events();
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match events.recv().await {
+                    Ok(NetEvent::Disconnected(peer)) => {
+                        let Some(inner) = inner.upgrade() else { return };
+                        inner.bitswap.forget(&peer);
+                        inner.limits.forget(&peer);
+                    }
+                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
     /// Network events (gossip, connections) from now on.
     pub fn events(&self) -> broadcast::Receiver<NetEvent> {
         self.inner.events.subscribe()
+    }
+
+    /// What the node holds for peers now (for metrics, and for tests that check an
+    /// attack leaves nothing behind).
+    pub fn stats(&self) -> ServingStats {
+        ServingStats {
+            connected_peers: crate::read(&self.inner.shared.peers).len(),
+            bitswap_queues: self.inner.bitswap.queues(),
+            bitswap_streams: self.inner.limits.bitswap_streams.total_in_progress(),
+            fast_path_requests: self.inner.limits.fast_path.total_in_progress(),
+            replication_requests: self.inner.replicas.total_in_progress(),
+            frame_budget_free: self.inner.limits.frames.available_bytes(),
+        }
     }
 
     /// Penalties of misbehaving peers.

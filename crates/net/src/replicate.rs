@@ -3,8 +3,7 @@
 //! is stored. A repair pass re-asks the peers that should hold copies and, when one is
 //! gone or has lost its copy, asks the next candidate instead.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{AsyncReadExt, StreamExt};
@@ -14,6 +13,7 @@ use medmesh_store::{Replication, Store};
 use serde::{Deserialize, Serialize};
 
 use crate::fetch::FetchOptions;
+use crate::limits::Slot;
 use crate::wire::{read_json, within_idle, write_json};
 use crate::{FetchReport, ReplicaOutcome};
 use crate::{NetError, NetEvent, Network};
@@ -34,78 +34,6 @@ struct Request {
 }
 
 type Reply = crate::wire::Reply<FetchReport>;
-
-/// Replication requests being served: each is a fetch of a whole record (disk,
-/// bandwidth, up to `replica_timeout`), so an admitted peer may not start any number
-/// of them. Bounded per asking peer and in total.
-pub(crate) struct Slots {
-    per_peer: usize,
-    total: usize,
-    busy: Mutex<Busy>,
-}
-
-#[derive(Default)]
-struct Busy {
-    total: usize,
-    per_peer: HashMap<PeerId, usize>,
-}
-
-/// One replication request in progress; gives its place back when dropped, however
-/// the request ends (served, failed, timed out, stream gone, task aborted).
-pub(crate) struct Slot {
-    slots: Arc<Slots>,
-    peer: PeerId,
-}
-
-impl Slots {
-    /// At most `per_peer` requests from one peer and `total` from all at once.
-    pub(crate) fn new(per_peer: usize, total: usize) -> Arc<Self> {
-        Arc::new(Self {
-            per_peer,
-            total,
-            busy: Mutex::new(Busy::default()),
-        })
-    }
-
-    /// A place for one more request from `peer`, or the refusal to send it.
-    pub(crate) fn try_take(self: &Arc<Self>, peer: PeerId) -> Result<Slot, String> {
-        let mut busy = crate::lock(&self.busy);
-        let from_peer = busy.per_peer.get(&peer).copied().unwrap_or(0);
-        if from_peer >= self.per_peer || busy.total >= self.total {
-            return Err(format!(
-                "too many replication requests in progress: {from_peer} from your node \
-                 (limit {}), {} in total (limit {}); retry later",
-                self.per_peer, busy.total, self.total
-            ));
-        }
-        *busy.per_peer.entry(peer).or_insert(0) += 1;
-        busy.total += 1;
-        Ok(Slot {
-            slots: self.clone(),
-            peer,
-        })
-    }
-
-    /// Requests in progress: from `peer`, and in total.
-    #[cfg(test)]
-    fn in_progress(&self, peer: &PeerId) -> (usize, usize) {
-        let busy = crate::lock(&self.busy);
-        (busy.per_peer.get(peer).copied().unwrap_or(0), busy.total)
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut busy = crate::lock(&self.slots.busy);
-        busy.total = busy.total.saturating_sub(1);
-        if let Some(n) = busy.per_peer.get_mut(&self.peer) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                busy.per_peer.remove(&self.peer);
-            }
-        }
-    }
-}
 
 pub(crate) fn serve(network: &Network) -> Result<(), NetError> {
     let mut incoming = network
@@ -388,45 +316,5 @@ impl Network {
                 }
             }
         });
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn peer(n: u8) -> PeerId {
-        libp2p::identity::Keypair::ed25519_from_bytes([n; 32])
-            .expect("a 32-byte seed")
-            .public()
-            .to_peer_id()
-    }
-
-    #[test]
-    fn slots_bound_each_peer_and_the_total_and_free_on_drop() {
-        let slots = Slots::new(1, 2);
-        let (a, b, c) = (peer(1), peer(2), peer(3));
-        let first = slots.try_take(a).expect("a's first request");
-        let refused = slots
-            .try_take(a)
-            .err()
-            .expect("a's second request is refused");
-        assert_eq!(
-            refused,
-            "too many replication requests in progress: 1 from your node (limit 1), \
-             1 in total (limit 2); retry later"
-        );
-        let second = slots.try_take(b).expect("b's first request");
-        let refused = slots.try_take(c).err().expect("the total is reached");
-        assert!(
-            refused.contains("0 from your node (limit 1), 2 in total (limit 2)"),
-            "{refused}"
-        );
-        drop(first);
-        assert_eq!(slots.in_progress(&a), (0, 1));
-        let again = slots.try_take(a).expect("a's place is free again");
-        drop((again, second));
-        assert_eq!(slots.in_progress(&b), (0, 0));
-        assert!(crate::lock(&slots.busy).per_peer.is_empty());
     }
 }

@@ -9,15 +9,78 @@ use libp2p_stream::{Control, OpenStreamError};
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::limits::FrameBudget;
 
 /// Largest JSON control message accepted (requests and replies are small).
 pub(crate) const MAX_CONTROL_FRAME: usize = 64 * 1024;
+
+/// How long a peer has to finish a frame once its length has arrived (unless the
+/// caller sets its own: bitswap takes `frame_timeout_secs`).
+pub(crate) const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// Frames up to this size are read without taking from a [`FrameBudget`]: they are
+/// bounded by the number of streams, which is bounded itself.
+const SMALL_FRAME: usize = 64 * 1024;
 
 /// Reads one frame of at most `max` bytes; `None` at a clean end of stream.
 pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     max: usize,
 ) -> io::Result<Option<Vec<u8>>> {
+    Ok(read_frame_within(reader, max, None, FRAME_TIMEOUT)
+        .await?
+        .map(|(frame, _)| frame))
+}
+
+/// Reads one frame of at most `max` bytes, whose body must arrive within `timeout` of
+/// its length. A frame above 64 KiB first takes its size from `budget` (returned with
+/// it: hold it while the frame is in use); when the budget stays full, the read fails
+/// rather than wait. The body is read as it arrives, never allocated up front from the
+/// length a peer claims.
+pub(crate) async fn read_frame_within<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+    budget: Option<&FrameBudget>,
+    timeout: Duration,
+) -> io::Result<Option<(Vec<u8>, Option<OwnedSemaphorePermit>)>> {
+    let Some(len) = read_length(reader, max).await? else {
+        return Ok(None);
+    };
+    let permit = match budget {
+        Some(budget) if len > SMALL_FRAME => Some(budget.reserve(len).await.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                format!("no room for a {len}-byte frame: too many large frames in flight"),
+            )
+        })?),
+        _ => None,
+    };
+    let body = async {
+        let mut buf = Vec::with_capacity(len.min(SMALL_FRAME));
+        (&mut *reader)
+            .take(len as u64)
+            .read_to_end(&mut buf)
+            .await?;
+        if buf.len() < len {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        Ok(buf)
+    };
+    let frame = tokio::time::timeout(timeout, body).await.map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("a {len}-byte frame did not arrive within {timeout:?}"),
+        )
+    })??;
+    Ok(Some((frame, permit)))
+}
+
+/// Reads a frame's varint length; `None` at a clean end of stream.
+async fn read_length<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> io::Result<Option<usize>> {
     let mut len: u64 = 0;
     for i in 0..10 {
         let mut byte = [0u8; 1];
@@ -36,9 +99,7 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
                     format!("message of {len} bytes exceeds the {max}-byte limit"),
                 ));
             }
-            let mut buf = vec![0u8; len];
-            reader.read_exact(&mut buf).await?;
-            return Ok(Some(buf));
+            return Ok(Some(len));
         }
     }
     Err(io::Error::new(
@@ -193,5 +254,56 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.to_string().contains("varint"), "{err}");
+    }
+
+    /// A peer that announces a large frame and sends it slowly, or never finishes it,
+    /// holds neither the announced size nor the read for long.
+    #[tokio::test]
+    async fn a_frame_never_finished_times_out_and_large_ones_take_from_the_budget() {
+        /// A peer that went silent: reads never complete.
+        struct Silent;
+        impl AsyncRead for Silent {
+            fn poll_read(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                _: &mut [u8],
+            ) -> std::task::Poll<io::Result<usize>> {
+                std::task::Poll::Pending
+            }
+        }
+        let mut sent = varint(4 << 20);
+        sent.extend_from_slice(&[1u8; 1000]);
+        let budget = FrameBudget::new(8 << 20);
+        let mut reader = futures::io::Cursor::new(sent).chain(Silent);
+        let started = std::time::Instant::now();
+        let err = read_frame_within(
+            &mut reader,
+            4 << 20,
+            Some(&budget),
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(budget.available_kib(), 8 * 1024, "the reservation is back");
+
+        // A complete large frame comes with its reservation, held until dropped.
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &vec![7u8; 100_000]).await.unwrap();
+        let (frame, permit) = read_frame_within(
+            &mut futures::io::Cursor::new(buf),
+            1 << 20,
+            Some(&budget),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(frame.len(), 100_000);
+        assert!(permit.is_some());
+        assert_eq!(budget.available_kib(), 8 * 1024 - 98);
+        drop(permit);
+        assert_eq!(budget.available_kib(), 8 * 1024);
     }
 }

@@ -9,6 +9,8 @@ use medmesh_crypto::{Passphrase, SecretKeys};
 #[cfg(feature = "chain")]
 pub mod chain;
 #[cfg(feature = "net")]
+pub mod hostile;
+#[cfg(feature = "net")]
 pub mod net;
 #[cfg(feature = "node")]
 pub mod node;

@@ -1,0 +1,168 @@
+//! A misbehaving peer for tests: a bare libp2p node (TCP, Noise, Yamux and raw streams
+//! only) that connects to a medmesh node and speaks its protocols wrongly — what an
+//! attacker with a libp2p library of its own can do.
+
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
+use libp2p_stream::{Control, IncomingStreams};
+
+/// A connected misbehaving peer; its swarm runs until it is dropped.
+pub struct Hostile {
+    /// Its (fresh) PeerId.
+    pub peer_id: PeerId,
+    /// The node it is connected to.
+    pub victim: PeerId,
+    control: Control,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Hostile {
+    /// A fresh identity connected to `addr` (`…/p2p/<peer id>`); panics after 10 s.
+    pub async fn connect(addr: &Multiaddr) -> Self {
+        let victim = addr
+            .iter()
+            .find_map(|p| match p {
+                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+                _ => None,
+            })
+            .expect("the address names the peer");
+        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .expect("tcp transport")
+            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .expect("behaviour")
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+            .build();
+        let peer_id = *swarm.local_peer_id();
+        let control = swarm.behaviour().new_control();
+        swarm.dial(addr.clone()).expect("dial starts");
+        let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
+        let driver = tokio::spawn(async move {
+            let mut connected = Some(connected_tx);
+            loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished { .. } => {
+                        if let Some(tx) = connected.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    SwarmEvent::OutgoingConnectionError { error, .. } => {
+                        panic!("hostile peer cannot connect: {error}")
+                    }
+                    SwarmEvent::ConnectionClosed { cause, .. } => {
+                        eprintln!("hostile peer: connection closed ({cause:?})");
+                    }
+                    _ => {}
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), connected_rx)
+            .await
+            .expect("connected within 10 s")
+            .expect("driver alive");
+        Self {
+            peer_id,
+            victim,
+            control,
+            driver,
+        }
+    }
+
+    /// Opens a stream to the victim on `protocol`.
+    pub async fn open(&self, protocol: &'static str) -> libp2p::Stream {
+        let mut control = self.control.clone();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            control.open_stream(self.victim, StreamProtocol::new(protocol)),
+        )
+        .await
+        .expect("stream opened within 10 s")
+        .expect("the victim speaks the protocol")
+    }
+
+    /// Streams the victim opens to us on `protocol` (bitswap answers come this way).
+    pub fn accept(&self, protocol: &'static str) -> IncomingStreams {
+        self.control
+            .clone()
+            .accept(StreamProtocol::new(protocol))
+            .expect("not accepted twice")
+    }
+}
+
+impl Drop for Hostile {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
+}
+
+/// `n` as an unsigned varint.
+pub fn varint(mut n: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// Writes one length-prefixed frame.
+pub async fn write_frame(stream: &mut libp2p::Stream, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(&varint(bytes.len() as u64)).await?;
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
+/// Reads one length-prefixed frame (at most `max` bytes); `None` at the end.
+pub async fn read_frame(
+    stream: &mut libp2p::Stream,
+    max: usize,
+) -> std::io::Result<Option<Vec<u8>>> {
+    let mut len = 0u64;
+    for i in 0..10 {
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await? == 0 {
+            return Ok(None);
+        }
+        len |= u64::from(byte[0] & 0x7f) << (7 * i);
+        if byte[0] & 0x80 == 0 {
+            let len = len as usize;
+            assert!(len <= max, "frame of {len} bytes");
+            let mut buf = vec![0u8; len];
+            stream.read_exact(&mut buf).await?;
+            return Ok(Some(buf));
+        }
+    }
+    panic!("bad varint")
+}
+
+/// A bitswap message (protobuf, hand-encoded) whose want-list asks for `cid` (its
+/// binary form) `times` times, as want-block entries with send-dont-have.
+pub fn bitswap_wants(cid: &[u8], times: usize) -> Vec<u8> {
+    // Entry { block = 1: bytes, priority = 2: 1, wantType = 4: 0, sendDontHave = 5: true }
+    let mut entry = vec![0x0a];
+    entry.extend(varint(cid.len() as u64));
+    entry.extend_from_slice(cid);
+    entry.extend([0x10, 0x01, 0x28, 0x01]);
+    let mut wantlist = Vec::with_capacity(times * (entry.len() + 3));
+    for _ in 0..times {
+        wantlist.push(0x0a);
+        wantlist.extend(varint(entry.len() as u64));
+        wantlist.extend_from_slice(&entry);
+    }
+    let mut message = vec![0x0a];
+    message.extend(varint(wantlist.len() as u64));
+    message.extend(wantlist);
+    message
+}
