@@ -1,5 +1,5 @@
 //! The node's side of the peer-to-peer network: starting it from `[net]` settings and
-//! command-line overrides, announcing stored records, and fetching records for the CLI.
+//! command-line overrides, and fetching records for the CLI.
 
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use medmesh_net::{
     PeerPolicy, Progress, Transfer,
 };
 use medmesh_service::NodeServices;
-use medmesh_store::{RecordQuery, Store};
+use medmesh_store::Store;
 
 use crate::datadir::Node;
 
@@ -62,26 +62,6 @@ pub async fn start(
     })
     .await
     .context("starting the peer-to-peer network")
-}
-
-/// Announces every stored record in the DHT, in the background. Once per start is
-/// enough: the DHT keeps provider records in memory (empty after a restart), and
-/// Kademlia itself republishes ours every 12 hours, before they expire (48 hours).
-pub fn announce_records(network: Network, store: Arc<Store>) {
-    tokio::spawn(async move {
-        let listed = tokio::task::spawn_blocking(move || store.list(&RecordQuery::default())).await;
-        match listed {
-            Ok(Ok(records)) => {
-                for (id, _) in records {
-                    if let Err(e) = network.provide(*id.cid()).await {
-                        tracing::debug!(record = %id, error = %e, "announcement failed");
-                    }
-                }
-            }
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot list records to announce"),
-            Err(_) => {}
-        }
-    });
 }
 
 /// Fetches record `id` into the store from the network, through `services` (the CLI's

@@ -153,9 +153,9 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
             let network =
                 crate::network::start(&node, store.clone(), config.clone(), policy, account)
                     .await?;
-            crate::network::announce_records(network.clone(), store.clone());
             network.spawn_repair(store.clone());
             services.enable_network(network.clone());
+            services.announce_stored();
             Some(network)
         };
         let listener = tokio::net::TcpListener::bind(listen)

@@ -57,6 +57,22 @@ pub struct NetConfig {
     pub frame_budget_bytes: usize,
     /// Seconds a peer has to finish sending a frame once its length has arrived.
     pub frame_timeout_secs: u64,
+    /// Keys this node may announce in the DHT as their provider (one per record held).
+    /// Other peers' provider records are counted apart and cannot use up this limit.
+    pub max_provided_keys: usize,
+    /// Other peers' provider records this node keeps for the DHT, in all; past it an
+    /// ADD_PROVIDER is refused (until records expire, 48 h after their last renewal).
+    pub max_peer_provider_records: usize,
+    /// Other peers' provider records kept for one key (the first ones stay).
+    pub max_providers_per_key: usize,
+    /// Provider records of one other peer kept (its share of
+    /// `max_peer_provider_records`).
+    pub max_provider_records_per_peer: usize,
+    /// Gossip messages taken per second from one peer that forwards them, sustained;
+    /// more are dropped (not passed on, the peer not penalised).
+    pub gossip_messages_per_sec: u32,
+    /// Gossip messages one peer may forward at once above that rate.
+    pub gossip_burst: u32,
 }
 
 impl Default for NetConfig {
@@ -86,6 +102,12 @@ impl Default for NetConfig {
             max_bitswap_streams: 256,
             frame_budget_bytes: 64 << 20,
             frame_timeout_secs: 30,
+            max_provided_keys: 10_000_000,
+            max_peer_provider_records: 65_536,
+            max_providers_per_key: 20,
+            max_provider_records_per_peer: 8_192,
+            gossip_messages_per_sec: 20,
+            gossip_burst: 100,
         }
     }
 }
@@ -141,6 +163,18 @@ impl NetConfig {
             ),
             ("max_bitswap_streams", self.max_bitswap_streams),
             ("frame_timeout_secs", self.frame_timeout_secs as usize),
+            ("max_provided_keys", self.max_provided_keys),
+            ("max_peer_provider_records", self.max_peer_provider_records),
+            ("max_providers_per_key", self.max_providers_per_key),
+            (
+                "max_provider_records_per_peer",
+                self.max_provider_records_per_peer,
+            ),
+            (
+                "gossip_messages_per_sec",
+                self.gossip_messages_per_sec as usize,
+            ),
+            ("gossip_burst", self.gossip_burst as usize),
         ] {
             if value == 0 {
                 return Err(NetError::Config(format!("{name} must be at least 1")));

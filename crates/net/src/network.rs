@@ -22,8 +22,10 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::bitswap::Bitswap;
 use crate::blockstore::Blockstore;
+use crate::gossip::{self, GossipGuard};
 use crate::limits::{ServeLimits, Slots};
 use crate::policy::PeerPolicy;
+use crate::provider_store::{ProviderStore, ProviderStoreConfig};
 use crate::scores::PeerScores;
 use crate::{fastpath, pong, replicate, NetConfig, NetError, PeerInfo};
 
@@ -36,7 +38,7 @@ pub const DATASETS_TOPIC: &str = "medmesh/datasets/1";
 struct Behaviour {
     limits: connection_limits::Behaviour,
     identify: identify::Behaviour,
-    kad: kad::Behaviour<kad::store::MemoryStore>,
+    kad: kad::Behaviour<ProviderStore>,
     gossipsub: gossipsub::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
     stream: libp2p_stream::Behaviour,
@@ -214,19 +216,23 @@ impl Network {
                 kad_config.set_query_timeout(Duration::from_secs(30));
                 let mut kad = kad::Behaviour::with_config(
                     local,
-                    kad::store::MemoryStore::new(local),
+                    ProviderStore::new(
+                        local,
+                        ProviderStoreConfig {
+                            max_provided_keys: config.max_provided_keys,
+                            max_peer_records: config.max_peer_provider_records,
+                            max_providers_per_key: config.max_providers_per_key,
+                            max_records_per_provider: config.max_provider_records_per_peer,
+                        },
+                    ),
                     kad_config,
                 );
                 // Answer DHT queries even without a confirmed public address (a node on
                 // a private network or loopback is still a full DHT member).
                 kad.set_mode(Some(kad::Mode::Server));
-                let gossipsub = gossipsub::Behaviour::new(
-                    gossipsub::MessageAuthenticity::Signed(key.clone()),
-                    gossipsub::ConfigBuilder::default()
-                        .validation_mode(gossipsub::ValidationMode::Strict)
-                        .build()
-                        .map_err(|e| e.to_string())?,
-                )?;
+                // Messages wait for the driver's verdict (gossip::GossipGuard); peers
+                // whose messages are rejected are graylisted.
+                let gossipsub = gossip::behaviour(key)?;
                 let mdns = if config.mdns {
                     Some(mdns::tokio::Behaviour::new(mdns::Config::default(), local)?)
                 } else {
@@ -339,6 +345,7 @@ impl Network {
             provides: HashMap::new(),
             finds: HashMap::new(),
             bootstrapped: false,
+            gossip: GossipGuard::new(config.gossip_messages_per_sec, config.gossip_burst),
         };
         for addr in &config.bootstrap {
             driver.dial_bootstrap(addr.clone());
@@ -491,6 +498,8 @@ struct Driver {
     provides: HashMap<kad::QueryId, oneshot::Sender<Result<(), NetError>>>,
     finds: HashMap<kad::QueryId, oneshot::Sender<Vec<PeerId>>>,
     bootstrapped: bool,
+    /// Verdicts on gossip received: content per topic, rate per forwarding peer.
+    gossip: GossipGuard,
 }
 
 fn record_key(cid: &Cid) -> kad::RecordKey {
@@ -530,18 +539,12 @@ impl Driver {
 
     fn announce_presence(&mut self) {
         let listen = crate::read(&self.shared.listen);
-        let message = serde_json::json!({
-            "peer_id": self.swarm.local_peer_id().to_string(),
-            "addresses": listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-        });
+        // Within the limits peers check (gossip::validate), however many addresses.
+        let message = gossip::presence_message(self.swarm.local_peer_id(), &listen);
         drop(listen);
         let topic = gossipsub::IdentTopic::new(PRESENCE_TOPIC);
         // Alone on the network there is nobody to tell; that is not an error.
-        let _ = self
-            .swarm
-            .behaviour_mut()
-            .gossipsub
-            .publish(topic, message.to_string().into_bytes());
+        let _ = self.swarm.behaviour_mut().gossipsub.publish(topic, message);
     }
 
     fn command(&mut self, command: Command) {
@@ -586,6 +589,14 @@ impl Driver {
                 self.finds.insert(query, reply);
             }
             Command::Publish(topic, data, reply) => {
+                // What peers would reject is not sent: it would only lower our score.
+                if let Err(refusal) = gossip::publishable(&topic, self.swarm.local_peer_id(), &data)
+                {
+                    let _ = reply.send(Err(NetError::Config(format!(
+                        "not published on {topic}: {refusal}"
+                    ))));
+                    return;
+                }
                 let result = self
                     .swarm
                     .behaviour_mut()
@@ -698,12 +709,41 @@ impl Driver {
             }) => {
                 self.query_progressed(id, result, step.last);
             }
-            BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
-                let _ = self.events.send(NetEvent::Gossip {
-                    topic: message.topic.to_string(),
-                    from: message.source,
-                    data: message.data,
-                });
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => {
+                // Held by gossipsub (validate_messages) until this verdict: Accept
+                // forwards it, Reject drops it and penalises the sender, Ignore drops it.
+                let verdict = self
+                    .gossip
+                    .judge(propagation_source, &message, Instant::now());
+                if let Err(refusal) = &verdict {
+                    tracing::debug!(
+                        peer = %propagation_source,
+                        author = ?message.source,
+                        topic = %message.topic,
+                        verdict = ?refusal.acceptance,
+                        reason = refusal.reason,
+                        "gossip message refused"
+                    );
+                }
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(
+                        &message_id,
+                        &propagation_source,
+                        gossip::acceptance(&verdict),
+                    );
+                if verdict.is_ok() {
+                    let _ = self.events.send(NetEvent::Gossip {
+                        topic: message.topic.to_string(),
+                        from: message.source,
+                        data: message.data,
+                    });
+                }
             }
             BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
                 for (peer, addr) in found {

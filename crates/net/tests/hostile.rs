@@ -264,3 +264,56 @@ async fn peers_that_come_and_go_leave_no_bitswap_queue_behind() {
     })
     .await;
 }
+
+/// Provider records used to share one table of 1 024 keys with other peers' records:
+/// a node holding more records than that never announced the rest, and nobody found
+/// them. Its own announcements are now kept apart, bounded by what it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_announces_every_record_beyond_the_old_1024_key_cap() {
+    let holder = victim_with(|_| {}).await;
+    let ids = medmesh_testkit::net::put_records(
+        &holder.store,
+        1100,
+        |i| Box::new(std::io::Cursor::new(format!("record {i}").into_bytes())),
+        4096,
+    );
+    let seeker = Node::start(&[&holder]).await;
+    seeker.wait_connected(holder.net.peer_id()).await;
+    for id in &ids {
+        holder
+            .net
+            .provide(*id.cid())
+            .await
+            .unwrap_or_else(|e| panic!("record {id} not announced: {e}"));
+    }
+    for id in [ids[0], ids[1050], ids[1099]] {
+        let providers = seeker.net.find_providers(*id.cid()).await.unwrap();
+        assert_eq!(providers, vec![holder.net.peer_id()], "record {id}");
+    }
+}
+
+/// An ADD_PROVIDER flood from one peer used to fill the table this node's own
+/// announcements share, so new records were never announced. Now a peer's records
+/// are bounded apart from ours (and per peer), and ours still go out and are found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_provider_record_flood_does_not_stop_our_announcements() {
+    let victim = victim_with(|c| c.max_provider_records_per_peer = 500).await;
+    let kad = NetConfig::default().kad_protocol;
+    let (flooder, flood) =
+        medmesh_testkit::hostile::flood_provider_records(&victim.addr(), &kad, 2000).await;
+    let id = record(&victim.store, 1);
+    victim
+        .net
+        .provide(*id.cid())
+        .await
+        .expect("our announcement is not refused after the flood");
+    let seeker = Node::start(&[&victim]).await;
+    seeker.wait_connected(victim.net.peer_id()).await;
+    let providers = seeker.net.find_providers(*id.cid()).await.unwrap();
+    assert_eq!(providers, vec![victim.net.peer_id()]);
+    // The flood landed, up to the flooder's share and no further.
+    let kept = seeker.net.find_providers(flood[0]).await.unwrap();
+    assert_eq!(kept, vec![flooder], "the first flooded records are kept");
+    let refused = seeker.net.find_providers(flood[1999]).await.unwrap();
+    assert!(refused.is_empty(), "beyond its share: {refused:?}");
+}

@@ -317,7 +317,7 @@ async fn quic_two_providers_at_once_and_gossip() {
         .net
         .publish(
             medmesh_net::DATASETS_TOPIC,
-            b"dataset bafy-example".to_vec(),
+            br#"{"dataset":"bafy-example"}"#.to_vec(),
         )
         .await
         .is_err()
@@ -341,7 +341,10 @@ async fn quic_two_providers_at_once_and_gossip() {
     .expect("the announcement arrived");
     assert_eq!(
         heard,
-        (b"dataset bafy-example".to_vec(), Some(b.net.peer_id()))
+        (
+            br#"{"dataset":"bafy-example"}"#.to_vec(),
+            Some(b.net.peer_id())
+        )
     );
 }
 

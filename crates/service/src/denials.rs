@@ -17,11 +17,8 @@ use std::time::Duration;
 use medmesh_store::{AuditAction, AuditEvent, Store};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::lock;
 use crate::services::append_audit;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// How long repeats of one kind are folded into one summary.
 const WINDOW: Duration = Duration::from_secs(60);

@@ -11,6 +11,7 @@
 //! stall the executor by calling it.
 
 mod access;
+mod announce;
 mod denials;
 mod error;
 mod events;
@@ -20,6 +21,7 @@ mod records;
 mod services;
 
 pub use access::{ConsentLinkView, GrantFilter};
+pub use announce::AnnounceStats;
 pub use denials::DenialLog;
 pub use error::ServiceError;
 pub use events::{EventBus, NodeEvent};
@@ -27,3 +29,9 @@ pub use keys::NodeKeys;
 pub use network::{NetworkView, ReplicationView};
 pub use records::{Ingest, OpenedRecord, Progress, RecordSummary};
 pub use services::{ChainServices, NodeServices, ServiceSettings};
+
+// A poisoned lock only means another thread panicked while holding it; the data are
+// plain counters and maps that stay usable.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -111,15 +111,14 @@ impl NodeServices {
     }
 
     /// Announces that this node provides `id`, in the background (the caller does not
-    /// wait on peers); a failure is a warning.
+    /// wait on peers); a failure is a warning, counted and retried.
     pub(crate) fn announce(&self, id: RecordId) {
         let Some(network) = self.network().cloned() else {
             return;
         };
+        let announcer = self.announcer.clone();
         tokio::spawn(async move {
-            if let Err(e) = network.provide(*id.cid()).await {
-                tracing::warn!(record = %id, error = %e, "provider announcement failed");
-            }
+            let _ = announcer.announce(&network, id).await;
         });
     }
 

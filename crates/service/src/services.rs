@@ -9,6 +9,7 @@ use medmesh_net::{NetEvent, Network};
 use medmesh_store::{AuditAction, AuditEvent, Store, DEFAULT_CHUNK_SIZE};
 use tokio::sync::Semaphore;
 
+use crate::announce::{AnnounceStats, Announcer};
 use crate::denials::DenialLog;
 use crate::error::{blocking, ServiceError};
 use crate::events::{EventBus, NodeEvent};
@@ -63,6 +64,7 @@ pub struct NodeServices {
     pub(crate) denials: DenialLog,
     pub(crate) reads: Arc<Semaphore>,
     pub(crate) ingests: Arc<Semaphore>,
+    pub(crate) announcer: Arc<Announcer>,
     chain: OnceLock<ChainServices>,
     network: OnceLock<Network>,
 }
@@ -90,6 +92,7 @@ impl NodeServices {
             keys,
             settings,
             events: EventBus::default(),
+            announcer: Arc::default(),
             chain: OnceLock::new(),
             network: OnceLock::new(),
         }
@@ -149,8 +152,8 @@ impl NodeServices {
         true
     }
 
-    /// Connects the peer-to-peer network (fetching, replication, announcing new
-    /// records); what peers do with this node (connections, blocks served, replicas
+    /// Connects the peer-to-peer network (fetching, replication, announcing each new
+    /// record, failures retried); what peers do with this node (connections, blocks served, replicas
     /// held, repairs) is republished on the event bus. Set once.
     pub fn enable_network(&self, network: Network) -> bool {
         let mut net_events = network.events();
@@ -233,6 +236,20 @@ impl NodeServices {
     /// refusals here).
     pub fn denials(&self) -> &DenialLog {
         &self.denials
+    }
+
+    /// Announces every stored record in the background (once per node start: the DHT
+    /// keeps provider records in memory only), then retries failed announcements every
+    /// minute. Does nothing without a network.
+    pub fn announce_stored(&self) {
+        if let Some(network) = self.network().cloned() {
+            self.announcer.spawn(network, self.store.clone());
+        }
+    }
+
+    /// Provider announcements made, failed and waiting for a retry.
+    pub fn announcements(&self) -> AnnounceStats {
+        self.announcer.stats()
     }
 
     /// The network, if connected.

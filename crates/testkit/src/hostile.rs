@@ -166,3 +166,99 @@ pub fn bitswap_wants(cid: &[u8], times: usize) -> Vec<u8> {
     message.extend(wantlist);
     message
 }
+
+/// Floods the node at `addr` with `count` ADD_PROVIDER records for made-up CIDs, from
+/// a fresh Kademlia peer speaking `kad_protocol`; returns once every announcement query
+/// has ended (or after 120 s), with the flooding peer and the CIDs in the order sent.
+pub async fn flood_provider_records(
+    addr: &Multiaddr,
+    kad_protocol: &str,
+    count: usize,
+) -> (PeerId, Vec<medmesh_core::Cid>) {
+    use libp2p::kad;
+    let victim = addr
+        .iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+            _ => None,
+        })
+        .expect("the address names the peer");
+    let protocol = StreamProtocol::try_from_owned(kad_protocol.to_string()).expect("protocol id");
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp transport")
+        .with_behaviour(|key| {
+            let local = key.public().to_peer_id();
+            let mut kad = kad::Behaviour::with_config(
+                local,
+                kad::store::MemoryStore::with_config(
+                    local,
+                    kad::store::MemoryStoreConfig {
+                        max_provided_keys: count + 16,
+                        ..Default::default()
+                    },
+                ),
+                kad::Config::new(protocol),
+            );
+            kad.set_mode(Some(kad::Mode::Server));
+            kad
+        })
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    swarm.behaviour_mut().add_address(&victim, addr.clone());
+    // Provider records carry the provider's external addresses; without any, the
+    // node would keep them but never hand them out.
+    swarm.add_external_address("/ip4/127.0.0.1/tcp/9".parse().expect("multiaddr"));
+    let flooder = *swarm.local_peer_id();
+    let mut pending = std::collections::HashSet::new();
+    let mut cids = Vec::with_capacity(count);
+    for i in 0..count {
+        let cid = medmesh_core::cid_of(
+            medmesh_core::Codec::Raw,
+            format!("flood {i} {flooder}").as_bytes(),
+        );
+        // Keyed as IPFS and medmesh key provider records: by the multihash.
+        let key = kad::RecordKey::new(&cid.hash().to_bytes());
+        pending.insert(
+            swarm
+                .behaviour_mut()
+                .start_providing(key)
+                .expect("local store has room"),
+        );
+        cids.push(cid);
+        // Sent in order: the node keeps the first ones up to its bound.
+        if pending.len() >= 64 {
+            wait_one(&mut swarm, &mut pending).await;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(120), async {
+        while !pending.is_empty() {
+            wait_one(&mut swarm, &mut pending).await;
+        }
+    })
+    .await;
+    (flooder, cids)
+}
+
+/// Drives `swarm` until one of the `pending` queries ends.
+async fn wait_one(
+    swarm: &mut libp2p::Swarm<libp2p::kad::Behaviour<libp2p::kad::store::MemoryStore>>,
+    pending: &mut std::collections::HashSet<libp2p::kad::QueryId>,
+) {
+    loop {
+        if let SwarmEvent::Behaviour(libp2p::kad::Event::OutboundQueryProgressed {
+            id, step, ..
+        }) = swarm.select_next_some().await
+        {
+            if step.last && pending.remove(&id) {
+                return;
+            }
+        }
+    }
+}

@@ -276,24 +276,44 @@ pub(crate) fn fresh_seed() -> [u8; 32] {
 
 /// Stores `input` as a record of test institution 0 with `chunk_size`-byte chunks.
 pub fn put_record(store: &Store, input: &mut (dyn Read + Send), chunk_size: u32) -> RecordId {
+    put_records(
+        store,
+        1,
+        |_| Box::new(std::io::Cursor::new(read_all(input))),
+        chunk_size,
+    )[0]
+}
+
+/// Stores `count` records of test institution 0, the `i`-th read from `input(i)`
+/// (the keys are unlocked once, for stores that need many records).
+pub fn put_records(
+    store: &Store,
+    count: usize,
+    mut input: impl FnMut(usize) -> Box<dyn Read + Send>,
+    chunk_size: u32,
+) -> Vec<RecordId> {
     let secret = institution(0);
     let signer = Mutex::new(secret.unlock_signing(&passphrase()).expect("unlock"));
+    let certificate = secret.certificate().expect("cert");
     let request = PutRequest {
         content_type: None,
         patient: None,
         chunk_size,
         actor: "test".into(),
     };
-    store
-        .put_record(
-            input,
-            &request,
-            &signer,
-            &secret.certificate().expect("cert"),
-            &[],
-            &|_| {},
-        )
-        .expect("put_record")
+    (0..count)
+        .map(|i| {
+            store
+                .put_record(&mut input(i), &request, &signer, &certificate, &[], &|_| {})
+                .expect("put_record")
+        })
+        .collect()
+}
+
+fn read_all(input: &mut (dyn Read + Send)) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    input.read_to_end(&mut bytes).expect("test input reads");
+    bytes
 }
 
 /// What moving `data` over loopback TCP costs on this machine, with no protocol: one

@@ -31,8 +31,10 @@ pub async fn health(State(state): State<AppState>) -> axum::Json<Health> {
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String))
 )]
 pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let records = state.services().record_count().await?;
-    let text = state.inner.metrics.render(&[
+    let services = state.services();
+    let records = services.record_count().await?;
+    let announced = services.announcements();
+    let mut gauges = vec![
         (
             "medmesh_records",
             "Records in the local store.",
@@ -43,7 +45,48 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
             "Seconds since the API started.",
             state.inner.started.elapsed().as_secs_f64(),
         ),
-    ]);
+        (
+            "medmesh_announcements_failed",
+            "Provider announcements that failed since start (each is retried).",
+            announced.failed as f64,
+        ),
+        (
+            "medmesh_announcements_pending",
+            "Records whose provider announcement waits for a retry.",
+            announced.pending as f64,
+        ),
+    ];
+    if let Some(network) = services.network() {
+        let net = network.stats();
+        gauges.extend([
+            (
+                "medmesh_p2p_peers",
+                "Peers connected.",
+                net.connected_peers as f64,
+            ),
+            (
+                "medmesh_p2p_bitswap_streams",
+                "Inbound bitswap streams being read.",
+                net.bitswap_streams as f64,
+            ),
+            (
+                "medmesh_p2p_fast_path_requests",
+                "Fast-path requests being served.",
+                net.fast_path_requests as f64,
+            ),
+            (
+                "medmesh_p2p_replication_requests",
+                "Replication requests being served.",
+                net.replication_requests as f64,
+            ),
+            (
+                "medmesh_p2p_frame_budget_free_bytes",
+                "Bytes of the inbound frame budget not taken.",
+                net.frame_budget_free as f64,
+            ),
+        ]);
+    }
+    let text = state.inner.metrics.render(&gauges);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }
 
