@@ -248,15 +248,32 @@ pub struct RegisteredInstitutions {
 }
 
 impl RegisteredInstitutions {
+    /// Whether `certificate` is the one `institution` registered with its node.
+    async fn check_certificate(
+        &self,
+        institution: Option<&str>,
+        certificate: &medmesh_core::InstitutionId,
+    ) -> Result<(), String> {
+        let address = institution_address(institution)?;
+        let node = medmesh_chain::registered_node(&self.provider, self.registry, address)
+            .await
+            .map_err(|e| format!("cannot read NodeRegistry: {e}"))?
+            .ok_or_else(|| format!("{address} is not a registered institution"))?;
+        let registered = hex::encode_upper(node.certificate);
+        if registered != certificate.as_str() {
+            return Err(format!(
+                "certificate {certificate} is not the one {address} registered ({registered})"
+            ));
+        }
+        Ok(())
+    }
+
     async fn check(
         &self,
         peer: medmesh_net::PeerId,
         institution: Option<&str>,
     ) -> Result<(), String> {
-        let institution = institution.ok_or("the request names no institution")?;
-        let address: alloy::primitives::Address = institution
-            .parse()
-            .map_err(|_| format!("`{institution}` is not an Ethereum address"))?;
+        let address = institution_address(institution)?;
         match medmesh_chain::registered_peer_id(&self.provider, self.registry, address).await {
             Err(e) => return Err(format!("cannot read NodeRegistry: {e}")),
             Ok(None) => return Err(format!("{address} is not a registered institution")),
@@ -269,6 +286,14 @@ impl RegisteredInstitutions {
     }
 }
 
+/// The Ethereum address a replication request says it acts for.
+fn institution_address(institution: Option<&str>) -> Result<alloy::primitives::Address, String> {
+    let institution = institution.ok_or("the request names no institution")?;
+    institution
+        .parse()
+        .map_err(|_| format!("`{institution}` is not an Ethereum address"))
+}
+
 impl medmesh_net::PeerPolicy for RegisteredInstitutions {
     fn may_replicate<'a>(
         &'a self,
@@ -276,5 +301,13 @@ impl medmesh_net::PeerPolicy for RegisteredInstitutions {
         institution: Option<&'a str>,
     ) -> futures::future::BoxFuture<'a, Result<(), String>> {
         Box::pin(self.check(peer, institution))
+    }
+
+    fn vouches_for<'a>(
+        &'a self,
+        institution: Option<&'a str>,
+        certificate: &'a medmesh_core::InstitutionId,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        Box::pin(self.check_certificate(institution, certificate))
     }
 }

@@ -58,6 +58,7 @@ pub async fn start(
         store,
         policy,
         institution,
+        certificate: Some(node.keystore.certificate()?),
         agent: format!("medmesh/{}", env!("CARGO_PKG_VERSION")),
     })
     .await

@@ -24,7 +24,7 @@ pub use cache::{
 };
 pub use deploy::{deploy, Deployment};
 pub use error::ChainError;
-pub use registry::registered_peer_id;
+pub use registry::{registered_node, registered_peer_id, RegisteredNode};
 pub use relay::{relaying_provider, RelayError, Relayed, Relayer};
 pub use release::{
     denial_event, patient_scope, record_scope, KeyReleaser, KeyRequest, ReleaseError, Released,

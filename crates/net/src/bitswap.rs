@@ -273,6 +273,7 @@ impl Bitswap {
             match read {
                 Some(Ok(Some(data))) => {
                     self.limits.rate.take(peer, data.len()).await;
+                    self.limits.slots.touch(&peer);
                     let block = pb::Block {
                         prefix: cid_prefix(&cid),
                         data,

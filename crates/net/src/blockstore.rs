@@ -28,6 +28,11 @@ pub trait Blockstore: Send + Sync + 'static {
     /// Indexes a record whose manifest and chunks are all stored; `false` if it already
     /// was. `from` is the peer it came from (for the audit log).
     fn import_record(&self, id: &RecordId, from: &PeerId) -> Result<bool, NetError>;
+    /// Bytes still free for blocks, when known (replicas are refused that would leave
+    /// less than `min_free_disk_bytes`).
+    fn free_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl Blockstore for Store {
@@ -58,5 +63,9 @@ impl Blockstore for Store {
 
     fn import_record(&self, id: &RecordId, from: &PeerId) -> Result<bool, NetError> {
         Ok(Store::import_record(self, id, &format!("peer:{from}"))?)
+    }
+
+    fn free_bytes(&self) -> Option<u64> {
+        Store::free_bytes(self).ok()
     }
 }

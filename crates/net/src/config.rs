@@ -22,6 +22,15 @@ pub struct NetConfig {
     pub max_connections: u32,
     /// Most established connections to one peer.
     pub max_connections_per_peer: u32,
+    /// Most inbound connections, being set up or established, from one IP address (IPv6:
+    /// one /64); more are refused before their handshake. Loopback counts too: raise it
+    /// on a host that runs many nodes dialling one another.
+    pub max_connections_per_ip: u32,
+    /// Of `max_connections`, how many are kept for known peers (bootstrap peers, peers
+    /// dialled on request, registered institutions' nodes the policy admitted). Once
+    /// others hold `max_connections − reserved_connections`, each new connection closes
+    /// the connection of the unknown peer idle the longest.
+    pub reserved_connections: u32,
     /// Kademlia protocol id: medmesh nodes form their own DHT, apart from the public
     /// IPFS one, so record CIDs are not announced to the world.
     pub kad_protocol: String,
@@ -73,6 +82,14 @@ pub struct NetConfig {
     pub gossip_messages_per_sec: u32,
     /// Gossip messages one peer may forward at once above that rate.
     pub gossip_burst: u32,
+    /// Largest record (ciphertext bytes, from its manifest) a replication request may
+    /// make this node hold.
+    pub max_replica_bytes: u64,
+    /// Bytes of replicas one peer may make this node take on in 24 hours.
+    pub max_replica_bytes_per_peer_per_day: u64,
+    /// Free disk space a replica must leave; requests that would leave less are
+    /// refused.
+    pub min_free_disk_bytes: u64,
 }
 
 impl Default for NetConfig {
@@ -88,6 +105,8 @@ impl Default for NetConfig {
             mdns: false,
             max_connections: 256,
             max_connections_per_peer: 4,
+            max_connections_per_ip: 8,
+            reserved_connections: 32,
             kad_protocol: "/medmesh/kad/1.0.0".into(),
             repair_interval_secs: 300,
             block_timeout_secs: 60,
@@ -108,6 +127,9 @@ impl Default for NetConfig {
             max_provider_records_per_peer: 8_192,
             gossip_messages_per_sec: 20,
             gossip_burst: 100,
+            max_replica_bytes: 16 << 30,
+            max_replica_bytes_per_peer_per_day: 64 << 30,
+            min_free_disk_bytes: 1 << 30,
         }
     }
 }
@@ -163,6 +185,10 @@ impl NetConfig {
             ),
             ("max_bitswap_streams", self.max_bitswap_streams),
             ("frame_timeout_secs", self.frame_timeout_secs as usize),
+            (
+                "max_connections_per_ip",
+                self.max_connections_per_ip as usize,
+            ),
             ("max_provided_keys", self.max_provided_keys),
             ("max_peer_provider_records", self.max_peer_provider_records),
             ("max_providers_per_key", self.max_providers_per_key),
@@ -175,10 +201,21 @@ impl NetConfig {
                 self.gossip_messages_per_sec as usize,
             ),
             ("gossip_burst", self.gossip_burst as usize),
+            ("max_replica_bytes", self.max_replica_bytes as usize),
+            (
+                "max_replica_bytes_per_peer_per_day",
+                self.max_replica_bytes_per_peer_per_day as usize,
+            ),
         ] {
             if value == 0 {
                 return Err(NetError::Config(format!("{name} must be at least 1")));
             }
+        }
+        if self.reserved_connections >= self.max_connections {
+            return Err(NetError::Config(format!(
+                "reserved_connections ({}) must be below max_connections ({})",
+                self.reserved_connections, self.max_connections
+            )));
         }
         if self.frame_budget_bytes < 4 << 20 {
             return Err(NetError::Config(format!(

@@ -88,6 +88,10 @@ struct Served {
     bytes: u64,
 }
 
+/// How long a request waits for a place when its peer already has
+/// `max_fast_path_requests_per_peer` being served.
+const SLOT_WAIT: Duration = Duration::from_secs(30);
+
 /// How long one block may take to leave: a peer that stops reading loses its request
 /// (and its place) instead of holding them.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -102,7 +106,7 @@ async fn answer(
     mut stream: libp2p::Stream,
 ) -> std::io::Result<Option<Served>> {
     let request: Request = within_idle(read_json(&mut stream)).await?;
-    let slot = match limits.fast_path.try_take(peer) {
+    let slot = match limits.fast_path.take_within(peer, SLOT_WAIT).await {
         Ok(slot) => slot,
         Err(refusal) => {
             tracing::debug!(%peer, refusal, "fast-path request refused");
@@ -147,6 +151,7 @@ async fn answer(
     while let Some(block) = reads.next().await {
         let (cid, bytes) = block.map_err(std::io::Error::other)?;
         limits.rate.take(peer, bytes.len()).await;
+        limits.slots.touch(&peer);
         let cid_bytes = cid.to_bytes();
         let mut header = varint(cid_bytes.len());
         header.extend_from_slice(&cid_bytes);

@@ -188,7 +188,10 @@ impl Network {
     }
 
     /// The record's manifest if it is stored here.
-    async fn local_manifest(&self, root: &RecordId) -> Result<Option<Manifest>, NetError> {
+    pub(crate) async fn local_manifest(
+        &self,
+        root: &RecordId,
+    ) -> Result<Option<Manifest>, NetError> {
         let store = self.inner.store.clone();
         let cid = *root.cid();
         let local = tokio::task::spawn_blocking(move || store.get(&cid)).await??;
@@ -322,6 +325,7 @@ impl Network {
                         continue;
                     };
                     let mut done = Vec::new();
+                    network.touch(&peer);
                     // A ban found by another stream to this peer ends this one too,
                     // instead of waiting for the banned peer's connection to wind down.
                     let result = tokio::select! {

@@ -17,6 +17,7 @@
 //! Storage is behind [`Blockstore`] and authorization behind [`PeerPolicy`], so the
 //! network knows neither how blocks are kept nor how institutions are registered.
 
+mod admission;
 pub mod bitswap;
 mod blockstore;
 mod config;

@@ -11,6 +11,7 @@ use libp2p::PeerId;
 use medmesh_core::bounded::BoundedMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::admission::SharedSlotBook;
 use crate::NetConfig;
 
 /// Everything that bounds what peers may make this node serve, built once from the
@@ -26,11 +27,14 @@ pub(crate) struct ServeLimits {
     pub(crate) frames: FrameBudget,
     /// How long a frame may take to arrive once begun.
     pub(crate) frame_timeout: Duration,
+    /// Connections: peers served are active, the last an unknown one would lose.
+    pub(crate) slots: Arc<SharedSlotBook>,
 }
 
 impl ServeLimits {
-    pub(crate) fn new(config: &NetConfig) -> Arc<Self> {
+    pub(crate) fn new(config: &NetConfig, slots: Arc<SharedSlotBook>) -> Arc<Self> {
         Arc::new(Self {
+            slots,
             rate: ServeRate::new(
                 config.serve_bytes_per_peer_per_sec,
                 config.serve_bytes_per_peer_per_sec / 4,
@@ -63,13 +67,19 @@ pub(crate) struct Slots {
     per_peer: usize,
     total: usize,
     busy: Mutex<Busy>,
+    freed: tokio::sync::Notify,
 }
 
 #[derive(Default)]
 struct Busy {
     total: usize,
     per_peer: HashMap<PeerId, usize>,
+    /// Requests waiting for a place, per peer (see [`Slots::take_within`]).
+    waiting: HashMap<PeerId, usize>,
 }
+
+/// Requests one peer may have waiting for a place, per place it may hold.
+const WAITING_PER_PLACE: usize = 4;
 
 /// One request in progress; gives its place back when dropped, however the request
 /// ends (served, failed, timed out, stream gone, task aborted).
@@ -86,7 +96,45 @@ impl Slots {
             per_peer,
             total,
             busy: Mutex::new(Busy::default()),
+            freed: tokio::sync::Notify::new(),
         })
+    }
+
+    /// A place for one more request from `peer`, waiting up to `wait` for one to free
+    /// (an honest node fetching several records at once queues rather than fails); a
+    /// peer may have at most 4 requests per place waiting, beyond which it is refused
+    /// at once, so waiting stays bounded too.
+    pub(crate) async fn take_within(
+        self: &Arc<Self>,
+        peer: PeerId,
+        wait: Duration,
+    ) -> Result<Slot, String> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut refusal = match self.try_take(peer) {
+            Ok(slot) => return Ok(slot),
+            Err(refusal) => refusal,
+        };
+        {
+            let mut busy = crate::lock(&self.busy);
+            let waiting = busy.waiting.entry(peer).or_insert(0);
+            if *waiting >= self.per_peer * WAITING_PER_PLACE {
+                return Err(refusal);
+            }
+            *waiting += 1;
+        }
+        let _waiting = Waiting { slots: self, peer };
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            match self.try_take(peer) {
+                Ok(slot) => return Ok(slot),
+                Err(again) => refusal = again,
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(refusal);
+            }
+        }
     }
 
     /// A place for one more request from `peer`, or the refusal to send it.
@@ -131,6 +179,26 @@ impl Drop for Slot {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 busy.per_peer.remove(&self.peer);
+            }
+        }
+        drop(busy);
+        self.slots.freed.notify_waiters();
+    }
+}
+
+/// A request counted among its peer's waiting ones until dropped.
+struct Waiting<'a> {
+    slots: &'a Slots,
+    peer: PeerId,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut busy = crate::lock(&self.slots.busy);
+        if let Some(n) = busy.waiting.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                busy.waiting.remove(&self.peer);
             }
         }
     }
@@ -204,6 +272,67 @@ impl ServeRate {
     /// Forgets `peer` (it disconnected).
     pub(crate) fn forget(&self, peer: &PeerId) {
         crate::lock(&self.buckets).remove(peer);
+    }
+}
+
+/// Replica bytes each peer made this node take on in the current day, and the bounds
+/// a new replica must fit: per request, per peer per day, and free disk.
+pub(crate) struct ReplicaBudget {
+    max_request: u64,
+    per_peer_per_day: u64,
+    min_free: u64,
+    taken: Mutex<BoundedMap<PeerId, (Instant, u64)>>,
+}
+
+/// The window of [`ReplicaBudget`]'s per-peer count.
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+impl ReplicaBudget {
+    pub(crate) fn new(config: &NetConfig) -> Self {
+        Self {
+            max_request: config.max_replica_bytes,
+            per_peer_per_day: config.max_replica_bytes_per_peer_per_day,
+            min_free: config.min_free_disk_bytes,
+            taken: Mutex::new(BoundedMap::new(RATE_PEERS)),
+        }
+    }
+
+    /// Takes `bytes` for a replica asked by `peer`, with `free` bytes of disk left
+    /// (when known), or says which bound it would break.
+    pub(crate) fn take(
+        &self,
+        peer: PeerId,
+        bytes: u64,
+        free: Option<u64>,
+        now: Instant,
+    ) -> Result<(), String> {
+        if bytes > self.max_request {
+            return Err(format!(
+                "the record is {bytes} bytes; this node holds replicas of at most {}                  (max_replica_bytes)",
+                self.max_request
+            ));
+        }
+        if let Some(free) = free {
+            if free.saturating_sub(bytes) < self.min_free {
+                return Err(format!(
+                    "this node has {free} bytes of disk free and keeps {} free                      (min_free_disk_bytes): no room for {bytes} more",
+                    self.min_free
+                ));
+            }
+        }
+        let mut taken = crate::lock(&self.taken);
+        let (since, used) = match taken.get_mut(&peer) {
+            Some(entry) if now.saturating_duration_since(entry.0) < DAY => *entry,
+            _ => (now, 0),
+        };
+        if used.saturating_add(bytes) > self.per_peer_per_day {
+            return Err(format!(
+                "your node asked for {used} bytes of replicas today; {} a day at most                  (max_replica_bytes_per_peer_per_day)",
+                self.per_peer_per_day
+            ));
+        }
+        taken.insert(peer, (since, used + bytes));
+        Ok(())
     }
 }
 
@@ -294,6 +423,45 @@ mod tests {
         assert!(crate::lock(&slots.busy).per_peer.is_empty());
     }
 
+    #[tokio::test]
+    async fn requests_wait_for_a_place_within_bounds() {
+        let slots = Slots::new("fast-path requests", 1, 4);
+        let a = peer(1);
+        let held = slots.try_take(a).unwrap();
+        // One waits and gets the place when it frees.
+        let waiter = {
+            let slots = slots.clone();
+            tokio::spawn(async move { slots.take_within(a, Duration::from_secs(5)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(held);
+        let got = waiter.await.unwrap().expect("the freed place");
+        // Four may wait per place; a fifth is refused at once.
+        let waiters: Vec<_> = (0..4)
+            .map(|_| {
+                let slots = slots.clone();
+                tokio::spawn(async move { slots.take_within(a, Duration::from_secs(5)).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = Instant::now();
+        assert!(slots.take_within(a, Duration::from_secs(5)).await.is_err());
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "refused at once"
+        );
+        drop(got);
+        let mut served = 0;
+        for w in waiters {
+            if let Ok(Ok(slot)) = tokio::time::timeout(Duration::from_secs(6), w).await {
+                served += 1;
+                drop(slot);
+            }
+        }
+        assert_eq!(served, 4, "each waiter got the place in turn");
+        assert!(crate::lock(&slots.busy).waiting.is_empty());
+    }
+
     #[test]
     fn the_serving_rate_allows_a_burst_then_the_sustained_rate_per_peer() {
         let rate = ServeRate::new(1000, 4000);
@@ -310,6 +478,32 @@ mod tests {
         assert!(rate.reserve(a, 1.0, later) > Duration::ZERO);
         rate.forget(&a);
         assert_eq!(rate.reserve(a, 4000.0, later), Duration::ZERO, "forgotten");
+    }
+
+    #[test]
+    fn replicas_are_bounded_per_request_per_peer_per_day_and_by_free_disk() {
+        let budget = ReplicaBudget::new(&NetConfig {
+            max_replica_bytes: 100,
+            max_replica_bytes_per_peer_per_day: 250,
+            min_free_disk_bytes: 1000,
+            ..NetConfig::default()
+        });
+        let (a, b) = (peer(1), peer(2));
+        let now = Instant::now();
+        let too_big = budget.take(a, 101, None, now).unwrap_err();
+        assert!(too_big.contains("max_replica_bytes"), "{too_big}");
+        let no_room = budget.take(a, 50, Some(1040), now).unwrap_err();
+        assert!(no_room.contains("min_free_disk_bytes"), "{no_room}");
+        budget.take(a, 100, Some(10_000), now).unwrap();
+        budget.take(a, 100, None, now).unwrap();
+        let quota = budget.take(a, 100, None, now).unwrap_err();
+        assert!(quota.contains("asked for 200 bytes"), "{quota}");
+        budget
+            .take(b, 100, None, now)
+            .expect("another peer has its own quota");
+        budget
+            .take(a, 100, None, now + DAY)
+            .expect("a new day, a new quota");
     }
 
     #[tokio::test]

@@ -18,12 +18,14 @@ use libp2p::{
     PeerId, StreamProtocol, Swarm,
 };
 use medmesh_core::{Cid, RecordId};
+use medmesh_crypto::Certificate;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::admission::{self, IpLimits, SharedSlotBook, SlotBook};
 use crate::bitswap::Bitswap;
 use crate::blockstore::Blockstore;
 use crate::gossip::{self, GossipGuard};
-use crate::limits::{ServeLimits, Slots};
+use crate::limits::{ReplicaBudget, ServeLimits, Slots};
 use crate::policy::PeerPolicy;
 use crate::provider_store::{ProviderStore, ProviderStoreConfig};
 use crate::scores::PeerScores;
@@ -36,6 +38,8 @@ pub const DATASETS_TOPIC: &str = "medmesh/datasets/1";
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
+    /// First: a flood from one address is refused before other behaviours count it.
+    ip_limits: IpLimits,
     limits: connection_limits::Behaviour,
     identify: identify::Behaviour,
     kad: kad::Behaviour<ProviderStore>,
@@ -159,6 +163,9 @@ pub struct NetworkOptions {
     /// The institution this node acts for, sent with replication requests so peers can
     /// check it (an Ethereum address once the node is registered on chain).
     pub institution: Option<String>,
+    /// The institution's certificate, sent with replication requests so holders can
+    /// check the manifests of records they are asked to hold.
+    pub certificate: Option<Certificate>,
     /// Agent string shown to peers.
     pub agent: String,
 }
@@ -178,6 +185,12 @@ pub(crate) struct Inner {
     pub(crate) scores: Arc<PeerScores>,
     pub(crate) policy: Arc<dyn PeerPolicy>,
     pub(crate) institution: Option<String>,
+    /// [`NetworkOptions::certificate`], armored.
+    pub(crate) certificate: Option<String>,
+    /// Bounds on the replicas peers may make this node hold.
+    pub(crate) replica_budget: ReplicaBudget,
+    /// Connections, which peers are known, and which to close first.
+    pub(crate) slots: Arc<SharedSlotBook>,
     /// Replication requests being served, bounded per peer and in total.
     pub(crate) replicas: Arc<Slots>,
     /// What peers may make this node serve.
@@ -239,14 +252,19 @@ impl Network {
                     None
                 };
                 Ok(Behaviour {
+                    ip_limits: IpLimits::new(config.max_connections_per_ip as usize, false),
                     limits: connection_limits::Behaviour::new(
                         connection_limits::ConnectionLimits::default()
                             .with_max_established(Some(config.max_connections))
-                            .with_max_established_per_peer(Some(config.max_connections_per_peer)),
+                            .with_max_established_per_peer(Some(config.max_connections_per_peer))
+                            .with_max_pending_incoming(Some(config.max_connections)),
                     ),
                     identify: identify::Behaviour::new(
                         identify::Config::new("/medmesh/1.0.0".into(), key.public())
-                            .with_agent_version(options.agent.clone()),
+                            .with_agent_version(options.agent.clone())
+                            // No cache of peers' unchecked addresses (it fed every dial
+                            // by peer id); kad gets the filtered ones below.
+                            .with_cache_size(0),
                     ),
                     kad,
                     gossipsub,
@@ -296,7 +314,19 @@ impl Network {
 
         let control = swarm.behaviour().stream.new_control();
         let scores = Arc::new(PeerScores::default());
-        let limits = ServeLimits::new(&config);
+        let slots = SharedSlotBook::new(SlotBook::new(
+            config.max_connections as usize,
+            config.reserved_connections as usize,
+        ));
+        let limits = ServeLimits::new(&config, slots.clone());
+        let certificate_armor = match &options.certificate {
+            Some(cert) => Some(
+                cert.to_armored()
+                    .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                    .map_err(NetError::setup("the institution's certificate"))?,
+            ),
+            None => None,
+        };
         let bitswap = Bitswap::new(
             options.store.clone(),
             control.clone(),
@@ -315,6 +345,9 @@ impl Network {
                 scores,
                 policy: options.policy,
                 institution: options.institution,
+                certificate: certificate_armor,
+                replica_budget: ReplicaBudget::new(&config),
+                slots: slots.clone(),
                 limits: limits.clone(),
                 replicas: Slots::new(
                     "replication requests",
@@ -345,6 +378,7 @@ impl Network {
             provides: HashMap::new(),
             finds: HashMap::new(),
             bootstrapped: false,
+            slots,
             gossip: GossipGuard::new(config.gossip_messages_per_sec, config.gossip_burst),
         };
         for addr in &config.bootstrap {
@@ -387,6 +421,11 @@ impl Network {
     pub fn is_connected(&self, peer: &PeerId) -> bool {
         let peers = crate::read(&self.inner.shared.peers);
         peers.contains_key(peer)
+    }
+
+    /// `peer` did useful work: its connection is the last an unknown peer would lose.
+    pub(crate) fn touch(&self, peer: &PeerId) {
+        self.inner.slots.touch(peer)
     }
 
     /// Drops what was kept for each peer that disconnects (its bitswap queue, its
@@ -498,6 +537,8 @@ struct Driver {
     provides: HashMap<kad::QueryId, oneshot::Sender<Result<(), NetError>>>,
     finds: HashMap<kad::QueryId, oneshot::Sender<Vec<PeerId>>>,
     bootstrapped: bool,
+    /// Connections, known peers, and which to close when unknown ones fill the slots.
+    slots: Arc<SharedSlotBook>,
     /// Verdicts on gossip received: content per topic, rate per forwarding peer.
     gossip: GossipGuard,
 }
@@ -525,6 +566,7 @@ impl Driver {
 
     fn dial_bootstrap(&mut self, addr: Multiaddr) {
         if let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.iter().last() {
+            self.slots.with(|s| s.pin(peer));
             let mut transport_addr = addr.clone();
             transport_addr.pop();
             self.swarm
@@ -621,8 +663,27 @@ impl Driver {
                 endpoint,
                 ..
             } => {
-                if let Some(reply) = self.dials.remove(&connection_id) {
+                let reply = self.dials.remove(&connection_id);
+                let victims = self.slots.with(|slots| {
+                    if reply.is_some() {
+                        slots.pin(peer_id); // dialled on request
+                    }
+                    slots.established(
+                        connection_id,
+                        peer_id,
+                        endpoint.get_remote_address().clone(),
+                        endpoint.is_dialer(),
+                        Instant::now(),
+                    )
+                });
+                if let Some(reply) = reply {
                     let _ = reply.send(Ok(peer_id));
+                }
+                for victim in victims {
+                    tracing::debug!(connection = ?victim, "closing an idle unknown peer's connection: the reserved slots are for known peers");
+                    if !self.swarm.close_connection(victim) {
+                        self.slots.with(|s| s.closed(victim));
+                    }
                 }
                 let mut peers = crate::write(&self.shared.peers);
                 let entry = peers.entry(peer_id).or_insert_with(|| Connected {
@@ -641,7 +702,12 @@ impl Driver {
                     self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                ..
+            } => {
+                self.slots.with(|s| s.closed(connection_id));
                 let mut peers = crate::write(&self.shared.peers);
                 let gone = match peers.get_mut(&peer_id) {
                     Some(c) => {
@@ -683,24 +749,45 @@ impl Driver {
 
     fn behaviour_event(&mut self, event: BehaviourEvent) {
         match event {
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+            BehaviourEvent::Identify(identify::Event::Received {
+                connection_id,
+                peer_id,
+                info,
+                ..
+            }) => {
+                // A peer chooses the addresses it advertises: only a few, of usable
+                // kinds and scopes, go to the DHT (which dials them), never 150 of the
+                // attacker's choosing.
+                let remote = self
+                    .slots
+                    .with(|s| s.remote(connection_id).cloned())
+                    .unwrap_or_else(Multiaddr::empty);
+                let addrs = admission::identify_addresses(&peer_id, &info.listen_addrs, &remote);
                 let speaks_kad = info
                     .protocols
                     .iter()
                     .any(|p| p.as_ref() == self.swarm.behaviour().kad.protocol_names()[0].as_ref());
-                if speaks_kad {
-                    for addr in &info.listen_addrs {
-                        self.swarm
-                            .behaviour_mut()
-                            .kad
-                            .add_address(&peer_id, addr.clone());
+                if speaks_kad && !addrs.is_empty() {
+                    let keep = self.slots.with(|s| s.dialled_addresses(&peer_id));
+                    let kad = &mut self.swarm.behaviour_mut().kad;
+                    for addr in &addrs {
+                        kad.add_address(&peer_id, addr.clone());
+                    }
+                    let current = admission::kad_addresses(kad, peer_id);
+                    for stale in admission::stale_addresses(
+                        &current,
+                        &addrs,
+                        &keep,
+                        admission::MAX_KAD_ADDRESSES,
+                    ) {
+                        kad.remove_address(&peer_id, &stale);
                     }
                 }
                 let mut peers = crate::write(&self.shared.peers);
                 if let Some(c) = peers.get_mut(&peer_id) {
                     c.agent = Some(info.agent_version);
-                    if !info.listen_addrs.is_empty() {
-                        c.addresses = info.listen_addrs;
+                    if !addrs.is_empty() {
+                        c.addresses = addrs;
                     }
                 }
             }

@@ -4,6 +4,7 @@
 
 use futures::future::BoxFuture;
 use libp2p::PeerId;
+use medmesh_core::InstitutionId;
 
 /// The peer authorization hook.
 pub trait PeerPolicy: Send + Sync + 'static {
@@ -14,6 +15,18 @@ pub trait PeerPolicy: Send + Sync + 'static {
         peer: PeerId,
         institution: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), String>>;
+
+    /// Whether `certificate` is the certificate of `institution` (the one it signs its
+    /// records with), so that a replica request's manifest may be checked against it.
+    /// The default trusts the certificate the peer sent, which still stops forged or
+    /// altered manifests; with a chain, the registry must name it.
+    fn vouches_for<'a>(
+        &'a self,
+        _institution: Option<&'a str>,
+        _certificate: &'a InstitutionId,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Admits every peer: for a node without a chain (development, closed networks).

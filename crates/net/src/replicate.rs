@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use futures::{AsyncReadExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
-use medmesh_core::RecordId;
+use medmesh_core::{Manifest, RecordId};
+use medmesh_crypto::Certificate;
 use medmesh_store::{Replication, Store};
 use serde::{Deserialize, Serialize};
 
+use crate::fastpath;
 use crate::fetch::FetchOptions;
 use crate::limits::Slot;
 use crate::wire::{read_json, within_idle, write_json};
@@ -31,9 +33,19 @@ struct Request {
     root: String,
     #[serde(default)]
     institution: Option<String>,
+    /// The asking institution's certificate (ASCII armor): the holder checks the
+    /// record's manifest against it before fetching a single chunk.
+    #[serde(default)]
+    certificate: Option<String>,
 }
 
 type Reply = crate::wire::Reply<FetchReport>;
+
+/// The ciphertext a record's blocks take: each chunk sealed (16-byte tag) in full,
+/// the last one possibly less, so this is an upper bound.
+fn replica_bytes(manifest: &Manifest) -> u64 {
+    manifest.body.chunks.len() as u64 * (u64::from(manifest.body.envelope.chunk_size) + 16)
+}
 
 pub(crate) fn serve(network: &Network) -> Result<(), NetError> {
     let mut incoming = network
@@ -83,7 +95,7 @@ impl Network {
             }
         };
         let reply = tokio::select! {
-            held = tokio::time::timeout_at(deadline, self.hold_replica(peer, root)) => {
+            held = tokio::time::timeout_at(deadline, self.hold_replica(peer, root, &request)) => {
                 held.unwrap_or_else(|_| {
                     tracing::warn!(%peer, record = %root, ?timeout, "replica not fetched in time: gave up");
                     Reply::refused(format!(
@@ -122,6 +134,10 @@ impl Network {
             tracing::warn!(%peer, reason, "replication request refused");
             return Err(format!("not authorized: {reason}"));
         }
+        // An admitted peer is known: its connection keeps a reserved slot.
+        self.inner
+            .slots
+            .with(|s| s.admit(peer, std::time::Instant::now()));
         let root = request
             .root
             .parse::<RecordId>()
@@ -133,8 +149,13 @@ impl Network {
         Ok((root, slot))
     }
 
-    /// Fetches `root` from `peer` (and any other provider) to hold a copy.
-    async fn hold_replica(&self, peer: PeerId, root: RecordId) -> Reply {
+    /// Checks the record `peer` asks us to hold, then fetches it from `peer` (and any
+    /// other provider).
+    async fn hold_replica(&self, peer: PeerId, root: RecordId, request: &Request) -> Reply {
+        if let Err(refusal) = self.vet_replica(peer, root, request).await {
+            tracing::warn!(%peer, record = %root, refusal, "replica refused");
+            return Reply::refused(refusal);
+        }
         let options = FetchOptions {
             providers: vec![peer],
             ..FetchOptions::default()
@@ -156,6 +177,59 @@ impl Network {
         }
     }
 
+    /// Before a single chunk is fetched: the manifest must be signed by the asking
+    /// institution's certificate (which the policy must vouch for) and name it as the
+    /// owner, and the record must fit this node's replica bounds. `Err` is the refusal.
+    async fn vet_replica(
+        &self,
+        peer: PeerId,
+        root: RecordId,
+        request: &Request,
+    ) -> Result<(), String> {
+        let armored = request.certificate.as_deref().ok_or(
+            "the request carries no certificate: this node holds only records whose \
+             owner's signature it can check",
+        )?;
+        let certificate = Certificate::from_bytes(armored.as_bytes())
+            .map_err(|e| format!("the request's certificate is unreadable: {e}"))?;
+        let owner = certificate.id();
+        self.inner
+            .policy
+            .vouches_for(request.institution.as_deref(), &owner)
+            .await
+            .map_err(|reason| format!("not authorized: {reason}"))?;
+        let manifest = match self.local_manifest(&root).await {
+            Ok(Some(manifest)) => manifest,
+            _ => {
+                let mut control = self.inner.control.clone();
+                fastpath::fetch_manifest(&mut control, &self.inner.store, peer, &root)
+                    .await
+                    .map_err(|e| format!("cannot fetch the manifest of {root}: {e}"))?
+            }
+        };
+        if manifest.body.meta.owner != owner {
+            return Err(format!(
+                "record {root} is owned by {}, not by the asking institution {owner}",
+                manifest.body.meta.owner
+            ));
+        }
+        let bytes = replica_bytes(&manifest);
+        // ML-DSA verification is CPU work: off the executor.
+        tokio::task::spawn_blocking(move || certificate.verify_manifest(&manifest))
+            .await
+            .map_err(|e| format!("signature check stopped: {e}"))?
+            .map_err(|e| format!("record {root} is not signed by its owner: {e}"))?;
+        let free = {
+            let store = self.inner.store.clone();
+            tokio::task::spawn_blocking(move || store.free_bytes())
+                .await
+                .unwrap_or(None)
+        };
+        self.inner
+            .replica_budget
+            .take(peer, bytes, free, std::time::Instant::now())
+    }
+
     /// Asks `peer` to hold a copy of `root` (which it fetches from us or any provider),
     /// waiting up to `replica_timeout` (and a short margin) for its answer.
     pub async fn request_replica(&self, peer: PeerId, root: &RecordId) -> ReplicaOutcome {
@@ -165,6 +239,7 @@ impl Network {
             let request = Request {
                 root: root.to_string(),
                 institution: self.inner.institution.clone(),
+                certificate: self.inner.certificate.clone(),
             };
             // Two nodes that dialed each other at once hold two connections until one
             // is closed; a stream opened on the closing one fails before the request is

@@ -317,3 +317,307 @@ async fn a_provider_record_flood_does_not_stop_our_announcements() {
     let refused = seeker.net.find_providers(flood[1999]).await.unwrap();
     assert!(refused.is_empty(), "beyond its share: {refused:?}");
 }
+
+/// A peer served a home-made manifest (here: a real record's, with its size and
+/// chunk list altered, so its signature no longer holds) and asked the node to hold
+/// it; the node imported it. Now the manifest is checked against the asking
+/// institution's certificate before a single chunk is fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forged_manifest_is_refused_before_any_chunk_is_fetched() {
+    let victim = victim_with(|_| {}).await;
+    let attacker = Node::start(&[&victim]).await;
+    attacker.wait_connected(victim.net.peer_id()).await;
+    let genuine = record(&attacker.store, 2);
+    let mut manifest = attacker.store.manifest(&genuine).unwrap();
+    manifest.body.meta.size *= 200;
+    let chunks = manifest.body.chunks.clone();
+    for _ in 0..199 {
+        manifest.body.chunks.extend_from_slice(&chunks);
+    }
+    let bytes = manifest.encode().unwrap();
+    let cid = medmesh_core::cid_of(medmesh_core::Codec::DagCbor, &bytes);
+    attacker.store.blocks().put(&cid, &bytes).unwrap();
+    let forged = RecordId::from_manifest_cid(cid).unwrap();
+
+    let outcome = attacker
+        .net
+        .request_replica(victim.net.peer_id(), &forged)
+        .await;
+    assert!(!outcome.ok, "{outcome:?}");
+    let error = outcome.error.unwrap();
+    assert!(error.contains("is not signed by its owner"), "{error}");
+    assert!(!victim.store.has_record(&forged).unwrap());
+    for chunk in &chunks {
+        assert!(
+            !victim.store.blocks().has(chunk),
+            "chunk {chunk} was fetched"
+        );
+    }
+    // The genuine record is held as before.
+    let outcome = attacker
+        .net
+        .request_replica(victim.net.peer_id(), &genuine)
+        .await;
+    assert!(outcome.ok, "{outcome:?}");
+    assert!(victim.store.has_record(&genuine).unwrap());
+}
+
+/// Replication requests had no size limit: one request could fill the disk. A record
+/// larger than `max_replica_bytes`, or beyond a peer's daily share, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_beyond_the_size_bounds_are_refused() {
+    let victim = victim_with(|c| {
+        c.max_replica_bytes = 3 * MIB as u64;
+        c.max_replica_bytes_per_peer_per_day = 7 * MIB as u64 / 2;
+    })
+    .await;
+    let asking = Node::start(&[&victim]).await;
+    asking.wait_connected(victim.net.peer_id()).await;
+    let large = record(&asking.store, 4);
+    let outcome = asking
+        .net
+        .request_replica(victim.net.peer_id(), &large)
+        .await;
+    assert!(!outcome.ok);
+    assert!(
+        outcome
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("max_replica_bytes"),
+        "{outcome:?}"
+    );
+    let chunk = asking.store.manifest(&large).unwrap().body.chunks[0];
+    assert!(!victim.store.blocks().has(&chunk), "no chunk was fetched");
+
+    let first = record(&asking.store, 2);
+    assert!(
+        asking
+            .net
+            .request_replica(victim.net.peer_id(), &first)
+            .await
+            .ok
+    );
+    let second = put_record(&asking.store, &mut &noise(2 * CHUNK, 9)[..], CHUNK as u32);
+    let outcome = asking
+        .net
+        .request_replica(victim.net.peer_id(), &second)
+        .await;
+    assert!(!outcome.ok);
+    assert!(
+        outcome
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("max_replica_bytes_per_peer_per_day"),
+        "{outcome:?}"
+    );
+}
+
+/// Fresh peer ids from one address used to take every connection slot (256 in 4 s).
+/// Inbound connections are now bounded per IP address, and the node's own dials (to
+/// known peers) still get through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fresh_peer_ids_from_one_address_get_a_few_connections_only() {
+    let victim = victim_with(|c| c.max_connections_per_ip = 4).await;
+    let mut attackers = Vec::new();
+    for _ in 0..12 {
+        // Refused connections end at once; the helper panics on dial errors, so dial
+        // through a task and keep the ones that got in.
+        let addr = victim.addr();
+        let attempt = tokio::spawn(async move { Hostile::connect(&addr).await });
+        if let Ok(attacker) = attempt.await {
+            attackers.push(attacker);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let connected = victim.net.stats().connected_peers;
+    assert!(connected <= 4, "{connected} connections from one address");
+    assert!(
+        !attackers.is_empty(),
+        "some get in: the limit is per address, not zero"
+    );
+
+    // A peer the node dials itself (outbound) is not counted against anyone's address.
+    let honest = Node::start(&[]).await;
+    let id = record(&honest.store, 1);
+    victim
+        .net
+        .dial(honest.addr())
+        .await
+        .expect("the node's own dial");
+    let options = FetchOptions {
+        providers: vec![honest.net.peer_id()],
+        ..FetchOptions::default()
+    };
+    let report = victim
+        .net
+        .fetch_record(id, options, Arc::new(|_| {}))
+        .await
+        .expect("fetch from a known peer");
+    assert!(report.imported);
+}
+
+/// Unknown peers may hold `max_connections − reserved_connections` connections; past
+/// that, the one idle longest is closed, so a known peer always finds a slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unknown_peers_leave_the_reserved_slots_to_known_ones() {
+    let victim = victim_with(|c| {
+        c.max_connections_per_ip = 64;
+        c.max_connections = 16;
+        c.reserved_connections = 6;
+    })
+    .await;
+    let mut attackers = Vec::new();
+    for _ in 0..14 {
+        let addr = victim.addr();
+        if let Ok(attacker) = tokio::spawn(async move { Hostile::connect(&addr).await }).await {
+            attackers.push(attacker);
+        }
+    }
+    eventually(Duration::from_secs(5), "unknown peers held to 10", || {
+        victim.net.stats().connected_peers <= 10
+    })
+    .await;
+    let known = Node::start(&[]).await;
+    let id = record(&known.store, 1);
+    victim
+        .net
+        .dial(known.addr())
+        .await
+        .expect("a slot for a known peer");
+    let options = FetchOptions {
+        providers: vec![known.net.peer_id()],
+        ..FetchOptions::default()
+    };
+    victim
+        .net
+        .fetch_record(id, options, Arc::new(|_| {}))
+        .await
+        .expect("fetch from the known peer");
+    assert!(victim.net.is_connected(&known.net.peer_id()));
+}
+
+/// A peer advertising 150 listen addresses made the node open 150 connections to
+/// addresses the attacker chose. Only a few checked addresses are taken now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn addresses_a_peer_advertises_are_capped_and_filtered() {
+    let victim = victim_with(|_| {}).await;
+    let mut advertised: Vec<libp2p::Multiaddr> = (0..150)
+        .map(|i| {
+            format!("/ip4/127.0.0.1/tcp/{}", 20_000 + i)
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    advertised.push("/ip4/0.0.0.0/tcp/1".parse().unwrap());
+    advertised.push("/ip4/224.0.0.1/tcp/2".parse().unwrap());
+    let attacker = Hostile::connect_advertising(&victim.addr(), &advertised).await;
+    let seen = |victim: &Node| {
+        victim
+            .net
+            .peers()
+            .into_iter()
+            .find(|p| p.peer_id == attacker.peer_id.to_string())
+            .map(|p| p.addresses)
+            .unwrap_or_default()
+    };
+    eventually(Duration::from_secs(10), "identify received", || {
+        seen(&victim).len() > 1
+    })
+    .await;
+    let addresses = seen(&victim);
+    assert!(addresses.len() <= 8, "{} addresses taken", addresses.len());
+    assert!(
+        addresses
+            .iter()
+            .all(|a| !a.contains("0.0.0.0") && !a.contains("224.0.0.1")),
+        "{addresses:?}"
+    );
+}
+
+/// Gossip used to be delivered and forwarded unchecked: 99 851 signed messages in 20 s
+/// from one peer, random bytes, and a presence message naming the victim. Now payloads
+/// are checked per topic before they are forwarded, and a peer's rate is bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gossip_is_checked_per_topic_and_rate_limited_per_peer() {
+    use medmesh_net::{NetEvent, DATASETS_TOPIC, PRESENCE_TOPIC};
+    let victim = victim_with(|_| {}).await;
+    let observer = Node::start(&[&victim]).await;
+    observer.wait_connected(victim.net.peer_id()).await;
+    let attacker = Hostile::connect(&victim.addr()).await;
+    let mut at_victim = victim.net.events();
+    let mut at_observer = observer.net.events();
+    // Wait for the attacker to join the victim's mesh (a valid message goes through).
+    let probe = |n: usize| serde_json::to_vec(&serde_json::json!({ "dataset": n })).unwrap();
+    let mut joined = false;
+    for n in 0..100 {
+        if attacker.publish(DATASETS_TOPIC, probe(n)).await {
+            joined = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(joined, "the attacker never joined the topic");
+    // Forged and malformed messages, then a flood of well-formed ones.
+    let forged = serde_json::json!({
+        "peer_id": victim.net.peer_id().to_string(),
+        "addresses": ["/ip4/10.9.9.9/tcp/4001"],
+    });
+    assert!(
+        attacker
+            .publish(PRESENCE_TOPIC, serde_json::to_vec(&forged).unwrap())
+            .await
+    );
+    assert!(attacker.publish(DATASETS_TOPIC, noise(600, 5)).await);
+    let started = Instant::now();
+    for n in 1000..3000 {
+        attacker.publish(DATASETS_TOPIC, probe(n)).await;
+    }
+    let flood_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Messages missed because the subscriber lagged count as delivered: they were.
+    let drain = |events: &mut tokio::sync::broadcast::Receiver<NetEvent>| {
+        use tokio::sync::broadcast::error::TryRecvError;
+        let (mut from_attacker, mut missed) = (Vec::new(), 0);
+        loop {
+            match events.try_recv() {
+                Ok(NetEvent::Gossip { from, data, topic }) if from == Some(attacker.peer_id) => {
+                    from_attacker.push((topic, data))
+                }
+                Ok(_) => {}
+                Err(TryRecvError::Lagged(n)) => missed += n as usize,
+                Err(_) => return (from_attacker, missed),
+            }
+        }
+    };
+    let (delivered, missed) = drain(&mut at_victim);
+    let (forwarded, _) = drain(&mut at_observer);
+    assert_eq!(
+        missed, 0,
+        "{missed} events beyond the bus's capacity: far too many delivered"
+    );
+    assert!(
+        !delivered.is_empty(),
+        "well-formed gossip is still delivered"
+    );
+    for (name, seen) in [("delivered", &delivered), ("forwarded", &forwarded)] {
+        assert!(
+            seen.iter().all(|(topic, data)| topic == DATASETS_TOPIC
+                && serde_json::from_slice::<serde_json::Value>(data).is_ok()),
+            "{name}: a forged presence or random bytes got through"
+        );
+    }
+    // Burst 100 plus 20 a second while the flood lasted (and a margin for the probe).
+    let allowed = 100 + (20.0 * (flood_secs + 3.0)) as usize + 5;
+    assert!(
+        delivered.len() <= allowed,
+        "{} of 2 000 flooded messages delivered (allowed {allowed})",
+        delivered.len()
+    );
+    assert!(
+        forwarded.len() <= delivered.len(),
+        "only what the victim accepted is forwarded"
+    );
+}

@@ -115,6 +115,15 @@ impl Store {
         &self.dir
     }
 
+    /// Bytes an unprivileged writer may still use on the store's file system.
+    pub fn free_bytes(&self) -> Result<u64, StoreError> {
+        let stat = rustix::fs::statvfs(&self.dir).map_err(|e| StoreError::Io {
+            context: format!("reading the free space of {}", self.dir.display()),
+            source: e.into(),
+        })?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+
     /// The block files.
     pub fn blocks(&self) -> &Blockstore {
         &self.blocks

@@ -16,12 +16,33 @@ pub struct Hostile {
     /// The node it is connected to.
     pub victim: PeerId,
     control: Control,
+    commands: tokio::sync::mpsc::UnboundedSender<Command>,
     driver: tokio::task::JoinHandle<()>,
+}
+
+/// The bare peer's behaviours: raw streams, and identify (to advertise addresses).
+#[derive(libp2p::swarm::NetworkBehaviour)]
+#[behaviour(prelude = "libp2p::swarm::derive_prelude")]
+struct Bare {
+    stream: libp2p_stream::Behaviour,
+    identify: libp2p::identify::Behaviour,
+    gossipsub: libp2p::gossipsub::Behaviour,
+}
+
+/// What the test asks the bare peer's swarm to do.
+enum Command {
+    Publish(String, Vec<u8>, tokio::sync::oneshot::Sender<bool>),
 }
 
 impl Hostile {
     /// A fresh identity connected to `addr` (`…/p2p/<peer id>`); panics after 10 s.
     pub async fn connect(addr: &Multiaddr) -> Self {
+        Self::connect_advertising(addr, &[]).await
+    }
+
+    /// [`Hostile::connect`], advertising `addresses` as its own by identify (a peer
+    /// chooses what it advertises: e.g. addresses it wants the node to dial).
+    pub async fn connect_advertising(addr: &Multiaddr, addresses: &[Multiaddr]) -> Self {
         let victim = addr
             .iter()
             .find_map(|p| match p {
@@ -37,18 +58,62 @@ impl Hostile {
                 yamux::Config::default,
             )
             .expect("tcp transport")
-            .with_behaviour(|_| libp2p_stream::Behaviour::new())
+            .with_behaviour(|key| Bare {
+                stream: libp2p_stream::Behaviour::new(),
+                identify: libp2p::identify::Behaviour::new(libp2p::identify::Config::new(
+                    "/medmesh/1.0.0".into(),
+                    key.public(),
+                )),
+                // Signs what it publishes, as the node requires; publishes whatever the
+                // test asks, however often.
+                gossipsub: libp2p::gossipsub::Behaviour::new(
+                    libp2p::gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    libp2p::gossipsub::ConfigBuilder::default()
+                        .heartbeat_interval(Duration::from_millis(200))
+                        .build()
+                        .expect("gossipsub config"),
+                )
+                .expect("gossipsub"),
+            })
             .expect("behaviour")
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
             .build();
+        for address in addresses {
+            swarm.add_external_address(address.clone());
+        }
         let peer_id = *swarm.local_peer_id();
-        let control = swarm.behaviour().new_control();
+        let control = swarm.behaviour().stream.new_control();
         swarm.dial(addr.clone()).expect("dial starts");
+        for topic in ["medmesh/presence/1", "medmesh/datasets/1"] {
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(&libp2p::gossipsub::IdentTopic::new(topic))
+                .expect("subscribe");
+        }
         let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
+        let (commands, mut command_rx) = tokio::sync::mpsc::unbounded_channel();
         let driver = tokio::spawn(async move {
             let mut connected = Some(connected_tx);
             loop {
-                match swarm.select_next_some().await {
+                let event = tokio::select! {
+                    command = command_rx.recv() => {
+                        match command {
+                            Some(Command::Publish(topic, data, reply)) => {
+                                let sent = swarm
+                                    .behaviour_mut()
+                                    .gossipsub
+                                    .publish(libp2p::gossipsub::IdentTopic::new(topic), data)
+                                    .is_ok();
+                                let _ = reply.send(sent);
+                            }
+                            None => return,
+                        }
+                        continue;
+                    }
+                    event = swarm.select_next_some() => event,
+                };
+                match event {
                     SwarmEvent::ConnectionEstablished { .. } => {
                         if let Some(tx) = connected.take() {
                             let _ = tx.send(());
@@ -72,8 +137,23 @@ impl Hostile {
             peer_id,
             victim,
             control,
+            commands,
             driver,
         }
+    }
+
+    /// Publishes `data` on a gossipsub topic, signed by this peer; `false` when
+    /// gossipsub would not send it (no peer in the topic yet, or a duplicate).
+    pub async fn publish(&self, topic: &str, data: Vec<u8>) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self
+            .commands
+            .send(Command::Publish(topic.to_string(), data, tx))
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.unwrap_or(false)
     }
 
     /// Opens a stream to the victim on `protocol`.

@@ -87,6 +87,8 @@ impl Peer {
             store: serve(store.clone()),
             policy,
             institution: None,
+            // The institution `put_record` signs for: replicas of its records verify.
+            certificate: Some(institution(0).certificate().expect("cert")),
             agent: "medmesh-test".into(),
         })
         .await

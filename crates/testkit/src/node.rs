@@ -134,6 +134,12 @@ impl TestNode {
             store: self.state.store().clone(),
             policy: Arc::new(medmesh_net::OpenPolicy),
             institution: None,
+            certificate: self
+                .state
+                .services()
+                .keys()
+                .ok()
+                .map(|k| k.certificate.clone()),
             agent: "medmesh-test-node".into(),
         })
         .await
