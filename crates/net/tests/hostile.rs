@@ -328,16 +328,8 @@ async fn a_forged_manifest_is_refused_before_any_chunk_is_fetched() {
     let attacker = Node::start(&[&victim]).await;
     attacker.wait_connected(victim.net.peer_id()).await;
     let genuine = record(&attacker.store, 2);
-    let mut manifest = attacker.store.manifest(&genuine).unwrap();
-    manifest.body.meta.size *= 200;
-    let chunks = manifest.body.chunks.clone();
-    for _ in 0..199 {
-        manifest.body.chunks.extend_from_slice(&chunks);
-    }
-    let bytes = manifest.encode().unwrap();
-    let cid = medmesh_core::cid_of(medmesh_core::Codec::DagCbor, &bytes);
-    attacker.store.blocks().put(&cid, &bytes).unwrap();
-    let forged = RecordId::from_manifest_cid(cid).unwrap();
+    let chunks = attacker.store.manifest(&genuine).unwrap().body.chunks;
+    let forged = medmesh_testkit::hostile::forge_manifest(&attacker.store, &genuine, 200);
 
     let outcome = attacker
         .net
@@ -422,11 +414,7 @@ async fn fresh_peer_ids_from_one_address_get_a_few_connections_only() {
     let victim = victim_with(|c| c.max_connections_per_ip = 4).await;
     let mut attackers = Vec::new();
     for _ in 0..12 {
-        // Refused connections end at once; the helper panics on dial errors, so dial
-        // through a task and keep the ones that got in.
-        let addr = victim.addr();
-        let attempt = tokio::spawn(async move { Hostile::connect(&addr).await });
-        if let Ok(attacker) = attempt.await {
+        if let Ok(attacker) = Hostile::try_connect(&victim.addr(), &[]).await {
             attackers.push(attacker);
         }
     }
@@ -470,8 +458,7 @@ async fn unknown_peers_leave_the_reserved_slots_to_known_ones() {
     .await;
     let mut attackers = Vec::new();
     for _ in 0..14 {
-        let addr = victim.addr();
-        if let Ok(attacker) = tokio::spawn(async move { Hostile::connect(&addr).await }).await {
+        if let Ok(attacker) = Hostile::try_connect(&victim.addr(), &[]).await {
             attackers.push(attacker);
         }
     }

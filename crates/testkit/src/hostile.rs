@@ -35,7 +35,8 @@ enum Command {
 }
 
 impl Hostile {
-    /// A fresh identity connected to `addr` (`…/p2p/<peer id>`); panics after 10 s.
+    /// A fresh identity connected to `addr` (`…/p2p/<peer id>`); panics when refused
+    /// or after 10 s.
     pub async fn connect(addr: &Multiaddr) -> Self {
         Self::connect_advertising(addr, &[]).await
     }
@@ -43,6 +44,15 @@ impl Hostile {
     /// [`Hostile::connect`], advertising `addresses` as its own by identify (a peer
     /// chooses what it advertises: e.g. addresses it wants the node to dial).
     pub async fn connect_advertising(addr: &Multiaddr, addresses: &[Multiaddr]) -> Self {
+        match Self::try_connect(addr, addresses).await {
+            Ok(hostile) => hostile,
+            Err(e) => panic!("hostile peer cannot connect: {e}"),
+        }
+    }
+
+    /// [`Hostile::connect_advertising`], answering why when the node refuses (or does
+    /// not answer within 10 s) instead of panicking.
+    pub async fn try_connect(addr: &Multiaddr, addresses: &[Multiaddr]) -> Result<Self, String> {
         let victim = addr
             .iter()
             .find_map(|p| match p {
@@ -94,7 +104,8 @@ impl Hostile {
         let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
         let (commands, mut command_rx) = tokio::sync::mpsc::unbounded_channel();
         let driver = tokio::spawn(async move {
-            let mut connected = Some(connected_tx);
+            let mut connected: Option<tokio::sync::oneshot::Sender<Result<(), String>>> =
+                Some(connected_tx);
             loop {
                 let event = tokio::select! {
                     command = command_rx.recv() => {
@@ -116,30 +127,36 @@ impl Hostile {
                 match event {
                     SwarmEvent::ConnectionEstablished { .. } => {
                         if let Some(tx) = connected.take() {
-                            let _ = tx.send(());
+                            let _ = tx.send(Ok(()));
                         }
                     }
                     SwarmEvent::OutgoingConnectionError { error, .. } => {
-                        panic!("hostile peer cannot connect: {error}")
+                        if let Some(tx) = connected.take() {
+                            let _ = tx.send(Err(error.to_string()));
+                        }
                     }
                     SwarmEvent::ConnectionClosed { cause, .. } => {
-                        eprintln!("hostile peer: connection closed ({cause:?})");
+                        if let Some(tx) = connected.take() {
+                            let _ = tx.send(Err(format!("closed at once ({cause:?})")));
+                        }
                     }
                     _ => {}
                 }
             }
         });
-        tokio::time::timeout(Duration::from_secs(10), connected_rx)
-            .await
-            .expect("connected within 10 s")
-            .expect("driver alive");
-        Self {
+        let outcome = match tokio::time::timeout(Duration::from_secs(10), connected_rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err("the swarm stopped".to_string()),
+            Err(_) => Err("no connection within 10 s".to_string()),
+        };
+        let hostile = Self {
             peer_id,
             victim,
             control,
             commands,
             driver,
-        }
+        };
+        outcome.map(|()| hostile)
     }
 
     /// Publishes `data` on a gossipsub topic, signed by this peer; `false` when
@@ -341,4 +358,24 @@ async fn wait_one(
             }
         }
     }
+}
+
+/// Stores in `store` a home-made manifest: `genuine`'s, claiming `factor` times its
+/// size and listing its chunks `factor` times, so its signature no longer holds.
+/// Returns the forged record's id.
+pub fn forge_manifest(
+    store: &medmesh_store::Store,
+    genuine: &medmesh_core::RecordId,
+    factor: usize,
+) -> medmesh_core::RecordId {
+    let mut manifest = store.manifest(genuine).expect("the genuine manifest");
+    manifest.body.meta.size *= factor as u64;
+    let chunks = manifest.body.chunks.clone();
+    for _ in 1..factor {
+        manifest.body.chunks.extend_from_slice(&chunks);
+    }
+    let bytes = manifest.encode().expect("encodes");
+    let cid = medmesh_core::cid_of(medmesh_core::Codec::DagCbor, &bytes);
+    store.blocks().put(&cid, &bytes).expect("block stored");
+    medmesh_core::RecordId::from_manifest_cid(cid).expect("a manifest CID")
 }

@@ -1,0 +1,135 @@
+//! `medmesh node` processes for the tests in this directory: each with a data dir of
+//! its own, its API and peer-to-peer ports, and its first admin token.
+#![allow(dead_code)] // each test binary uses part of it
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use medmesh_sdk::Client;
+use medmesh_testkit::{files_under, free_port};
+
+pub const PASSPHRASE: &str = "network test passphrase";
+
+/// A `medmesh node` process with its data dir; killed when dropped.
+pub struct Proc {
+    pub dir: PathBuf,
+    pub api: u16,
+    pub p2p: u16,
+    pub token: String,
+    pub peer_id: String,
+    pub child: Option<Child>,
+}
+
+pub fn medmesh(dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_medmesh"));
+    cmd.arg("--data-dir")
+        .arg(dir)
+        .env("MEDMESH_PASSPHRASE", PASSPHRASE)
+        .env_remove("MEDMESH_PASSPHRASE_FILE")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    cmd
+}
+
+impl Proc {
+    /// A new node (keys of its own) in `base/name`, dialing `peers` at start.
+    pub fn start(base: &Path, name: &str, peers: &[&Proc]) -> Self {
+        let dir = base.join(name);
+        let out = medmesh(&dir)
+            .args(["init", "--institution", "Test Hospital"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut node = Proc {
+            dir,
+            api: free_port(),
+            p2p: free_port(),
+            token: String::new(),
+            peer_id: String::new(),
+            child: None,
+        };
+        let peers: Vec<String> = peers.iter().map(|p| p.addr()).collect();
+        node.run(&peers);
+        node
+    }
+
+    pub fn addr(&self) -> String {
+        format!("/ip4/127.0.0.1/tcp/{}/p2p/{}", self.p2p, self.peer_id)
+    }
+
+    /// Starts (or restarts) the process and waits until it serves.
+    pub fn run(&mut self, peers: &[String]) {
+        let mut cmd = medmesh(&self.dir);
+        cmd.args([
+            "node",
+            "--no-chain",
+            "--listen",
+            &format!("127.0.0.1:{}", self.api),
+            "--p2p-listen",
+            &format!("/ip4/127.0.0.1/tcp/{}", self.p2p),
+        ]);
+        for p in peers {
+            cmd.args(["--peer", p]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "node did not start");
+            let mut line = String::new();
+            assert!(
+                stdout.read_line(&mut line).unwrap() > 0,
+                "node exited during start"
+            );
+            if let Some(t) = line.split_whitespace().find(|w| w.starts_with("mm_")) {
+                self.token = t.to_string();
+            }
+            if let Some(id) = line.trim().strip_prefix("node peer id: ") {
+                self.peer_id = id.to_string();
+            }
+            if line.contains("stop with Ctrl-C") {
+                break;
+            }
+        }
+        // Keep draining stdout so the node never blocks on a full pipe.
+        std::thread::spawn(move || for _ in stdout.lines() {});
+        self.child = Some(child);
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&format!("http://127.0.0.1:{}", self.api))
+            .unwrap()
+            .with_token(self.token.clone())
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Complete block files (a write in flight is a temp file, not a block yet).
+    pub fn block_files(&self) -> usize {
+        files_under(&self.dir.join("store/blocks"))
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "data"))
+            .count()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
