@@ -123,9 +123,18 @@ listen = ["/ip4/127.0.0.1/tcp/4001", "/ip4/127.0.0.1/udp/4001/quic-v1"]
 bootstrap = []
 # Find peers on the local network by mDNS.
 mdns = false
-# Connection limits.
+# Connection limits (docs/network.md "Limits and abuse" lists every limit).
 max_connections = 256
 max_connections_per_peer = 4
+# Inbound connections from one IP address; raise it on a host running many nodes.
+max_connections_per_ip = 8
+# Connections kept for known peers (bootstrap, dialled, admitted by the policy).
+reserved_connections = 32
+# Bytes per second served to one peer (bitswap and fast path together).
+serve_bytes_per_peer_per_sec = 536870912
+# Replicas this node agrees to hold for others.
+max_replica_bytes = 17179869184
+min_free_disk_bytes = 1073741824
 # Seconds between checks that replicated records still have their copies.
 repair_interval_secs = 300
 # How long (ms) a fetch waits for the DHT to name a provider of a record.

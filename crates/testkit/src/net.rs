@@ -78,6 +78,9 @@ impl Peer {
             listen: vec![listen.parse().expect("multiaddr")],
             bootstrap: bootstrap.iter().map(|p| p.addr()).collect(),
             block_timeout_secs: 20,
+            // Every test node is on 127.0.0.1: a DHT of twenty of them dials one
+            // another from one address (tests of the limit itself set it lower).
+            max_connections_per_ip: 64,
             ..NetConfig::default()
         };
         configure(&mut config);
