@@ -97,7 +97,7 @@ async fn attack(victim: Multiaddr, peer: PeerId, chunk: Vec<u8>, record: String)
         for _ in 0..8 {
             let mut stream = attacker.open(BITSWAP).await;
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                stream.write_all(&varint(4 * MIB as u64)).await?;
+                stream.write_all(&varint(4 * MIB)).await?;
                 stream.write_all(&vec![0u8; 4 * MIB - 1]).await
             })
             .await;
@@ -118,6 +118,8 @@ async fn attack(victim: Multiaddr, peer: PeerId, chunk: Vec<u8>, record: String)
         let forged = forge_manifest(&forger.store, &genuine, 400);
         let outcome = forger.net.request_replica(peer, &forged).await;
         assert!(!outcome.ok, "a forged record was accepted: {outcome:?}");
+        let refusal = outcome.error.unwrap_or_default();
+        assert!(refusal.contains("is not signed by its owner"), "{refusal}");
     }
     // 5. An ADD_PROVIDER flood.
     step("provider record flood");

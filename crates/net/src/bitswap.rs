@@ -116,7 +116,7 @@ pub(crate) struct Bitswap {
     scores: Arc<PeerScores>,
     limits: Arc<ServeLimits>,
     wants: Mutex<HashMap<Cid, Vec<mpsc::UnboundedSender<WantEvent>>>>,
-    outboxes: Mutex<HashMap<PeerId, mpsc::Sender<pb::Message>>>,
+    outboxes: Arc<Outboxes>,
 }
 
 impl Bitswap {
@@ -132,7 +132,7 @@ impl Bitswap {
             scores,
             limits,
             wants: Mutex::new(HashMap::new()),
-            outboxes: Mutex::new(HashMap::new()),
+            outboxes: Arc::default(),
         })
     }
 
@@ -182,7 +182,7 @@ impl Bitswap {
                 self.limits.frame_timeout,
             )
             .await;
-            let (frame, _held) = match read {
+            let (frame, held) = match read {
                 Ok(Some(frame)) => frame,
                 Ok(None) => return,
                 Err(e) => {
@@ -193,17 +193,27 @@ impl Bitswap {
             if self.scores.is_banned(&peer) {
                 return;
             }
-            match pb::Message::decode(frame.as_slice()) {
-                Ok(message) => self.handle(peer, message).await,
+            let mut message = match pb::Message::decode(frame.as_slice()) {
+                Ok(message) => message,
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "undecodable bitswap message");
                     return;
                 }
+            };
+            drop(frame);
+            let wantlist = message.wantlist.take();
+            // The blocks it carries hold the frame's memory until stored; answering
+            // its wants (paced by the peer's rate and reading) holds none of it.
+            self.take_blocks(peer, message).await;
+            drop(held);
+            if let Some(wantlist) = wantlist {
+                self.answer(peer, wantlist).await;
             }
         }
     }
 
-    async fn handle(&self, peer: PeerId, message: pb::Message) {
+    /// Blocks and presences a message carries (its want-list is answered apart).
+    async fn take_blocks(&self, peer: PeerId, message: pb::Message) {
         for block in message.payload {
             match cid_from_prefix(&block.prefix) {
                 Some(prefix) => self.received(peer, prefix, block.data).await,
@@ -228,9 +238,6 @@ impl Bitswap {
             if let Ok(cid) = Cid::try_from(presence.cid.as_slice()) {
                 self.notify(&cid, || WantEvent::DontHave(peer), false);
             }
-        }
-        if let Some(wantlist) = message.wantlist {
-            self.answer(peer, wantlist).await;
         }
     }
 
@@ -433,31 +440,45 @@ impl Bitswap {
 
     /// Outbound queues held.
     pub(crate) fn queues(&self) -> usize {
-        crate::lock(&self.outboxes).len()
+        crate::lock(&self.outboxes.queues).len()
     }
 
     /// Forgets `peer`'s outbound queue (it disconnected): its writer ends, and a later
     /// message opens a new one.
     pub(crate) fn forget(&self, peer: &PeerId) {
-        crate::lock(&self.outboxes).remove(peer);
+        crate::lock(&self.outboxes.queues).remove(peer);
     }
 
     /// Queues a message for `peer` on our outbound stream to it; `false` when the peer
     /// cannot be reached (its writer gave up).
     async fn send(&self, peer: PeerId, message: pb::Message) -> bool {
         let outbox = {
-            let mut outboxes = crate::lock(&self.outboxes);
-            if outboxes.len() >= OUTBOXES {
-                // Queues of peers whose writer ended (a missed disconnect) go first.
-                outboxes.retain(|_, tx| !tx.is_closed());
+            let mut queues = crate::lock(&self.outboxes.queues);
+            if queues.len() >= OUTBOXES {
+                // Queues whose writer ended go first (writers remove their own; this
+                // only catches a race).
+                queues.retain(|_, (_, tx)| !tx.is_closed());
             }
-            match outboxes.get(&peer) {
-                Some(tx) if !tx.is_closed() => tx.clone(),
+            match queues.get(&peer) {
+                Some((_, tx)) if !tx.is_closed() => tx.clone(),
                 _ => {
                     // Bounded: a peer that reads slowly slows our reading of its wants.
                     let (tx, rx) = mpsc::channel(4);
-                    tokio::spawn(write_messages(self.control.clone(), peer, rx));
-                    outboxes.insert(peer, tx.clone());
+                    let id = self
+                        .outboxes
+                        .next
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let outboxes = self.outboxes.clone();
+                    let control = self.control.clone();
+                    tokio::spawn(async move {
+                        write_messages(control, peer, rx).await;
+                        // Gone with its writer, so a peer that left keeps no queue.
+                        let mut queues = crate::lock(&outboxes.queues);
+                        if queues.get(&peer).is_some_and(|(own, _)| *own == id) {
+                            queues.remove(&peer);
+                        }
+                    });
+                    queues.insert(peer, (id, tx.clone()));
                     tx
                 }
             }
@@ -482,8 +503,18 @@ fn want(cid: Cid, cancel: bool) -> pb::Message {
     }
 }
 
+/// Outbound queues, one per peer, each with the id of the writer that drains it.
+#[derive(Default)]
+struct Outboxes {
+    queues: Mutex<HashMap<PeerId, (u64, mpsc::Sender<pb::Message>)>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// How long one message may take to leave before the stream is given up.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Writes queued messages to `peer`, opening a stream with the newest protocol it
-/// speaks; reopens once if the stream breaks.
+/// speaks; reopens once if the stream breaks or stalls.
 async fn write_messages(mut control: Control, peer: PeerId, mut rx: mpsc::Receiver<pb::Message>) {
     let mut stream: Option<libp2p::Stream> = None;
     while let Some(message) = rx.recv().await {
@@ -497,11 +528,12 @@ async fn write_messages(mut control: Control, peer: PeerId, mut rx: mpsc::Receiv
                 // instead of filling it for nobody.
                 return;
             };
-            let written = async {
+            let written = tokio::time::timeout(WRITE_TIMEOUT, async {
                 write_frame(s, &bytes).await?;
                 s.flush().await
-            }
-            .await;
+            })
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
             match written {
                 Ok(()) => break,
                 Err(e) => {

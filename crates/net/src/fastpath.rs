@@ -88,6 +88,9 @@ struct Served {
     bytes: u64,
 }
 
+/// The AEAD tag a sealed chunk carries beyond its plaintext.
+const CHUNK_TAG: usize = 16;
+
 /// How long a request waits for a place when its peer already has
 /// `max_fast_path_requests_per_peer` being served.
 const SLOT_WAIT: Duration = Duration::from_secs(30);
@@ -321,6 +324,18 @@ pub(crate) async fn fetch(
             return Err(peer_error(format!(
                 "sent block {claimed} where {cid} was due"
             )));
+        }
+        // A chunk block is its declared chunk size sealed, never more: a signer that
+        // declared small chunks cannot make us store large ones (replicas are
+        // budgeted by the declared size).
+        if let (Some(m), Some(_)) = (manifest, index) {
+            let most = m.body.envelope.chunk_size as usize + CHUNK_TAG;
+            if data.len() > most {
+                return Err(peer_error(format!(
+                    "sent a {}-byte chunk block; its manifest allows {most}",
+                    data.len()
+                )));
+            }
         }
         if pending.len() >= PIPELINE {
             collect(&mut pending, done, progress).await?;

@@ -207,7 +207,7 @@ impl Network {
     }
 
     /// Indices of the chunks of `manifest` not stored here.
-    async fn missing_chunks(&self, manifest: &Manifest) -> Result<Vec<u32>, NetError> {
+    pub(crate) async fn missing_chunks(&self, manifest: &Manifest) -> Result<Vec<u32>, NetError> {
         let store = self.inner.store.clone();
         let chunks = manifest.body.chunks.clone();
         let missing = tokio::task::spawn_blocking(move || {

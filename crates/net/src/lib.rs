@@ -1,7 +1,7 @@
 //! medmesh's peer-to-peer network.
 //!
 //! - [`Network`]: a libp2p node with a persistent Ed25519 identity: TCP and QUIC,
-//!   Noise, Yamux, identify, ping (answered by [`pong`]), a Kademlia DHT (providers of record CIDs),
+//!   Noise, Yamux, identify, ping (answered on every connection), a Kademlia DHT (providers of record CIDs),
 //!   gossipsub (node presence, dataset announcements), optional mDNS, bootstrap peers
 //!   and connection limits.
 //! - Bitswap 1.2.0 ([`bitswap::PROTOCOLS`]): any IPFS peer (Kubo, Helia) can fetch our
@@ -32,7 +32,7 @@ mod pong;
 mod provider_store;
 pub mod replicate;
 mod scores;
-mod wire;
+pub mod wire;
 
 pub use blockstore::Blockstore;
 pub use config::NetConfig;

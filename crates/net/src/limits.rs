@@ -308,15 +308,17 @@ impl ReplicaBudget {
     ) -> Result<(), String> {
         if bytes > self.max_request {
             return Err(format!(
-                "the record is {bytes} bytes; this node holds replicas of at most {}                  (max_replica_bytes)",
+                "the record is {bytes} bytes; this node holds replicas of at most {} \
+                 (max_replica_bytes)",
                 self.max_request
             ));
         }
         if let Some(free) = free {
             if free.saturating_sub(bytes) < self.min_free {
+                // The free space itself is not told: it is nobody else's business.
                 return Err(format!(
-                    "this node has {free} bytes of disk free and keeps {} free                      (min_free_disk_bytes): no room for {bytes} more",
-                    self.min_free
+                    "this node has no room for {bytes} more bytes of replicas \
+                     (it keeps min_free_disk_bytes free)"
                 ));
             }
         }
@@ -327,7 +329,8 @@ impl ReplicaBudget {
         };
         if used.saturating_add(bytes) > self.per_peer_per_day {
             return Err(format!(
-                "your node asked for {used} bytes of replicas today; {} a day at most                  (max_replica_bytes_per_peer_per_day)",
+                "your node asked for {used} bytes of replicas today; {} a day at most \
+                 (max_replica_bytes_per_peer_per_day)",
                 self.per_peer_per_day
             ));
         }
@@ -494,6 +497,10 @@ mod tests {
         assert!(too_big.contains("max_replica_bytes"), "{too_big}");
         let no_room = budget.take(a, 50, Some(1040), now).unwrap_err();
         assert!(no_room.contains("min_free_disk_bytes"), "{no_room}");
+        assert!(
+            !no_room.contains("1040"),
+            "the free space is not told: {no_room}"
+        );
         budget.take(a, 100, Some(10_000), now).unwrap();
         budget.take(a, 100, None, now).unwrap();
         let quota = budget.take(a, 100, None, now).unwrap_err();

@@ -368,7 +368,6 @@ impl Network {
         )?;
         replicate::serve(&network)?;
         pong::serve(&mut network.inner.control.clone())?;
-        network.forget_departed_peers();
 
         let mut driver = Driver {
             swarm,
@@ -379,6 +378,8 @@ impl Network {
             finds: HashMap::new(),
             bootstrapped: false,
             slots,
+            bitswap: network.inner.bitswap.clone(),
+            limits: network.inner.limits.clone(),
             gossip: GossipGuard::new(config.gossip_messages_per_sec, config.gossip_burst),
         };
         for addr in &config.bootstrap {
@@ -426,28 +427,6 @@ impl Network {
     /// `peer` did useful work: its connection is the last an unknown peer would lose.
     pub(crate) fn touch(&self, peer: &PeerId) {
         self.inner.slots.touch(peer)
-    }
-
-    /// Drops what was kept for each peer that disconnects (its bitswap queue, its
-    /// serving rate), so peers that come and go leave nothing behind. A peer missed
-    /// when events lag is swept later (the tables are bounded anyway).
-    fn forget_departed_peers(&self) {
-        let mut events = self.events();
-        let inner = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
-            use tokio::sync::broadcast::error::RecvError;
-            loop {
-                match events.recv().await {
-                    Ok(NetEvent::Disconnected(peer)) => {
-                        let Some(inner) = inner.upgrade() else { return };
-                        inner.bitswap.forget(&peer);
-                        inner.limits.forget(&peer);
-                    }
-                    Ok(_) | Err(RecvError::Lagged(_)) => {}
-                    Err(RecvError::Closed) => return,
-                }
-            }
-        });
     }
 
     /// Network events (gossip, connections) from now on.
@@ -539,6 +518,10 @@ struct Driver {
     bootstrapped: bool,
     /// Connections, known peers, and which to close when unknown ones fill the slots.
     slots: Arc<SharedSlotBook>,
+    /// Forgets a peer's queue when its last connection closes.
+    bitswap: Arc<Bitswap>,
+    /// Forgets a peer's serving rate when its last connection closes.
+    limits: Arc<ServeLimits>,
     /// Verdicts on gossip received: content per topic, rate per forwarding peer.
     gossip: GossipGuard,
 }
@@ -719,6 +702,10 @@ impl Driver {
                 if gone {
                     peers.remove(&peer_id);
                     drop(peers);
+                    // Peers that come and go leave nothing behind: their bitswap queue
+                    // and serving rate go with their last connection.
+                    self.bitswap.forget(&peer_id);
+                    self.limits.forget(&peer_id);
                     let _ = self.events.send(NetEvent::Disconnected(peer_id));
                 }
             }

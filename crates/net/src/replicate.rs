@@ -10,7 +10,7 @@ use futures::{AsyncReadExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
 use medmesh_core::{Manifest, RecordId};
 use medmesh_crypto::Certificate;
-use medmesh_store::{Replication, Store};
+use medmesh_store::{Replication, Store, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use serde::{Deserialize, Serialize};
 
 use crate::fastpath;
@@ -41,11 +41,15 @@ struct Request {
 
 type Reply = crate::wire::Reply<FetchReport>;
 
-/// The ciphertext a record's blocks take: each chunk sealed (16-byte tag) in full,
-/// the last one possibly less, so this is an upper bound.
-fn replica_bytes(manifest: &Manifest) -> u64 {
-    manifest.body.chunks.len() as u64 * (u64::from(manifest.body.envelope.chunk_size) + 16)
+/// The most one chunk block of `manifest` takes: its declared chunk size sealed (plus
+/// the 16-byte tag). Fetching refuses larger chunk blocks, so this bounds what a
+/// replica costs.
+fn replica_bytes_per_chunk(manifest: &Manifest) -> u64 {
+    u64::from(manifest.body.envelope.chunk_size) + TAG_BYTES
 }
+
+/// The AEAD tag each sealed chunk carries.
+const TAG_BYTES: u64 = 16;
 
 pub(crate) fn serve(network: &Network) -> Result<(), NetError> {
     let mut incoming = network
@@ -134,10 +138,6 @@ impl Network {
             tracing::warn!(%peer, reason, "replication request refused");
             return Err(format!("not authorized: {reason}"));
         }
-        // An admitted peer is known: its connection keeps a reserved slot.
-        self.inner
-            .slots
-            .with(|s| s.admit(peer, std::time::Instant::now()));
         let root = request
             .root
             .parse::<RecordId>()
@@ -156,6 +156,12 @@ impl Network {
             tracing::warn!(%peer, record = %root, refusal, "replica refused");
             return Reply::refused(refusal);
         }
+        // A peer whose institution's signed record we hold is known: its connection
+        // keeps a reserved slot. (Not on admission alone: with an open policy any peer
+        // is admitted.)
+        self.inner
+            .slots
+            .with(|s| s.admit(peer, std::time::Instant::now()));
         let options = FetchOptions {
             providers: vec![peer],
             ..FetchOptions::default()
@@ -207,18 +213,36 @@ impl Network {
                     .map_err(|e| format!("cannot fetch the manifest of {root}: {e}"))?
             }
         };
+        let chunk_size = manifest.body.envelope.chunk_size;
+        if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size) {
+            return Err(format!(
+                "record {root} declares {chunk_size}-byte chunks, outside \
+                 {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}"
+            ));
+        }
         if manifest.body.meta.owner != owner {
             return Err(format!(
                 "record {root} is owned by {}, not by the asking institution {owner}",
                 manifest.body.meta.owner
             ));
         }
-        let bytes = replica_bytes(&manifest);
+        // Only what is still missing costs anything: a repair pass re-asking a holder
+        // that has the record must not use up the asking peer's share.
+        let missing = self
+            .missing_chunks(&manifest)
+            .await
+            .map_err(|e| format!("cannot read the local store: {e}"))?;
+        let bytes = missing.len() as u64 * replica_bytes_per_chunk(&manifest);
         // ML-DSA verification is CPU work: off the executor.
-        tokio::task::spawn_blocking(move || certificate.verify_manifest(&manifest))
+        let manifest = Arc::new(manifest);
+        let signed = manifest.clone();
+        tokio::task::spawn_blocking(move || certificate.verify_manifest(&signed))
             .await
             .map_err(|e| format!("signature check stopped: {e}"))?
             .map_err(|e| format!("record {root} is not signed by its owner: {e}"))?;
+        if bytes == 0 {
+            return Ok(());
+        }
         let free = {
             let store = self.inner.store.clone();
             tokio::task::spawn_blocking(move || store.free_bytes())

@@ -1,5 +1,7 @@
 //! Framing shared by medmesh's stream protocols and bitswap: every message is an
 //! unsigned-varint length followed by that many bytes (as in every libp2p protocol).
+//! The frame functions are public for peers written elsewhere (tests' misbehaving
+//! peers among them); the rest is the crate's own.
 
 use std::io;
 use std::time::Duration;
@@ -19,12 +21,14 @@ pub(crate) const MAX_CONTROL_FRAME: usize = 64 * 1024;
 /// How long a peer has to finish a frame once its length has arrived (unless the
 /// caller sets its own: bitswap takes `frame_timeout_secs`).
 pub(crate) const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
-/// Frames up to this size are read without taking from a [`FrameBudget`]: they are
-/// bounded by the number of streams, which is bounded itself.
+/// Frames up to this size are read without taking from a [`FrameBudget`].
 const SMALL_FRAME: usize = 64 * 1024;
+/// What a frame's buffer starts at: it grows as bytes arrive, so a length a peer
+/// claims costs nothing until the bytes come.
+const INITIAL_BUFFER: usize = 4 * 1024;
 
 /// Reads one frame of at most `max` bytes; `None` at a clean end of stream.
-pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
+pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     max: usize,
 ) -> io::Result<Option<Vec<u8>>> {
@@ -57,7 +61,7 @@ pub(crate) async fn read_frame_within<R: AsyncRead + Unpin>(
         _ => None,
     };
     let body = async {
-        let mut buf = Vec::with_capacity(len.min(SMALL_FRAME));
+        let mut buf = Vec::with_capacity(len.min(INITIAL_BUFFER));
         (&mut *reader)
             .take(len as u64)
             .read_to_end(&mut buf)
@@ -109,7 +113,7 @@ async fn read_length<R: AsyncRead + Unpin>(
 }
 
 /// `len` as an unsigned varint (LEB128), as in length prefixes and CID prefixes.
-pub(crate) fn varint(len: usize) -> Vec<u8> {
+pub fn varint(len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(10);
     let mut n = len as u64;
     loop {
@@ -124,10 +128,7 @@ pub(crate) fn varint(len: usize) -> Vec<u8> {
 }
 
 /// Writes one frame.
-pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
-    writer: &mut W,
-    bytes: &[u8],
-) -> io::Result<()> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> io::Result<()> {
     writer.write_all(&varint(bytes.len())).await?;
     writer.write_all(bytes).await
 }

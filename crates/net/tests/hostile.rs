@@ -205,7 +205,7 @@ async fn unfinished_bitswap_frames_are_dropped_and_their_memory_returned() {
             let started = Instant::now();
             // Announce 4 MiB, send all but one byte, then wait for the victim to hang up.
             let sent = async {
-                stream.write_all(&varint(4 * MIB as u64)).await?;
+                stream.write_all(&varint(4 * MIB)).await?;
                 stream.write_all(&vec![0u8; 4 * MIB - 1]).await?;
                 stream.flush().await
             };
@@ -606,5 +606,58 @@ async fn gossip_is_checked_per_topic_and_rate_limited_per_peer() {
     assert!(
         forwarded.len() <= delivered.len(),
         "only what the victim accepted is forwarded"
+    );
+}
+
+/// A replica is held only of a record the asking institution owns: a genuine record
+/// of another institution, offered with the asker's certificate, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_of_another_institution_is_not_held_for_the_asker() {
+    let victim = victim_with(|_| {}).await;
+    let asking = Node::start(&[&victim]).await; // sends institution 0's certificate
+    asking.wait_connected(victim.net.peer_id()).await;
+    let theirs = medmesh_testkit::net::put_records_as(
+        1,
+        &asking.store,
+        1,
+        |_| Box::new(std::io::Cursor::new(noise(50_000, 6))),
+        4096,
+    )[0];
+    let outcome = asking
+        .net
+        .request_replica(victim.net.peer_id(), &theirs)
+        .await;
+    assert!(!outcome.ok);
+    let refusal = outcome.error.unwrap();
+    assert!(
+        refusal.contains("not by the asking institution"),
+        "{refusal}"
+    );
+    assert!(!victim.store.has_record(&theirs).unwrap());
+}
+
+/// A repair pass re-asks holders every few minutes: a holder that already has the
+/// record answers yes without charging the asking peer's daily share again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn re_asking_a_holder_costs_nothing_of_the_daily_share() {
+    let victim = victim_with(|c| c.max_replica_bytes_per_peer_per_day = 3 * MIB as u64).await;
+    let asking = Node::start(&[&victim]).await;
+    asking.wait_connected(victim.net.peer_id()).await;
+    let held = record(&asking.store, 2);
+    for round in 0..5 {
+        let outcome = asking
+            .net
+            .request_replica(victim.net.peer_id(), &held)
+            .await;
+        assert!(outcome.ok, "round {round}: {outcome:?}");
+    }
+    // The share is still there for one more (2 MiB of 3 used).
+    let next = put_record(&asking.store, &mut &noise(CHUNK / 2, 12)[..], CHUNK as u32);
+    assert!(
+        asking
+            .net
+            .request_replica(victim.net.peer_id(), &next)
+            .await
+            .ok
     );
 }

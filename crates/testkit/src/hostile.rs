@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncWriteExt, StreamExt};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
 use libp2p_stream::{Control, IncomingStreams};
@@ -53,13 +53,7 @@ impl Hostile {
     /// [`Hostile::connect_advertising`], answering why when the node refuses (or does
     /// not answer within 10 s) instead of panicking.
     pub async fn try_connect(addr: &Multiaddr, addresses: &[Multiaddr]) -> Result<Self, String> {
-        let victim = addr
-            .iter()
-            .find_map(|p| match p {
-                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
-                _ => None,
-            })
-            .expect("the address names the peer");
+        let victim = peer_of(addr);
         let mut swarm = libp2p::SwarmBuilder::with_new_identity()
             .with_tokio()
             .with_tcp(
@@ -200,48 +194,22 @@ impl Drop for Hostile {
     }
 }
 
-/// `n` as an unsigned varint.
-pub fn varint(mut n: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return out;
-        }
-        out.push(byte | 0x80);
-    }
-}
+pub use medmesh_net::wire::{read_frame, varint};
 
-/// Writes one length-prefixed frame.
+/// Writes one length-prefixed frame and flushes it.
 pub async fn write_frame(stream: &mut libp2p::Stream, bytes: &[u8]) -> std::io::Result<()> {
-    stream.write_all(&varint(bytes.len() as u64)).await?;
-    stream.write_all(bytes).await?;
+    medmesh_net::wire::write_frame(stream, bytes).await?;
     stream.flush().await
 }
 
-/// Reads one length-prefixed frame (at most `max` bytes); `None` at the end.
-pub async fn read_frame(
-    stream: &mut libp2p::Stream,
-    max: usize,
-) -> std::io::Result<Option<Vec<u8>>> {
-    let mut len = 0u64;
-    for i in 0..10 {
-        let mut byte = [0u8; 1];
-        if stream.read(&mut byte).await? == 0 {
-            return Ok(None);
-        }
-        len |= u64::from(byte[0] & 0x7f) << (7 * i);
-        if byte[0] & 0x80 == 0 {
-            let len = len as usize;
-            assert!(len <= max, "frame of {len} bytes");
-            let mut buf = vec![0u8; len];
-            stream.read_exact(&mut buf).await?;
-            return Ok(Some(buf));
-        }
-    }
-    panic!("bad varint")
+/// The PeerId an address ends with (`…/p2p/<peer id>`).
+fn peer_of(addr: &Multiaddr) -> PeerId {
+    addr.iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+            _ => None,
+        })
+        .expect("the address names the peer")
 }
 
 /// A bitswap message (protobuf, hand-encoded) whose want-list asks for `cid` (its
@@ -249,17 +217,17 @@ pub async fn read_frame(
 pub fn bitswap_wants(cid: &[u8], times: usize) -> Vec<u8> {
     // Entry { block = 1: bytes, priority = 2: 1, wantType = 4: 0, sendDontHave = 5: true }
     let mut entry = vec![0x0a];
-    entry.extend(varint(cid.len() as u64));
+    entry.extend(varint(cid.len()));
     entry.extend_from_slice(cid);
     entry.extend([0x10, 0x01, 0x28, 0x01]);
     let mut wantlist = Vec::with_capacity(times * (entry.len() + 3));
     for _ in 0..times {
         wantlist.push(0x0a);
-        wantlist.extend(varint(entry.len() as u64));
+        wantlist.extend(varint(entry.len()));
         wantlist.extend_from_slice(&entry);
     }
     let mut message = vec![0x0a];
-    message.extend(varint(wantlist.len() as u64));
+    message.extend(varint(wantlist.len()));
     message.extend(wantlist);
     message
 }
@@ -273,13 +241,7 @@ pub async fn flood_provider_records(
     count: usize,
 ) -> (PeerId, Vec<medmesh_core::Cid>) {
     use libp2p::kad;
-    let victim = addr
-        .iter()
-        .find_map(|p| match p {
-            libp2p::multiaddr::Protocol::P2p(id) => Some(id),
-            _ => None,
-        })
-        .expect("the address names the peer");
+    let victim = peer_of(addr);
     let protocol = StreamProtocol::try_from_owned(kad_protocol.to_string()).expect("protocol id");
     let mut swarm = libp2p::SwarmBuilder::with_new_identity()
         .with_tokio()

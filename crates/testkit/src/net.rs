@@ -294,10 +294,21 @@ pub fn put_record(store: &Store, input: &mut (dyn Read + Send), chunk_size: u32)
 pub fn put_records(
     store: &Store,
     count: usize,
+    input: impl FnMut(usize) -> Box<dyn Read + Send>,
+    chunk_size: u32,
+) -> Vec<RecordId> {
+    put_records_as(0, store, count, input, chunk_size)
+}
+
+/// [`put_records`] signed by test institution `n` (0 or 1).
+pub fn put_records_as(
+    n: usize,
+    store: &Store,
+    count: usize,
     mut input: impl FnMut(usize) -> Box<dyn Read + Send>,
     chunk_size: u32,
 ) -> Vec<RecordId> {
-    let secret = institution(0);
+    let secret = institution(n);
     let signer = Mutex::new(secret.unlock_signing(&passphrase()).expect("unlock"));
     let certificate = secret.certificate().expect("cert");
     let request = PutRequest {
