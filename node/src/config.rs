@@ -130,6 +130,8 @@ max_connections_per_peer = 4
 max_connections_per_ip = 8
 # Connections kept for known peers (bootstrap, dialled, admitted by the policy).
 reserved_connections = 32
+# Fast-path requests served at once for one address (fresh peer ids share it).
+max_fast_path_requests_per_ip = 16
 # Bytes per second served to one peer (bitswap and fast path together).
 serve_bytes_per_peer_per_sec = 536870912
 # Replicas this node agrees to hold for others.

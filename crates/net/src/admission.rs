@@ -445,6 +445,21 @@ impl SlotBook {
         self.connections.get(&id).map(|slot| &slot.remote)
     }
 
+    /// The address `peer` is connected from (one of its connections'), for shares per
+    /// address; `None` when it has no open connection with an IP address.
+    pub(crate) fn address_of(&self, peer: &PeerId) -> Option<IpKey> {
+        self.connections
+            .values()
+            .filter(|slot| slot.peer == *peer)
+            .find_map(|slot| {
+                slot.remote.iter().find_map(|p| match p {
+                    libp2p::multiaddr::Protocol::Ip4(ip) => Some(IpKey::of(ip.into())),
+                    libp2p::multiaddr::Protocol::Ip6(ip) => Some(IpKey::of(ip.into())),
+                    _ => None,
+                })
+            })
+    }
+
     /// The addresses this node dialled `peer` at, on its open connections.
     pub(crate) fn dialled_addresses(&self, peer: &PeerId) -> Vec<Multiaddr> {
         self.connections

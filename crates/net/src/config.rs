@@ -57,6 +57,9 @@ pub struct NetConfig {
     pub max_fast_path_requests_per_peer: usize,
     /// Fast-path requests served at once, from all peers together.
     pub max_fast_path_requests: usize,
+    /// Fast-path requests served at once for all peers connected from one address
+    /// (IPv6: one /64): fresh peer ids from one address cannot take the whole total.
+    pub max_fast_path_requests_per_ip: usize,
     /// Inbound bitswap streams one peer may hold open (Kubo and Helia use one).
     pub max_bitswap_streams_per_peer: usize,
     /// Inbound bitswap streams from all peers together.
@@ -117,6 +120,7 @@ impl Default for NetConfig {
             serve_bytes_per_peer_per_sec: 512 << 20,
             max_fast_path_requests_per_peer: 8,
             max_fast_path_requests: 64,
+            max_fast_path_requests_per_ip: 16,
             max_bitswap_streams_per_peer: 4,
             max_bitswap_streams: 256,
             frame_budget_bytes: 64 << 20,
@@ -179,6 +183,10 @@ impl NetConfig {
                 self.max_fast_path_requests_per_peer,
             ),
             ("max_fast_path_requests", self.max_fast_path_requests),
+            (
+                "max_fast_path_requests_per_ip",
+                self.max_fast_path_requests_per_ip,
+            ),
             (
                 "max_bitswap_streams_per_peer",
                 self.max_bitswap_streams_per_peer,

@@ -109,7 +109,21 @@ async fn answer(
     mut stream: libp2p::Stream,
 ) -> std::io::Result<Option<Served>> {
     let request: Request = within_idle(read_json(&mut stream)).await?;
-    let slot = match limits.fast_path.take_within(peer, SLOT_WAIT).await {
+    let taken = async {
+        let peer_slot = limits.fast_path.take_within(peer, SLOT_WAIT).await?;
+        let address = limits.slots.with(|s| s.address_of(&peer));
+        let address_slot = match address {
+            Some(address) => Some(
+                limits
+                    .fast_path_by_address
+                    .take_within(address, SLOT_WAIT)
+                    .await?,
+            ),
+            None => None,
+        };
+        Ok::<_, String>((peer_slot, address_slot))
+    };
+    let slot = match taken.await {
         Ok(slot) => slot,
         Err(refusal) => {
             tracing::debug!(%peer, refusal, "fast-path request refused");

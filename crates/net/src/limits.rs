@@ -11,7 +11,7 @@ use libp2p::PeerId;
 use medmesh_core::bounded::BoundedMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::admission::SharedSlotBook;
+use crate::admission::{IpKey, SharedSlotBook};
 use crate::NetConfig;
 
 /// Everything that bounds what peers may make this node serve, built once from the
@@ -21,6 +21,9 @@ pub(crate) struct ServeLimits {
     pub(crate) rate: ServeRate,
     /// Fast-path requests in progress.
     pub(crate) fast_path: Arc<Slots>,
+    /// Fast-path requests in progress per remote address: fresh peer ids from one
+    /// address share one part of the total.
+    pub(crate) fast_path_by_address: Arc<Slots<IpKey>>,
     /// Inbound bitswap streams open.
     pub(crate) bitswap_streams: Arc<Slots>,
     /// Memory of inbound frames in flight.
@@ -44,6 +47,12 @@ impl ServeLimits {
                 config.max_fast_path_requests_per_peer,
                 config.max_fast_path_requests,
             ),
+            fast_path_by_address: Slots::keyed(
+                "fast-path requests",
+                "your address",
+                config.max_fast_path_requests_per_ip,
+                config.max_fast_path_requests,
+            ),
             bitswap_streams: Slots::new(
                 "bitswap streams",
                 config.max_bitswap_streams_per_peer,
@@ -62,20 +71,32 @@ impl ServeLimits {
 
 /// Requests of one kind being served (replication requests, fast-path requests,
 /// inbound bitswap streams), bounded per peer and in total.
-pub(crate) struct Slots {
+/// Keyed by peer by default; by address ([`IpKey`]) for a per-address share.
+pub(crate) struct Slots<K = PeerId> {
     what: &'static str,
+    /// Who one key is, in refusals: "your node", "your address".
+    whose: &'static str,
     per_peer: usize,
     total: usize,
-    busy: Mutex<Busy>,
+    busy: Mutex<Busy<K>>,
     freed: tokio::sync::Notify,
 }
 
-#[derive(Default)]
-struct Busy {
+struct Busy<K> {
     total: usize,
-    per_peer: HashMap<PeerId, usize>,
-    /// Requests waiting for a place, per peer (see [`Slots::take_within`]).
-    waiting: HashMap<PeerId, usize>,
+    per_peer: HashMap<K, usize>,
+    /// Requests waiting for a place, per key (see [`Slots::take_within`]).
+    waiting: HashMap<K, usize>,
+}
+
+impl<K> Default for Busy<K> {
+    fn default() -> Self {
+        Self {
+            total: 0,
+            per_peer: HashMap::new(),
+            waiting: HashMap::new(),
+        }
+    }
 }
 
 /// Requests one peer may have waiting for a place, per place it may hold.
@@ -83,16 +104,33 @@ const WAITING_PER_PLACE: usize = 4;
 
 /// One request in progress; gives its place back when dropped, however the request
 /// ends (served, failed, timed out, stream gone, task aborted).
-pub(crate) struct Slot {
-    slots: Arc<Slots>,
-    peer: PeerId,
+pub(crate) struct Slot<K: Key = PeerId> {
+    slots: Arc<Slots<K>>,
+    peer: K,
 }
 
-impl Slots {
+/// What [`Slots`] may be keyed by.
+pub(crate) trait Key: std::hash::Hash + Eq + Copy + Send + Sync + 'static {}
+impl<K: std::hash::Hash + Eq + Copy + Send + Sync + 'static> Key for K {}
+
+impl Slots<PeerId> {
     /// At most `per_peer` `what` from one peer and `total` from all at once.
     pub(crate) fn new(what: &'static str, per_peer: usize, total: usize) -> Arc<Self> {
+        Slots::keyed(what, "your node", per_peer, total)
+    }
+}
+
+impl<K: Key> Slots<K> {
+    /// At most `per_key` `what` for one key (`whose`, in refusals) and `total` in all.
+    pub(crate) fn keyed(
+        what: &'static str,
+        whose: &'static str,
+        per_peer: usize,
+        total: usize,
+    ) -> Arc<Self> {
         Arc::new(Self {
             what,
+            whose,
             per_peer,
             total,
             busy: Mutex::new(Busy::default()),
@@ -106,9 +144,9 @@ impl Slots {
     /// at once, so waiting stays bounded too.
     pub(crate) async fn take_within(
         self: &Arc<Self>,
-        peer: PeerId,
+        peer: K,
         wait: Duration,
-    ) -> Result<Slot, String> {
+    ) -> Result<Slot<K>, String> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut refusal = match self.try_take(peer) {
             Ok(slot) => return Ok(slot),
@@ -138,14 +176,14 @@ impl Slots {
     }
 
     /// A place for one more request from `peer`, or the refusal to send it.
-    pub(crate) fn try_take(self: &Arc<Self>, peer: PeerId) -> Result<Slot, String> {
+    pub(crate) fn try_take(self: &Arc<Self>, peer: K) -> Result<Slot<K>, String> {
         let mut busy = crate::lock(&self.busy);
         let from_peer = busy.per_peer.get(&peer).copied().unwrap_or(0);
         if from_peer >= self.per_peer || busy.total >= self.total {
             return Err(format!(
-                "too many {} in progress: {from_peer} from your node (limit {}), {} in total \
+                "too many {} in progress: {from_peer} from {} (limit {}), {} in total \
                  (limit {}); retry later",
-                self.what, self.per_peer, busy.total, self.total
+                self.what, self.whose, self.per_peer, busy.total, self.total
             ));
         }
         // The map holds only peers with a request in progress (the slot removes its
@@ -165,13 +203,13 @@ impl Slots {
 
     /// Requests in progress: from `peer`, and in total.
     #[cfg(test)]
-    pub(crate) fn in_progress(&self, peer: &PeerId) -> (usize, usize) {
+    pub(crate) fn in_progress(&self, peer: &K) -> (usize, usize) {
         let busy = crate::lock(&self.busy);
         (busy.per_peer.get(peer).copied().unwrap_or(0), busy.total)
     }
 }
 
-impl Drop for Slot {
+impl<K: Key> Drop for Slot<K> {
     fn drop(&mut self) {
         let mut busy = crate::lock(&self.slots.busy);
         busy.total = busy.total.saturating_sub(1);
@@ -187,12 +225,12 @@ impl Drop for Slot {
 }
 
 /// A request counted among its peer's waiting ones until dropped.
-struct Waiting<'a> {
-    slots: &'a Slots,
-    peer: PeerId,
+struct Waiting<'a, K: Key> {
+    slots: &'a Slots<K>,
+    peer: K,
 }
 
-impl Drop for Waiting<'_> {
+impl<K: Key> Drop for Waiting<'_, K> {
     fn drop(&mut self) {
         let mut busy = crate::lock(&self.slots.busy);
         if let Some(n) = busy.waiting.get_mut(&self.peer) {
