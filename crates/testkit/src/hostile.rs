@@ -54,34 +54,23 @@ impl Hostile {
     /// not answer within 10 s) instead of panicking.
     pub async fn try_connect(addr: &Multiaddr, addresses: &[Multiaddr]) -> Result<Self, String> {
         let victim = peer_of(addr);
-        let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
+        let mut swarm = bare_swarm(|key| Bare {
+            stream: libp2p_stream::Behaviour::new(),
+            identify: libp2p::identify::Behaviour::new(libp2p::identify::Config::new(
+                "/medmesh/1.0.0".into(),
+                key.public(),
+            )),
+            // Signs what it publishes, as the node requires; publishes whatever the
+            // test asks, however often.
+            gossipsub: libp2p::gossipsub::Behaviour::new(
+                libp2p::gossipsub::MessageAuthenticity::Signed(key.clone()),
+                libp2p::gossipsub::ConfigBuilder::default()
+                    .heartbeat_interval(Duration::from_millis(200))
+                    .build()
+                    .expect("gossipsub config"),
             )
-            .expect("tcp transport")
-            .with_behaviour(|key| Bare {
-                stream: libp2p_stream::Behaviour::new(),
-                identify: libp2p::identify::Behaviour::new(libp2p::identify::Config::new(
-                    "/medmesh/1.0.0".into(),
-                    key.public(),
-                )),
-                // Signs what it publishes, as the node requires; publishes whatever the
-                // test asks, however often.
-                gossipsub: libp2p::gossipsub::Behaviour::new(
-                    libp2p::gossipsub::MessageAuthenticity::Signed(key.clone()),
-                    libp2p::gossipsub::ConfigBuilder::default()
-                        .heartbeat_interval(Duration::from_millis(200))
-                        .build()
-                        .expect("gossipsub config"),
-                )
-                .expect("gossipsub"),
-            })
-            .expect("behaviour")
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
-            .build();
+            .expect("gossipsub"),
+        });
         for address in addresses {
             swarm.add_external_address(address.clone());
         }
@@ -202,6 +191,24 @@ pub async fn write_frame(stream: &mut libp2p::Stream, bytes: &[u8]) -> std::io::
     stream.flush().await
 }
 
+/// A swarm of a fresh identity over TCP, Noise and Yamux, with `behaviour`.
+fn bare_swarm<B: libp2p::swarm::NetworkBehaviour>(
+    behaviour: impl FnOnce(&libp2p::identity::Keypair) -> B,
+) -> libp2p::Swarm<B> {
+    libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("tcp transport")
+        .with_behaviour(|key| behaviour(key))
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build()
+}
+
 /// The PeerId an address ends with (`…/p2p/<peer id>`).
 fn peer_of(addr: &Multiaddr) -> PeerId {
     addr.iter()
@@ -243,33 +250,22 @@ pub async fn flood_provider_records(
     use libp2p::kad;
     let victim = peer_of(addr);
     let protocol = StreamProtocol::try_from_owned(kad_protocol.to_string()).expect("protocol id");
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .expect("tcp transport")
-        .with_behaviour(|key| {
-            let local = key.public().to_peer_id();
-            let mut kad = kad::Behaviour::with_config(
+    let mut swarm = bare_swarm(|key| {
+        let local = key.public().to_peer_id();
+        let mut kad = kad::Behaviour::with_config(
+            local,
+            kad::store::MemoryStore::with_config(
                 local,
-                kad::store::MemoryStore::with_config(
-                    local,
-                    kad::store::MemoryStoreConfig {
-                        max_provided_keys: count + 16,
-                        ..Default::default()
-                    },
-                ),
-                kad::Config::new(protocol),
-            );
-            kad.set_mode(Some(kad::Mode::Server));
-            kad
-        })
-        .expect("behaviour")
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+                kad::store::MemoryStoreConfig {
+                    max_provided_keys: count + 16,
+                    ..Default::default()
+                },
+            ),
+            kad::Config::new(protocol),
+        );
+        kad.set_mode(Some(kad::Mode::Server));
+        kad
+    });
     swarm.behaviour_mut().add_address(&victim, addr.clone());
     // Provider records carry the provider's external addresses; without any, the
     // node would keep them but never hand them out.
