@@ -99,21 +99,18 @@ async fn scopes_are_checked_before_the_body_is_read() {
             .unwrap();
         problem(resp, StatusCode::FORBIDDEN, "scope `admin`").await;
     }
-    let resp = http
-        .put(node.url(
+    // Consent links, and relays too: a read token cannot make the node pay gas,
+    // whatever it sends.
+    for (method, path) in [
+        (
+            reqwest::Method::PUT,
             "/v1/records/bafyreidsvr2dooaaqhs7pkoape6s7sj5di6lxfpvgbu7kb2zj5cphq53ba/consent-link",
-        ))
-        .bearer_auth(&node.read_token)
-        .header("content-type", "application/json")
-        .body("{")
-        .send()
-        .await
-        .unwrap();
-    problem(resp, StatusCode::FORBIDDEN, "scope `write`").await;
-    // Relays too: a read token cannot make the node pay gas, whatever it sends.
-    for path in ["/v1/grants", "/v1/grants/revoke"] {
+        ),
+        (reqwest::Method::POST, "/v1/grants"),
+        (reqwest::Method::POST, "/v1/grants/revoke"),
+    ] {
         let resp = http
-            .post(node.url(path))
+            .request(method, node.url(path))
             .bearer_auth(&node.read_token)
             .header("content-type", "application/json")
             .body("{")

@@ -228,13 +228,7 @@ async fn a_forged_manifest_is_refused_before_any_chunk_is_fetched() {
     let chunks = attacker.store.manifest(&genuine).unwrap().body.chunks;
     let forged = medmesh_testkit::hostile::forge_manifest(&attacker.store, &genuine, 200);
 
-    let outcome = attacker
-        .net
-        .request_replica(victim.net.peer_id(), &forged)
-        .await;
-    assert!(!outcome.ok, "{outcome:?}");
-    let error = outcome.error.unwrap();
-    assert!(error.contains("is not signed by its owner"), "{error}");
+    assert_replica_refused(&attacker, &victim, &forged, "is not signed by its owner").await;
     assert!(!victim.store.has_record(&forged).unwrap());
     for chunk in &chunks {
         assert!(
@@ -243,12 +237,7 @@ async fn a_forged_manifest_is_refused_before_any_chunk_is_fetched() {
         );
     }
     // The genuine record is held as before.
-    let outcome = attacker
-        .net
-        .request_replica(victim.net.peer_id(), &genuine)
-        .await;
-    assert!(outcome.ok, "{outcome:?}");
-    assert!(victim.store.has_record(&genuine).unwrap());
+    assert_replica_held(&attacker, &victim, &genuine).await;
 }
 
 /// Replication requests had no size limit: one request could fill the disk. A record
@@ -263,44 +252,20 @@ async fn replicas_beyond_the_size_bounds_are_refused() {
     let asking = Node::start(&[&victim]).await;
     asking.wait_connected(victim.net.peer_id()).await;
     let large = record(&asking.store, 4);
-    let outcome = asking
-        .net
-        .request_replica(victim.net.peer_id(), &large)
-        .await;
-    assert!(!outcome.ok);
-    assert!(
-        outcome
-            .error
-            .as_deref()
-            .unwrap()
-            .contains("max_replica_bytes"),
-        "{outcome:?}"
-    );
+    assert_replica_refused(&asking, &victim, &large, "(max_replica_bytes)").await;
     let chunk = asking.store.manifest(&large).unwrap().body.chunks[0];
     assert!(!victim.store.blocks().has(&chunk), "no chunk was fetched");
 
     let first = record(&asking.store, 2);
-    assert!(
-        asking
-            .net
-            .request_replica(victim.net.peer_id(), &first)
-            .await
-            .ok
-    );
+    assert_replica_held(&asking, &victim, &first).await;
     let second = put_record(&asking.store, &mut &noise(2 * CHUNK, 9)[..], CHUNK as u32);
-    let outcome = asking
-        .net
-        .request_replica(victim.net.peer_id(), &second)
-        .await;
-    assert!(!outcome.ok);
-    assert!(
-        outcome
-            .error
-            .as_deref()
-            .unwrap()
-            .contains("max_replica_bytes_per_peer_per_day"),
-        "{outcome:?}"
-    );
+    assert_replica_refused(
+        &asking,
+        &victim,
+        &second,
+        "max_replica_bytes_per_peer_per_day",
+    )
+    .await;
 }
 
 /// Fresh peer ids from one address used to take every connection slot (256 in 4 s).
@@ -520,17 +485,7 @@ async fn a_record_of_another_institution_is_not_held_for_the_asker() {
         |_| Box::new(std::io::Cursor::new(noise(50_000, 6))),
         4096,
     )[0];
-    let outcome = asking
-        .net
-        .request_replica(victim.net.peer_id(), &theirs)
-        .await;
-    assert!(!outcome.ok);
-    let refusal = outcome.error.unwrap();
-    assert!(
-        refusal.contains("not by the asking institution"),
-        "{refusal}"
-    );
-    assert!(!victim.store.has_record(&theirs).unwrap());
+    assert_replica_refused(&asking, &victim, &theirs, "not by the asking institution").await;
 }
 
 /// A repair pass re-asks holders every few minutes: a holder that already has the
@@ -541,22 +496,12 @@ async fn re_asking_a_holder_costs_nothing_of_the_daily_share() {
     let asking = Node::start(&[&victim]).await;
     asking.wait_connected(victim.net.peer_id()).await;
     let held = record(&asking.store, 2);
-    for round in 0..5 {
-        let outcome = asking
-            .net
-            .request_replica(victim.net.peer_id(), &held)
-            .await;
-        assert!(outcome.ok, "round {round}: {outcome:?}");
+    for _round in 0..5 {
+        assert_replica_held(&asking, &victim, &held).await;
     }
     // The share is still there for one more (2 MiB of 3 used).
     let next = put_record(&asking.store, &mut &noise(CHUNK / 2, 12)[..], CHUNK as u32);
-    assert!(
-        asking
-            .net
-            .request_replica(victim.net.peer_id(), &next)
-            .await
-            .ok
-    );
+    assert_replica_held(&asking, &victim, &next).await;
 }
 
 /// Fresh peer ids from one address share one part of the fast-path total: two peers
@@ -602,4 +547,26 @@ async fn peers_from_one_address_share_one_part_of_the_fast_path() {
         "{answered} of {} requests from one address served at once",
         streams.len()
     );
+}
+
+/// `asking` asks `victim` to hold `id`; the victim holds it.
+async fn assert_replica_held(asking: &Node, victim: &Node, id: &medmesh_core::RecordId) {
+    let outcome = asking.net.request_replica(victim.net.peer_id(), id).await;
+    assert!(outcome.ok, "{outcome:?}");
+    assert!(victim.store.has_record(id).unwrap());
+}
+
+/// `asking` asks `victim` to hold `id`; the victim refuses with a reason containing
+/// `reason` and indexes nothing.
+async fn assert_replica_refused(
+    asking: &Node,
+    victim: &Node,
+    id: &medmesh_core::RecordId,
+    reason: &str,
+) {
+    let outcome = asking.net.request_replica(victim.net.peer_id(), id).await;
+    assert!(!outcome.ok, "{outcome:?}");
+    let refusal = outcome.error.unwrap_or_default();
+    assert!(refusal.contains(reason), "{refusal}");
+    assert!(!victim.store.has_record(id).unwrap());
 }

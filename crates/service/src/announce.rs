@@ -66,11 +66,20 @@ impl Announcer {
     pub(crate) fn spawn(self: &Arc<Self>, network: Network, store: Arc<Store>) {
         let this = self.clone();
         tokio::spawn(async move {
-            let listed =
-                tokio::task::spawn_blocking(move || store.list(&RecordQuery::default())).await;
+            // Ids only (the index's metadata is not needed), read as the index streams.
+            let listed = tokio::task::spawn_blocking(move || {
+                let mut ids = Vec::new();
+                store
+                    .scan_records(&RecordQuery::default(), |id, _| {
+                        ids.push(id);
+                        std::ops::ControlFlow::Continue(())
+                    })
+                    .map(|()| ids)
+            })
+            .await;
             match listed {
-                Ok(Ok(records)) => {
-                    for (id, _) in records {
+                Ok(Ok(ids)) => {
+                    for id in ids {
                         if this.announce(&network, id).await.is_err() {
                             return;
                         }
