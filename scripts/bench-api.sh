@@ -19,7 +19,7 @@ node_pid=$!
 trap 'kill $node_pid 2>/dev/null; wait $node_pid 2>/dev/null; rm -rf "$work"' EXIT
 token=""
 for _ in $(seq 100); do
-  token=$(grep -o 'mm_[0-9a-f_]*' "$work/node.log" || true)
+  token=$(cat "$work/node/admin.token" 2>/dev/null || true)
   [ -n "$token" ] && curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
   sleep 0.2
 done

@@ -334,7 +334,7 @@ fn parse_time(flag: &str, value: Option<&str>) -> Result<Option<OffsetDateTime>>
         .transpose()
 }
 
-pub fn ls(data_dir: &Path, args: LsArgs) -> Result<()> {
+pub fn ls(data_dir: &Path, source: &PassphraseSource, args: LsArgs) -> Result<()> {
     let query = RecordQuery {
         owner: None,
         patient: args.patient.as_deref().map(PatientRef::new).transpose()?,
@@ -344,6 +344,7 @@ pub fn ls(data_dir: &Path, args: LsArgs) -> Result<()> {
         limit: args.limit.unwrap_or(0),
     };
     let node = Node::open(data_dir)?;
+    node.unlock_index(&source.get(false)?)?;
     let services = node.services(None);
     // Each record is printed as the index is read, so a large store's first lines come
     // at once and memory stays flat; the first write error stops the scan.
@@ -386,9 +387,10 @@ fn print_record(out: &mut impl Write, record: &RecordSummary, json: bool) -> Res
     Ok(())
 }
 
-pub fn info(data_dir: &Path, id: &str, json: bool) -> Result<()> {
+pub fn info(data_dir: &Path, source: &PassphraseSource, id: &str, json: bool) -> Result<()> {
     let id = parse_id(id)?;
     let node = Node::open(data_dir)?;
+    node.unlock_index(&source.get(false)?)?;
     let services = node.services(None);
     let (meta, manifest) = block_on(async { Ok(services.record(id).await?) })?;
     let recipients: Vec<String> = manifest
@@ -444,7 +446,9 @@ pub fn rm(data_dir: &Path, ids: &[String]) -> Result<()> {
     block_on(async {
         // Check them all first: an unknown id in the list removes nothing.
         for id in &ids {
-            services.record(*id).await?;
+            if !services.has_record(*id).await? {
+                anyhow::bail!("no record {id} in this store (see `medmesh ls`)");
+            }
         }
         for id in ids {
             let report = services.remove(id, CLI_ACTOR).await?;

@@ -36,14 +36,27 @@ impl Node {
         })
     }
 
-    /// Unlocks the institution's signing and decryption keys with `passphrase`.
+    /// Unlocks the institution's signing and decryption keys with `passphrase`, and
+    /// the store's index with them.
     pub fn unlock_keys(&self, passphrase: &Passphrase) -> Result<NodeKeys> {
         let secret = self.keystore.secret_keys()?;
+        let mut decryptor = secret.unlock_decryption(passphrase)?;
+        self.store
+            .unlock_index(self.keystore.index_key(&mut decryptor)?);
         Ok(NodeKeys {
             certificate: self.keystore.certificate()?,
             signer: Mutex::new(secret.unlock_signing(passphrase)?),
-            decryptor: Arc::new(Mutex::new(secret.unlock_decryption(passphrase)?)),
+            decryptor: Arc::new(Mutex::new(decryptor)),
         })
+    }
+
+    /// Unlocks only the store's index (its metadata is sealed under a key the
+    /// institution's decryption key opens): what listing and inspecting need.
+    pub fn unlock_index(&self, passphrase: &Passphrase) -> Result<()> {
+        let mut decryptor = self.keystore.secret_keys()?.unlock_decryption(passphrase)?;
+        self.store
+            .unlock_index(self.keystore.index_key(&mut decryptor)?);
+        Ok(())
     }
 
     /// The node's services over this data dir, with `keys` when the operation signs or

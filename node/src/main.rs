@@ -56,9 +56,9 @@ enum Command {
     Get(commands::GetArgs),
     /// Fetch a record's encrypted blocks from peers into this store (no decryption).
     Fetch(commands::FetchArgs),
-    /// List records, oldest first.
+    /// List this institution's records, oldest first (the passphrase opens the sealed index).
     Ls(commands::LsArgs),
-    /// Show a record's metadata and manifest summary.
+    /// Show a record's metadata and manifest summary (needs the passphrase too).
     Info {
         /// The record id.
         id: String,
@@ -108,8 +108,8 @@ fn main() -> ExitCode {
         Command::Init { institution } => commands::init(&cli.data_dir, &institution, &passphrase),
         Command::Put(args) => commands::put(&cli.data_dir, &passphrase, args),
         Command::Get(args) => commands::get(&cli.data_dir, &passphrase, args),
-        Command::Ls(args) => commands::ls(&cli.data_dir, args),
-        Command::Info { id, json } => commands::info(&cli.data_dir, &id, json),
+        Command::Ls(args) => commands::ls(&cli.data_dir, &passphrase, args),
+        Command::Info { id, json } => commands::info(&cli.data_dir, &passphrase, &id, json),
         Command::Rm { ids } => commands::rm(&cli.data_dir, &ids),
         Command::Gc => commands::gc(&cli.data_dir),
         Command::Check => commands::check(&cli.data_dir),

@@ -61,6 +61,9 @@ pub struct NodeArgs {
     institution: String,
 }
 
+/// Where the first start writes the first admin token (0600), inside the data dir.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
 pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result<()> {
     if !(args.rate_limit.is_finite() && args.rate_limit > 0.0) {
         bail!("--rate-limit must be a positive number of requests per second");
@@ -96,11 +99,16 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
     let store = node.store.clone();
     let net_config = node.config.net.clone();
     if store.list_tokens()?.is_empty() {
+        // To a private file, not standard output: output ends up in log files.
         let (_, secret) = store.create_token("first admin", TokenScope::Admin, CLI_ACTOR)?;
+        let path = data_dir.join(ADMIN_TOKEN_FILE);
+        medmesh_store::atomic_write(&path, format!("{secret}\n").as_bytes())
+            .with_context(|| format!("writing the first admin token to {}", path.display()))?;
+        tracing::info!(file = %path.display(), "created the first admin API token");
         println!(
-            "created the first admin API token (shown only now; more with `medmesh token create`):"
+            "created the first admin API token in {} (0600; read it, then delete the file; more with `medmesh token create`)",
+            path.display()
         );
-        println!("  {secret}");
     }
     let config = ApiConfig {
         siwe_domain: args.siwe_domain.unwrap_or_else(|| listen.to_string()),

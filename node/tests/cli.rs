@@ -545,7 +545,7 @@ fn http(port: u16, method: &str, path: &str, token: Option<&str>) -> (u16, Strin
 }
 
 /// `medmesh node` on its embedded defaults: creates the node, starts the embedded dev
-/// chain, prints an admin token, serves the API with key release enabled; stops on
+/// chain, writes the first admin token to a private file, serves the API with key release enabled; stops on
 /// SIGTERM. Refuses a public address without --allow-public.
 #[test]
 fn node_runs_on_embedded_defaults() {
@@ -564,11 +564,26 @@ fn node_runs_on_embedded_defaults() {
         "--p2p-listen",
         "/ip4/127.0.0.1/tcp/0",
     ]);
-    let token = lines
-        .iter()
-        .find_map(|l| l.split_whitespace().find(|w| w.starts_with("mm_")))
-        .map(str::to_string);
-    let token = token.expect("the first run prints an admin token");
+    // The secret goes to a private file, never to standard output (or the log).
+    assert!(
+        !lines.iter().any(|l| l.contains("mm_")),
+        "a token secret was printed: {lines:?}"
+    );
+    let token_file = node.data_dir().join("admin.token");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&token_file.display().to_string())),
+        "the output names the token file: {lines:?}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let token = std::fs::read_to_string(&token_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(token.starts_with("mm_"), "{token}");
     assert_eq!(http(api, "GET", "/health", None).0, 200);
     let (status, body) = http(api, "POST", "/v1/access/challenge", Some(&token));
     assert_eq!(

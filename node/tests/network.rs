@@ -11,9 +11,10 @@ use medmesh_sdk::{FetchRequest, Transfer};
 use medmesh_testkit::{files_under, noise};
 
 /// Gives `node` the institution keys of `owner`: two sites of one hospital, so the
-/// second can decrypt what it fetches.
+/// second can decrypt what it fetches. The index key goes too: the one `node` made at
+/// its first start is wrapped for the keys it had then.
 fn share_institution_keys(owner: &Proc, node: &Proc) {
-    for file in ["institution.pgp", "institution.cert.asc"] {
+    for file in ["institution.pgp", "institution.cert.asc", "index.key"] {
         std::fs::copy(
             owner.dir.join("keys").join(file),
             node.dir.join("keys").join(file),

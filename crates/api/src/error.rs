@@ -176,6 +176,12 @@ impl From<StoreError> for ApiError {
             StoreError::Locked(_) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "store-busy", e.to_string())
             }
+            StoreError::IndexLocked => Self::unavailable("keys-locked", e.to_string()),
+            StoreError::HeldForOther { .. } => Self::new(
+                StatusCode::CONFLICT,
+                "held-for-another-institution",
+                e.to_string(),
+            ),
             StoreError::Corrupt(_) | StoreError::MissingBlock { .. } => {
                 tracing::error!(error = %e, "store integrity problem");
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "integrity", e.to_string())
@@ -223,11 +229,13 @@ impl From<ReleaseError> for ApiError {
             ReleaseError::BadChallenge | ReleaseError::NotGrantee(_) => {
                 Self::unauthenticated(e.to_string())
             }
-            ReleaseError::UnknownRecord(_) => Self::not_found(e.to_string()),
             ReleaseError::BadCertificate(_) => Self::bad_request(e.to_string()),
-            ReleaseError::NotLinked(_)
+            // The service answers these as `NotAllowed`; mapped alike all the same.
+            ReleaseError::UnknownRecord(_)
+            | ReleaseError::NotLinked(_)
             | ReleaseError::CertificateMismatch { .. }
-            | ReleaseError::Denied(_) => Self::forbidden(e.to_string()),
+            | ReleaseError::Denied(_)
+            | ReleaseError::NotAllowed => Self::forbidden(e.to_string()),
             ReleaseError::Chain(_) => Self::unavailable("chain", e.to_string()),
             other => Self::internal("key release", other),
         }

@@ -11,7 +11,9 @@
 //! problem+json. Uploads and downloads stream: a record never sits whole in memory.
 //! Each client address and each authenticated caller gets a token bucket (429 with
 //! `Retry-After` beyond it); requests that do not stream a record have a time limit;
-//! connections are bounded in number and closed when idle or too slow.
+//! connections are bounded in number and closed when idle or too slow. The node's
+//! events stream as Server-Sent Events (`GET /v1/events`) to operators and, filtered,
+//! to patients.
 
 mod auth;
 mod error;
@@ -41,7 +43,7 @@ pub use medmesh_api_types::*;
 pub use openapi::document_json;
 pub use state::{ApiConfig, AppState};
 
-use routes::{access, audit, grants, records, system};
+use routes::{access, audit, events, grants, records, system};
 
 /// The whole API as an axum router.
 pub fn router(state: AppState) -> Router {
@@ -87,6 +89,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/audit", bounded(get(audit::page)))
         .route("/v1/audit/verify", bounded(get(audit::verify)))
+        // Server-Sent Events last as long as the client stays: no request time limit
+        // (their number is bounded instead, `max_event_streams`).
+        .route("/v1/events", get(events::stream))
         .route("/v1/auth/nonce", bounded(post(routes::auth::nonce)))
         .route("/v1/auth/siwe", bounded(post(routes::auth::siwe)))
         .route("/v1/auth/whoami", bounded(get(routes::auth::whoami)))
@@ -172,6 +177,9 @@ pub async fn serve(
         });
     }
     drop(listener);
+    // Event streams never finish by themselves: end them, so they do not hold the
+    // graceful shutdown for its whole grace period.
+    state.inner.closing.send_replace(true);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
         .is_err()

@@ -5,13 +5,13 @@ use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{access, audit, auth, grants, network, records, system};
+use crate::routes::{access, audit, auth, events, grants, network, records, system};
 
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "medmesh node API",
-        description = "Local HTTP API of a medmesh node: encrypted medical records, keys, audit log, wallet sign-in. Errors are RFC 9457 problem+json.",
+        description = "Local HTTP API of a medmesh node: encrypted medical records, keys, audit log, events, wallet sign-in. Errors are RFC 9457 problem+json.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -32,6 +32,7 @@ use crate::routes::{access, audit, auth, grants, network, records, system};
         system::institution_key,
         audit::page,
         audit::verify,
+        events::stream,
         auth::nonce,
         auth::siwe,
         auth::whoami,
@@ -53,6 +54,7 @@ use crate::routes::{access, audit, auth, grants, network, records, system};
         (name = "access", description = "Consent links and key release under on-chain grants"),
         (name = "keys", description = "The institution's post-quantum certificate"),
         (name = "audit", description = "The hash-chained audit log"),
+        (name = "events", description = "The node's events as Server-Sent Events"),
         (name = "auth", description = "Sign-In with Ethereum (EIP-4361) and identity"),
         (name = "admin", description = "Operator administration (admin tokens)"),
         (name = "network", description = "Peers, fetching records from them, replicas"),

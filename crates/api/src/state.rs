@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use medmesh_core::bounded::BoundedMap;
 use medmesh_service::NodeServices;
 use time::OffsetDateTime;
+use tokio::sync::{watch, Semaphore};
 
 use crate::auth::Session;
 use crate::metrics::Metrics;
@@ -41,6 +42,10 @@ pub struct ApiConfig {
     pub header_timeout: Duration,
     /// An upload whose body sends nothing for this long is aborted.
     pub body_idle_timeout: Duration,
+    /// Most event streams (`GET /v1/events`) open at once; more are refused with 503.
+    /// Each holds a connection and a subscription to the event bus for as long as the
+    /// client stays. 0 refuses every stream.
+    pub max_event_streams: usize,
 }
 
 impl Default for ApiConfig {
@@ -58,6 +63,7 @@ impl Default for ApiConfig {
             max_connections: 1024,
             header_timeout: Duration::from_secs(10),
             body_idle_timeout: Duration::from_secs(30),
+            max_event_streams: 64,
         }
     }
 }
@@ -88,6 +94,11 @@ pub(crate) struct Inner {
     pub address_limiter: RateLimiter,
     pub metrics: Metrics,
     pub started: Instant,
+    /// One permit per open event stream (`max_event_streams`).
+    pub event_streams: Arc<Semaphore>,
+    /// Becomes `true` when the server begins to shut down: event streams end then,
+    /// instead of holding the graceful shutdown for its whole grace period.
+    pub closing: watch::Sender<bool>,
 }
 
 impl AppState {
@@ -102,12 +113,14 @@ impl AppState {
                     ADDRESS_RATE_FACTOR * config.rate_per_second,
                     ADDRESS_RATE_FACTOR * config.rate_burst,
                 ),
-                services,
-                config,
                 sessions: Mutex::new(BoundedMap::new(SESSIONS)),
                 nonces: Mutex::new(BoundedMap::new(NONCES)),
                 metrics: Metrics::default(),
                 started: Instant::now(),
+                event_streams: Arc::new(Semaphore::new(config.max_event_streams)),
+                closing: watch::Sender::new(false),
+                services,
+                config,
             }),
         }
     }

@@ -60,20 +60,59 @@ async fn researcher_gets_the_key_only_under_a_grant() {
             std::fs::read(medmesh_testkit::shared_data("fhir/synthea-bundle-a.json")).unwrap();
         let id = upload(&node, plaintext.clone()).await;
 
-        // Before a consent link: refused with a reason.
+        // Before the researcher published a certificate: refused for that, whatever
+        // the record (the check looks at the grantee only).
         let resp = key_request(&node, &chain, &id, 42).await;
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-        assert!(resp.text().await.unwrap().contains("not linked"));
-
-        let scope = link_to_patient(&node, &chain, &id).await;
-
-        // The researcher publishes its certificate; without a grant: no key.
+        assert!(resp.text().await.unwrap().contains("published on chain"));
         chain
             .publish_key(&chain.researcher, &institution(1).certificate().unwrap())
             .await;
-        let resp = key_request(&node, &chain, &id, 42).await;
-        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-        assert!(resp.text().await.unwrap().contains("no grant"));
+
+        // Not linked to a patient, not stored here at all, linked but not granted: one
+        // answer, so a caller without a grant learns nothing about the CID.
+        let unknown = medmesh_core::RecordId::from_manifest_cid(medmesh_core::cid_of(
+            medmesh_core::Codec::DagCbor,
+            b"a record this node never had",
+        ))
+        .unwrap()
+        .to_string();
+        let refusal = |resp: reqwest::Response| async move {
+            let status = resp.status();
+            let body: Value = resp.json().await.unwrap();
+            (status, body["type"].clone(), body["detail"].clone())
+        };
+        let unlinked = refusal(key_request(&node, &chain, &id, 42).await).await;
+        let not_here = refusal(key_request(&node, &chain, &unknown, 42).await).await;
+        let scope = link_to_patient(&node, &chain, &id).await;
+        let not_granted = refusal(key_request(&node, &chain, &id, 42).await).await;
+        assert_eq!(unlinked.0, StatusCode::FORBIDDEN);
+        assert!(
+            unlinked
+                .2
+                .as_str()
+                .unwrap()
+                .starts_with("no grant on chain"),
+            "{unlinked:?}"
+        );
+        assert_eq!(unlinked, not_here);
+        assert_eq!(unlinked, not_granted);
+        // The causes are in the owner's audit log only.
+        let reasons: Vec<String> = node
+            .state
+            .store()
+            .audit_page(0, 10_000)
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.action == AuditAction::KeyReleaseDenied)
+            .map(|e| e.detail["reason"].clone())
+            .collect();
+        for cause in ["not linked", "unknown record", "no grant"] {
+            assert!(
+                reasons.iter().any(|r| r.contains(cause)),
+                "{cause}: {reasons:?}"
+            );
+        }
 
         // The patient grants; the key comes, and opens the record.
         grant_scope(&chain, scope, 42, chain.now().await + 3600).await;
@@ -90,8 +129,11 @@ async fn researcher_gets_the_key_only_under_a_grant() {
 
         // Wrong purpose, and a request with a made-up challenge.
         let resp = key_request(&node, &chain, &id, 6).await;
-        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-        assert!(resp.text().await.unwrap().contains("wrong purpose"));
+        assert_eq!(
+            refusal(resp).await,
+            unlinked,
+            "a wrong purpose answers alike"
+        );
         let resp = post(
             &node,
             &format!("/v1/records/{id}/key"),
@@ -241,7 +283,7 @@ async fn signed_grants_are_relayed_listed_and_enforced() {
         assert_eq!(status, StatusCode::OK, "{text}");
         let resp = key_request(&node, &chain, &id, 42).await;
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
-        assert!(resp.text().await.unwrap().contains("revoked"));
+        assert!(resp.text().await.unwrap().contains("no grant on chain"));
 
         // Both relays are in the audit log, under the operator who asked, with their
         // transactions; the refused key request under its caller, naming the grantee.

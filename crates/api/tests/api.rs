@@ -632,7 +632,7 @@ async fn tampered_record_is_refused_before_streaming() {
     let id: medmesh_core::RecordId = created["id"].as_str().unwrap().parse().unwrap();
     let store = node.state.store();
     let mut manifest = store.manifest(&id).unwrap();
-    manifest.body.meta.size += 1;
+    manifest.body.meta.ciphertext[0] ^= 1;
     let (forged, bytes) = manifest.to_block().unwrap();
     store.blocks().put(forged.cid(), &bytes).unwrap();
     // Not indexed: unknown. The original still downloads.

@@ -3,10 +3,18 @@
 //! The checks, in order, each refusing with a reason and an audit entry:
 //! 1. the challenge was issued by this node, is unexpired and unused;
 //! 2. the request is signed (EIP-191) by the grantee address it names;
-//! 3. the record is stored here and linked to the patient wallet that consents for it;
-//! 4. the certificate sent is the one the grantee published on chain (`NodeRegistry.keyOf`);
+//! 3. the certificate sent can receive keys and is the one the grantee published on
+//!    chain (`NodeRegistry.keyOf`);
+//! 4. the record is stored here and linked to the patient wallet that consents for it;
 //! 5. the grant cache, synced to the latest block first, allows (patient, grantee,
 //!    record scope, purpose) now: a live grant or an open break-glass access.
+//!
+//! The first three say nothing about the record, so their refusals name their cause.
+//! The last two would tell a caller without a grant whether a CID is stored here, or
+//! linked to a patient: callers answer them all as one [`ReleaseError::NotAllowed`]
+//! (see [`ReleaseError::reveals_the_record`]), the cause in the audit log only. The
+//! consent cache is synced before the record is looked up, so an unknown record takes
+//! as long to refuse as a known one.
 //!
 //! Only then is the data key unwrapped and re-wrapped for the grantee's post-quantum
 //! certificate, and the release audited under the caller the transport authenticated.
@@ -149,6 +157,10 @@ pub enum ReleaseError {
     /// The chain does not allow it.
     #[error("denied by consent: {0}")]
     Denied(#[from] Denial),
+    /// What a caller is told of `UnknownRecord`, `NotLinked` and `Denied`: the same
+    /// answer whether the record is stored here, linked to a patient, or not.
+    #[error("no grant on chain gives this grantee this record's key for this purpose; the patient grants access from their wallet (the owner's audit log records the reason)")]
+    NotAllowed,
     /// Talking to the chain failed.
     #[error(transparent)]
     Chain(#[from] ChainError),
@@ -182,6 +194,28 @@ pub enum ReleaseError {
     /// A blocking task of the release panicked or was cancelled.
     #[error("key release failed on the node: a background task ended abnormally: {0}")]
     Internal(#[source] tokio::task::JoinError),
+}
+
+impl ReleaseError {
+    /// Whether this refusal would tell a caller without a grant something about the
+    /// record (stored here? linked to a patient?); such refusals are answered as
+    /// [`ReleaseError::NotAllowed`].
+    pub fn reveals_the_record(&self) -> bool {
+        matches!(
+            self,
+            ReleaseError::UnknownRecord(_) | ReleaseError::NotLinked(_) | ReleaseError::Denied(_)
+        )
+    }
+
+    /// What the caller is told: [`ReleaseError::NotAllowed`] for every refusal that
+    /// [reveals the record](Self::reveals_the_record), the error itself otherwise.
+    pub fn for_caller(self) -> Self {
+        if self.reveals_the_record() {
+            ReleaseError::NotAllowed
+        } else {
+            self
+        }
+    }
 }
 
 // Not `#[from]`: a missing record is the requester's `UnknownRecord`, not a store failure,
@@ -345,32 +379,14 @@ impl KeyReleaser {
         if signer != request.grantee {
             return Err(ReleaseError::NotGrantee(request.grantee));
         }
-        // 3. The record and its consenting patient, and the certificate sent parsed
-        // (its self-signatures are ML-DSA: CPU work), off the executor.
-        let store = self.store.clone();
-        let record = request.record;
+        // 3. The certificate sent (its self-signatures are ML-DSA: CPU work, off the
+        // executor), and the one the grantee published, before the record is looked at.
         let certificate_bytes = request.certificate.clone();
-        let (link, patient, manifest, certificate) = tokio::task::spawn_blocking(move || {
-            let link = store.consent_link(&record)?;
-            let manifest = store.manifest(&record)?;
-            // Same order of refusals as ever: unknown record, unlinked, bad certificate.
-            let link = link.ok_or_else(|| ReleaseError::NotLinked(record.to_string()))?;
-            let patient =
-                link.patient
-                    .parse::<Address>()
-                    .map_err(|source| ReleaseError::BadPatient {
-                        record: record.to_string(),
-                        patient: link.patient.clone(),
-                        source,
-                    })?;
-            let certificate = Certificate::from_bytes(&certificate_bytes)
-                .map_err(ReleaseError::BadCertificate)?;
-            Ok::<_, ReleaseError>((link, patient, manifest, certificate))
+        let certificate = tokio::task::spawn_blocking(move || {
+            Certificate::from_bytes(&certificate_bytes).map_err(ReleaseError::BadCertificate)
         })
         .await
         .map_err(ReleaseError::Internal)??;
-        // 4. The certificate the grantee published, before consent and before any key
-        // is touched.
         let registry = NodeRegistry::new(self.node_registry, self.provider.clone());
         let published = registry
             .keyOf(request.grantee)
@@ -390,8 +406,29 @@ impl KeyReleaser {
                 published: published.to_string(),
             });
         }
-        // 5. Consent, as of the latest block.
+        // Synced before the record is looked up, so a record that is not here takes
+        // as long to refuse as one that is.
         self.cache.sync(&self.provider).await?;
+        // 4. The record and its consenting patient.
+        let store = self.store.clone();
+        let record = request.record;
+        let (link, patient, manifest) = tokio::task::spawn_blocking(move || {
+            let link = store.consent_link(&record)?;
+            let manifest = store.manifest(&record)?;
+            let link = link.ok_or_else(|| ReleaseError::NotLinked(record.to_string()))?;
+            let patient =
+                link.patient
+                    .parse::<Address>()
+                    .map_err(|source| ReleaseError::BadPatient {
+                        record: record.to_string(),
+                        patient: link.patient.clone(),
+                        source,
+                    })?;
+            Ok::<_, ReleaseError>((link, patient, manifest))
+        })
+        .await
+        .map_err(ReleaseError::Internal)??;
+        // 5. Consent, as of the latest block (synced above).
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());

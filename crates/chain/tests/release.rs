@@ -39,6 +39,7 @@ async fn setup_with_keys_of(backend: Backend, decrypting: usize) -> Setup {
     let chain = Chain::start_on(backend).await;
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(dir.path()).unwrap());
+    store.unlock_index(medmesh_testkit::index_key());
     let owner = institution(0);
     let owner_cert = owner.certificate().unwrap();
     let signer = Mutex::new(owner.unlock_signing(&passphrase()).unwrap());

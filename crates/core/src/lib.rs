@@ -18,7 +18,7 @@ pub use content_type::ContentType;
 pub use error::CoreError;
 pub use manifest::{
     AeadAlgorithm, EnvelopeHeader, KeyWrap, KeyWrapAlgorithm, Manifest, ManifestBody,
-    ManifestSignature, SignatureAlgorithm, ENVELOPE_VERSION, MANIFEST_VERSION,
+    ManifestSignature, SealedMeta, SignatureAlgorithm, ENVELOPE_VERSION, MANIFEST_VERSION,
 };
 pub use record::{InstitutionId, PatientRef, RecordId, RecordMeta};
 pub use transfer::{FetchReport, PeerInfo, ReplicaOutcome, Transfer};

@@ -4,14 +4,21 @@
 //! signature covers the DAG-CBOR encoding of [`ManifestBody`]; every algorithm is named
 //! by id and every structure carries a version, so an algorithm can be replaced without
 //! breaking old records.
+//!
+//! A manifest is a public block: any peer (any IPFS node) can fetch it by CID. So it
+//! holds in clear only what a peer needs to move and check blocks (chunk CIDs, the
+//! envelope header, key wraps by recipient fingerprint, the owner's fingerprint and
+//! signature); the record's metadata (patient reference, media type, size, creation
+//! time) is [`SealedMeta`], encrypted under a key derived from the record's data key.
 
 use cid::Cid;
 use serde::{Deserialize, Serialize};
 
-use crate::{cid_of, Codec, CoreError, InstitutionId, RecordId, RecordMeta};
+use crate::{cid_of, Codec, CoreError, InstitutionId, RecordId};
 
-/// Version of the manifest structure.
-pub const MANIFEST_VERSION: u32 = 1;
+/// Version of the manifest structure. Version 1 carried the metadata in clear; it is
+/// refused (nothing was deployed with it).
+pub const MANIFEST_VERSION: u32 = 2;
 /// Version of the chunk envelope (nonce and associated-data layout).
 pub const ENVELOPE_VERSION: u32 = 1;
 
@@ -65,13 +72,28 @@ pub struct KeyWrap {
     pub message: Vec<u8>,
 }
 
+/// A record's metadata ([`RecordMeta`]), encrypted: readable only with the data key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedMeta {
+    /// The AEAD used (its key is derived from the data key, apart from the chunks').
+    pub aead: AeadAlgorithm,
+    /// The AEAD nonce.
+    #[serde(with = "serde_bytes")]
+    pub nonce: Vec<u8>,
+    /// The padded, encrypted metadata and its tag.
+    #[serde(with = "serde_bytes")]
+    pub ciphertext: Vec<u8>,
+}
+
 /// The signed part of a manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestBody {
     /// [`MANIFEST_VERSION`] when written.
     pub version: u32,
-    /// Record metadata (visible without the key).
-    pub meta: RecordMeta,
+    /// The institution that owns the record and signs the manifest.
+    pub owner: InstitutionId,
+    /// The record's metadata, sealed under its data key.
+    pub meta: SealedMeta,
     /// Chunk encryption parameters.
     pub envelope: EnvelopeHeader,
     /// Encrypted chunk blocks, in order (raw codec).
@@ -121,6 +143,32 @@ impl Manifest {
 
     /// Decodes a manifest block, checking its version.
     pub fn decode(bytes: &[u8]) -> Result<Self, CoreError> {
+        // The version first, from a lenient view: a manifest of another version fails
+        // with a message about its version, not about a missing field.
+        #[derive(Deserialize)]
+        struct Versioned {
+            body: VersionOnly,
+        }
+        #[derive(Deserialize)]
+        struct VersionOnly {
+            version: u32,
+        }
+        let versioned: Versioned = serde_ipld_dagcbor::from_slice(bytes)
+            .map_err(|e| CoreError::MalformedManifest(e.to_string()))?;
+        if versioned.body.version == 1 {
+            return Err(CoreError::MalformedManifest(
+                "manifest version 1 kept the record's metadata (patient reference, type, size, \
+                 time) in clear and is not read any more; this node reads version 2, which \
+                 seals it: ingest the record again from its source"
+                    .into(),
+            ));
+        }
+        if versioned.body.version != MANIFEST_VERSION {
+            return Err(CoreError::MalformedManifest(format!(
+                "manifest version {} is not supported (this node reads version {MANIFEST_VERSION})",
+                versioned.body.version
+            )));
+        }
         let manifest: Manifest = serde_ipld_dagcbor::from_slice(bytes)
             .map_err(|e| CoreError::MalformedManifest(e.to_string()))?;
         if manifest.body.version != MANIFEST_VERSION {
@@ -133,6 +181,12 @@ impl Manifest {
             return Err(CoreError::MalformedManifest(format!(
                 "envelope version {} is not supported (this node reads version {ENVELOPE_VERSION})",
                 manifest.body.envelope.version
+            )));
+        }
+        if manifest.body.owner != manifest.signature.signer {
+            return Err(CoreError::MalformedManifest(format!(
+                "it names {} as owner but is signed by {}",
+                manifest.body.owner, manifest.signature.signer
             )));
         }
         if manifest.body.chunks.is_empty() {
@@ -154,18 +208,16 @@ impl Manifest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{ContentType, PatientRef};
 
     fn sample() -> Manifest {
         Manifest {
             body: ManifestBody {
                 version: MANIFEST_VERSION,
-                meta: RecordMeta {
-                    content_type: ContentType::FHIR_JSON.parse().unwrap(),
-                    size: 5,
-                    created: time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
-                    owner: InstitutionId::new(&"AB".repeat(32)).unwrap(),
-                    patient: Some(PatientRef::new("MRN-1").unwrap()),
+                owner: InstitutionId::new(&"AB".repeat(32)).unwrap(),
+                meta: SealedMeta {
+                    aead: AeadAlgorithm::Aes256Gcm,
+                    nonce: vec![3; 12],
+                    ciphertext: vec![4; 144],
                 },
                 envelope: EnvelopeHeader {
                     version: ENVELOPE_VERSION,
@@ -205,5 +257,42 @@ mod tests {
         let err = Manifest::decode(&m.encode().unwrap()).unwrap_err();
         assert!(err.to_string().contains("version 99"), "{err}");
         assert!(Manifest::decode(b"\xff\x00garbage").is_err());
+    }
+
+    #[test]
+    fn decode_refuses_version_1_with_its_reason() {
+        // Version 1's body had `meta` in clear and no `owner`: decoding must still
+        // say which version it is, not which field is missing.
+        #[derive(Serialize)]
+        struct V1Body {
+            version: u32,
+            meta: std::collections::BTreeMap<String, String>,
+        }
+        #[derive(Serialize)]
+        struct V1 {
+            body: V1Body,
+        }
+        let bytes = serde_ipld_dagcbor::to_vec(&V1 {
+            body: V1Body {
+                version: 1,
+                meta: [("patient".to_string(), "MRN-1".to_string())].into(),
+            },
+        })
+        .unwrap();
+        let err = Manifest::decode(&bytes).unwrap_err().to_string();
+        assert!(
+            err.contains("version 1") && err.contains("ingest the record again"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn decode_refuses_an_owner_other_than_the_signer() {
+        let mut m = sample();
+        m.signature.signer = InstitutionId::new(&"CD".repeat(32)).unwrap();
+        let err = Manifest::decode(&m.encode().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("as owner but is signed by"), "{err}");
     }
 }

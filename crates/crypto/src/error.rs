@@ -33,6 +33,9 @@ pub enum CryptoError {
     /// Unwrapping failed although the wrap names us (wrong key or damaged message).
     #[error("could not unwrap the data key: {0}")]
     Unwrap(String),
+    /// A sealed value (record metadata, an index entry) cannot be opened.
+    #[error("sealed metadata cannot be opened: {0}")]
+    Sealed(String),
     /// The passphrase does not unlock the secret keys.
     #[error("wrong passphrase: it does not unlock the institution's secret keys")]
     WrongPassphrase,

@@ -285,6 +285,11 @@ impl UnlockedDecryptor {
                     .collect::<Vec<_>>()
                     .join(", "),
             })?;
+        self.unwrap(wrap)
+    }
+
+    /// Unwraps a key wrapped for us outside a manifest (the keystore's index key).
+    pub fn unwrap(&mut self, wrap: &KeyWrap) -> Result<DataKey, CryptoError> {
         let KeyWrapAlgorithm::OpenPgpMlKem768X25519 = wrap.algorithm;
         let helper = UnwrapHelper {
             keys: &mut self.keys,

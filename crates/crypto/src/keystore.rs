@@ -5,6 +5,8 @@
 //! keys/institution.cert.asc  public certificate, what `medmesh keys export` prints (0644)
 //! keys/node.key              node identity: Ed25519 seed, hex (0600, unencrypted so the
 //!                            node can start unattended, as libp2p nodes do)
+//! keys/index.key             the index key, wrapped for the institution's certificate
+//!                            (0600): opens with the passphrase, as the secret keys do
 //! ```
 //!
 //! Secret files are created 0600 and refused when group- or world-readable.
@@ -20,11 +22,12 @@ use ring::signature::{Ed25519KeyPair, KeyPair as _};
 use sequoia_openpgp::crypto::Password;
 use zeroize::Zeroizing;
 
-use crate::{Certificate, CryptoError, SecretKeys};
+use crate::{Certificate, CryptoError, DataKey, IndexKey, SecretKeys, UnlockedDecryptor};
 
 const INSTITUTION_TSK: &str = "institution.pgp";
 const INSTITUTION_CERT: &str = "institution.cert.asc";
 const NODE_KEY: &str = "node.key";
+const INDEX_KEY: &str = "index.key";
 
 /// The secret that unlocks an institution's keys. Zeroed on drop; `Debug` prints
 /// nothing of it, so it cannot leak into logs.
@@ -176,6 +179,41 @@ impl Keystore {
         let path = self.dir.join(INSTITUTION_TSK);
         check_private(&path)?;
         SecretKeys::from_bytes(&Zeroizing::new(read(&path)?))
+    }
+
+    /// The index key, unwrapped with the institution's decryption key. Made on first
+    /// use (a data dir created before the index was sealed has none yet); of two
+    /// processes making it at once, one writes it and both use that one.
+    pub fn index_key(&self, decryptor: &mut UnlockedDecryptor) -> Result<IndexKey, CryptoError> {
+        let path = self.dir.join(INDEX_KEY);
+        if !path.exists() {
+            // Written whole under a temporary name, then linked into place: a reader
+            // never sees half a key, and a link that finds one already there loses.
+            let wrap = self.certificate()?.wrap(&DataKey::generate()?)?;
+            let temp = self
+                .dir
+                .join(format!(".{INDEX_KEY}.tmp-{}", std::process::id()));
+            let _ = fs::remove_file(&temp);
+            write_new_file(&temp, &wrap.message, 0o600)?;
+            let linked = fs::hard_link(&temp, &path);
+            let _ = fs::remove_file(&temp);
+            match linked {
+                Ok(()) => tracing::info!(path = %path.display(), "created the index key"),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err(&path)(e)),
+            }
+        }
+        check_private(&path)?;
+        let wrap = medmesh_core::KeyWrap {
+            recipient: self.certificate()?.id(),
+            algorithm: medmesh_core::KeyWrapAlgorithm::OpenPgpMlKem768X25519,
+            message: read(&path)?,
+        };
+        let secret = decryptor.unwrap(&wrap).map_err(|e| CryptoError::Keystore {
+            path: path.clone(),
+            reason: format!("cannot be opened with the institution's key: {e}"),
+        })?;
+        Ok(IndexKey::new(&secret))
     }
 
     /// The node's identity.

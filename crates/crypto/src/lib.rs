@@ -8,6 +8,8 @@
 //! - [`keys`]: institutions hold post-quantum OpenPGP certificates (RFC 9580 profile,
 //!   ML-DSA-65+Ed25519 signing, ML-KEM-768+X25519 encryption). Data keys are wrapped
 //!   for recipients as OpenPGP messages; manifests are signed.
+//! - [`IndexKey`]: seals the local index's metadata and keys its lookup hashes, so the
+//!   index on disk names no patient.
 //! - [`keystore`]: the on-disk home of those keys, secrets protected by a passphrase.
 //! - [`eth`]: Ethereum wallet signatures (EIP-191 `personal_sign`) of patients and
 //!   researchers.
@@ -18,10 +20,13 @@
 pub mod envelope;
 mod error;
 pub mod eth;
+mod index_key;
 pub mod keys;
 pub mod keystore;
+mod padding;
 
 pub use envelope::{DataKey, RecordCipher};
 pub use error::CryptoError;
+pub use index_key::IndexKey;
 pub use keys::{Certificate, SecretKeys, UnlockedDecryptor, UnlockedSigner};
 pub use keystore::{Keystore, NodeIdentity, Passphrase};

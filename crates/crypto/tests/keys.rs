@@ -14,16 +14,22 @@ fn pass(s: &str) -> Passphrase {
 }
 
 fn body(owner: InstitutionId) -> ManifestBody {
-    ManifestBody {
-        version: MANIFEST_VERSION,
-        meta: RecordMeta {
+    let envelope = RecordCipher::new_header(1024).unwrap();
+    let meta = RecordCipher::new(&DataKey::generate().unwrap(), &envelope)
+        .unwrap()
+        .seal_meta(&RecordMeta {
             content_type: ContentType::HL7_V2.parse().unwrap(),
             size: 0,
             created: time::OffsetDateTime::UNIX_EPOCH,
-            owner,
+            owner: owner.clone(),
             patient: None,
-        },
-        envelope: RecordCipher::new_header(1024).unwrap(),
+        })
+        .unwrap();
+    ManifestBody {
+        version: MANIFEST_VERSION,
+        owner,
+        meta,
+        envelope,
         chunks: vec![medmesh_core::cid_of(medmesh_core::Codec::Raw, b"")],
         key_wraps: vec![],
     }
@@ -109,7 +115,7 @@ fn wrap_unwrap_sign_verify_and_wrong_recipient() {
     alice_cert.verify_manifest(&manifest).unwrap();
 
     let mut tampered = manifest.clone();
-    tampered.body.meta.size = 1;
+    tampered.body.meta.ciphertext[0] ^= 1;
     let err = alice_cert.verify_manifest(&tampered).unwrap_err();
     assert!(matches!(err, CryptoError::BadSignature { .. }), "{err}");
     let err = bob
@@ -182,4 +188,35 @@ fn keystore_files_are_private_and_not_overwritten() {
 
     let err = Keystore::open(dir.path()).err().unwrap();
     assert!(err.to_string().contains("medmesh init"), "{err}");
+}
+
+#[test]
+fn the_index_key_is_made_once_private_and_opens_only_with_the_institution_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let p = pass("hunter2hunter2");
+    let store = Keystore::create(&keys, "Clinic", &p).unwrap();
+    let mut decryptor = store.secret_keys().unwrap().unlock_decryption(&p).unwrap();
+    let first = store.index_key(&mut decryptor).unwrap();
+    let mode = std::fs::metadata(keys.join("index.key"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    // The same key the next time (it was stored, not made again).
+    let again = store.index_key(&mut decryptor).unwrap();
+    assert_eq!(first.tag("patient", "MRN-1"), again.tag("patient", "MRN-1"));
+    let on_disk = std::fs::read(keys.join("index.key")).unwrap();
+    assert!(
+        on_disk.len() > 1000,
+        "wrapped for a post-quantum key, not raw"
+    );
+
+    // Another institution's key cannot open it.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Keystore::create(&other_dir.path().join("keys"), "Lab", &p).unwrap();
+    let mut other_decryptor = other.secret_keys().unwrap().unlock_decryption(&p).unwrap();
+    let err = store.index_key(&mut other_decryptor).unwrap_err();
+    assert!(err.to_string().contains("index.key"), "{err}");
 }

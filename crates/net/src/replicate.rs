@@ -220,10 +220,10 @@ impl Network {
                  {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE}"
             ));
         }
-        if manifest.body.meta.owner != owner {
+        if manifest.body.owner != owner {
             return Err(format!(
                 "record {root} is owned by {}, not by the asking institution {owner}",
-                manifest.body.meta.owner
+                manifest.body.owner
             ));
         }
         // Only what is still missing costs anything: a repair pass re-asking a holder

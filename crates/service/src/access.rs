@@ -105,7 +105,9 @@ impl NodeServices {
                 .record(denial_event(&request, caller, e), release_code(e))
                 .await;
         }
-        Ok(result?)
+        // The audit log and the operator's events have the cause; the caller only what
+        // does not tell whether the record is here or whose it is.
+        Ok(result.map_err(ReleaseError::for_caller)?)
     }
 
     /// Relays a grant the patient signed (EIP-712), paid by the node's account.
@@ -243,6 +245,7 @@ fn release_code(e: &ReleaseError) -> &'static str {
         ReleaseError::BadCertificate(_) => "bad-certificate",
         ReleaseError::Denied(_) => "denied-by-consent",
         ReleaseError::Chain(_) => "chain",
+        ReleaseError::NotAllowed => "not-allowed",
         _ => "node-failure",
     }
 }

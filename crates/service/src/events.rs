@@ -3,14 +3,28 @@
 //!
 //! Events name records by id and people by address or token id; they never carry
 //! plaintext, patient references or secrets, so any subscriber allowed to see the
-//! node's activity can receive them.
+//! node's activity can receive them. Who that is, is an [`Audience`]: operators see every
+//! event, a patient only those about them (see `notify.rs`).
 
+use alloy::primitives::Address;
 use serde::Serialize;
 use tokio::sync::broadcast;
 
 /// Events buffered per subscriber before a slow one starts missing some (it is told how
 /// many by `RecvError::Lagged`).
-const CAPACITY: usize = 1024;
+pub(crate) const CAPACITY: usize = 1024;
+
+/// Who a subscription to the bus is for, which decides what it may see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// An operator of the institution (an API token that may read the audit log): every
+    /// event.
+    Operator,
+    /// A patient signed in with their wallet: key releases and refusals for records
+    /// linked to this address, break-glass accesses opened on it, and the closing of
+    /// those.
+    Patient(Address),
+}
 
 /// Something that happened on the node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -139,6 +153,47 @@ pub enum NodeEvent {
     },
 }
 
+impl NodeEvent {
+    /// Every kind of event, as its `type` field names it when serialized (what
+    /// subscribers filter on). [`NodeEvent::kind`] is one of these.
+    pub const KINDS: &'static [&'static str] = &[
+        "record_stored",
+        "record_removed",
+        "record_fetched",
+        "record_served",
+        "replica_stored",
+        "key_released",
+        "key_denied",
+        "grant_relayed",
+        "revocation_relayed",
+        "break_glass_opened",
+        "break_glass_closed",
+        "replication_changed",
+        "peer_connected",
+        "peer_disconnected",
+    ];
+
+    /// This event's kind: its serialized `type`, without serializing it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NodeEvent::RecordStored { .. } => "record_stored",
+            NodeEvent::RecordRemoved { .. } => "record_removed",
+            NodeEvent::RecordFetched { .. } => "record_fetched",
+            NodeEvent::RecordServed { .. } => "record_served",
+            NodeEvent::ReplicaStored { .. } => "replica_stored",
+            NodeEvent::KeyReleased { .. } => "key_released",
+            NodeEvent::KeyDenied { .. } => "key_denied",
+            NodeEvent::GrantRelayed { .. } => "grant_relayed",
+            NodeEvent::RevocationRelayed { .. } => "revocation_relayed",
+            NodeEvent::BreakGlassOpened { .. } => "break_glass_opened",
+            NodeEvent::BreakGlassClosed { .. } => "break_glass_closed",
+            NodeEvent::ReplicationChanged { .. } => "replication_changed",
+            NodeEvent::PeerConnected { .. } => "peer_connected",
+            NodeEvent::PeerDisconnected { .. } => "peer_disconnected",
+        }
+    }
+}
+
 /// The broadcast every service publishes on; clones share it.
 #[derive(Debug, Clone)]
 pub struct EventBus {
@@ -185,5 +240,98 @@ mod tests {
         assert!(rx.try_recv().is_err(), "the earlier event is not replayed");
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(json["type"], "record_removed");
+    }
+
+    /// One event of each variant. `NodeEvent::kind` does not compile without an arm for
+    /// a new variant; add its sample here too, and this test checks `KINDS` has it.
+    fn one_of_each() -> Vec<NodeEvent> {
+        let s = |v: &str| v.to_string();
+        vec![
+            NodeEvent::RecordStored {
+                record: s("r"),
+                size: 1,
+            },
+            NodeEvent::RecordRemoved { record: s("r") },
+            NodeEvent::RecordFetched {
+                record: s("r"),
+                providers: vec![s("p")],
+                blocks_fetched: 1,
+            },
+            NodeEvent::RecordServed {
+                record: s("r"),
+                peer: s("p"),
+                blocks: 1,
+                bytes: 1,
+            },
+            NodeEvent::ReplicaStored {
+                record: s("r"),
+                peer: s("p"),
+                blocks_fetched: 1,
+            },
+            NodeEvent::KeyReleased {
+                record: s("r"),
+                caller: s("c"),
+                grantee: s("g"),
+                access: s("grant"),
+                access_id: s("1"),
+            },
+            NodeEvent::KeyDenied {
+                record: s("r"),
+                caller: s("c"),
+                grantee: s("g"),
+                reason: s("no"),
+            },
+            NodeEvent::GrantRelayed {
+                grant_id: s("1"),
+                transaction: s("0x"),
+                block: 1,
+            },
+            NodeEvent::RevocationRelayed {
+                grant_id: s("1"),
+                transaction: s("0x"),
+                block: 1,
+            },
+            NodeEvent::BreakGlassOpened {
+                emergency_id: s("1"),
+                institution: s("i"),
+                patient: s("p"),
+                until: 1,
+            },
+            NodeEvent::BreakGlassClosed {
+                emergency_id: s("1"),
+            },
+            NodeEvent::ReplicationChanged {
+                record: s("r"),
+                copies: 1,
+                holders: vec![],
+            },
+            NodeEvent::PeerConnected { peer: s("p") },
+            NodeEvent::PeerDisconnected { peer: s("p") },
+        ]
+    }
+
+    #[test]
+    fn kinds_are_the_serialized_types_of_every_variant() {
+        let samples = one_of_each();
+        let mut seen = std::collections::BTreeSet::new();
+        for event in &samples {
+            let json = serde_json::to_value(event).unwrap();
+            let serialized = json["type"].as_str().unwrap().to_string();
+            assert_eq!(serialized, event.kind(), "{event:?}");
+            assert!(
+                NodeEvent::KINDS.contains(&serialized.as_str()),
+                "`{serialized}` is missing from NodeEvent::KINDS"
+            );
+            assert!(
+                seen.insert(serialized.clone()),
+                "two samples of `{serialized}`"
+            );
+        }
+        assert_eq!(
+            seen.len(),
+            NodeEvent::KINDS.len(),
+            "KINDS names a kind no variant has: {:?} vs {seen:?}",
+            NodeEvent::KINDS
+        );
     }
 }

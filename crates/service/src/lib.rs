@@ -2,7 +2,8 @@
 //!
 //! [`NodeServices`] owns what a running node has — the store, the unlocked institution
 //! keys, the chain services (key release, relaying), the peer-to-peer network, its
-//! settings — and an [`EventBus`] of typed [`NodeEvent`]s. The HTTP API, the MQTT
+//! settings — and an [`EventBus`] of typed [`NodeEvent`]s, to which transports subscribe
+//! for one [`Audience`] ([`NodeServices::subscribe_events`]). The HTTP API, the MQTT
 //! bridge and the CLI parse their input, call one method here and map the result; none
 //! of them holds node logic of its own.
 //!
@@ -17,6 +18,7 @@ mod error;
 mod events;
 mod keys;
 mod network;
+mod notify;
 mod records;
 mod services;
 
@@ -24,9 +26,10 @@ pub use access::{ConsentLinkView, GrantFilter};
 pub use announce::AnnounceStats;
 pub use denials::DenialLog;
 pub use error::ServiceError;
-pub use events::{EventBus, NodeEvent};
+pub use events::{Audience, EventBus, NodeEvent};
 pub use keys::NodeKeys;
 pub use network::{NetworkView, ReplicationView};
+pub use notify::{Delivery, EventStream};
 pub use records::{Ingest, OpenedRecord, Progress, RecordSummary};
 pub use services::{ChainServices, NodeServices, ServiceSettings};
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use medmesh_core::{FetchReport, PeerInfo, RecordId, ReplicaOutcome};
 use medmesh_net::{FetchOptions, Multiaddr, NetError, PeerId};
-use medmesh_store::Replication;
+use medmesh_store::{Replication, StoreError};
 
 use crate::error::{blocking, ServiceError};
 use crate::events::NodeEvent;
@@ -118,7 +118,9 @@ impl NodeServices {
     pub async fn replication(&self, id: RecordId) -> Result<Replication, ServiceError> {
         let store = self.store.clone();
         blocking("replication lookup", move || {
-            store.meta(&id)?;
+            if !store.has_record(&id)? {
+                return Err(StoreError::UnknownRecord(id.to_string()).into());
+            }
             Ok(store.replication(&id)?.unwrap_or_default())
         })
         .await

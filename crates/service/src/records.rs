@@ -216,11 +216,26 @@ impl NodeServices {
         blocking("record lookup", move || Ok(store.has_record(&id)?)).await
     }
 
-    /// A stored record's metadata and manifest.
+    /// A stored record's metadata and manifest. A record held for another institution
+    /// shows its metadata only if this node's key can open it (another site of the
+    /// same institution); otherwise [`StoreError::HeldForOther`].
     pub async fn record(&self, id: RecordId) -> Result<(RecordMeta, Manifest), ServiceError> {
-        let store = self.store.clone();
+        let (store, keys) = (self.store.clone(), self.keys.clone());
         blocking("record lookup", move || {
-            Ok((store.meta(&id)?, store.manifest(&id)?))
+            let manifest = store.manifest(&id)?;
+            let meta = match (store.meta(&id), keys) {
+                (Err(StoreError::HeldForOther { .. }), Some(keys))
+                    if manifest.body.key_wrap_for(&keys.certificate.id()).is_some() =>
+                {
+                    let mut decryptor = keys.decryptor.lock().unwrap_or_else(|e| e.into_inner());
+                    store
+                        .open_record(&id, &keys.certificate, &mut decryptor)?
+                        .meta()
+                        .clone()
+                }
+                (meta, _) => meta?,
+            };
+            Ok((meta, manifest))
         })
         .await
     }

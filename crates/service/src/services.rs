@@ -58,7 +58,7 @@ impl Default for ServiceSettings {
 /// crate). Cheap to share behind an `Arc`.
 pub struct NodeServices {
     pub(crate) store: Arc<Store>,
-    keys: Option<Arc<NodeKeys>>,
+    pub(crate) keys: Option<Arc<NodeKeys>>,
     pub(crate) settings: ServiceSettings,
     pub(crate) events: EventBus,
     pub(crate) denials: DenialLog,

@@ -191,11 +191,26 @@ async fn services_without_keys_refuse_to_sign_or_decrypt_and_do_the_rest() {
         0,
         "nothing was stored"
     );
+    // Listing needs the index key (what `medmesh ls` unlocks), not the signing keys.
+    let listed = services
+        .search(medmesh_store::RecordQuery::default(), 10)
+        .await;
+    assert!(
+        matches!(
+            listed,
+            Err(ServiceError::Store(medmesh_store::StoreError::IndexLocked))
+        ),
+        "{listed:?}"
+    );
+    store.unlock_index(medmesh_testkit::index_key());
     let id =
         medmesh_testkit::net::put_record(&store, &mut std::io::Cursor::new(noise(1000, 1)), 4096);
     let opened = services.open_record(id, "test").await;
     assert!(matches!(opened, Err(ServiceError::KeysLocked)));
-    let (meta, _) = services.record(id).await.expect("metadata needs no key");
+    let (meta, _) = services
+        .record(id)
+        .await
+        .expect("metadata needs the index key only");
     assert_eq!(meta.size, 1000);
     let report = services
         .remove(id, "test")

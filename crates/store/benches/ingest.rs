@@ -57,6 +57,7 @@ fn main() {
         let ingest_secs = best(|| {
             let dir = tempfile::tempdir_in(&base).unwrap();
             let store = Store::open(dir.path()).unwrap();
+            store.unlock_index(medmesh_testkit::index_key());
             let request = PutRequest {
                 content_type: Some(ContentType::OCTET_STREAM.parse().unwrap()),
                 patient: None,
@@ -105,16 +106,22 @@ fn main() {
         wraps.push(cert.wrap(&key).unwrap());
     }
     let wrap_rate = n as f64 / start.elapsed().as_secs_f64();
-    let mut body = ManifestBody {
-        version: MANIFEST_VERSION,
-        meta: RecordMeta {
+    let envelope = RecordCipher::new_header(DEFAULT_CHUNK_SIZE).unwrap();
+    let meta = RecordCipher::new(&key, &envelope)
+        .unwrap()
+        .seal_meta(&RecordMeta {
             content_type: ContentType::OCTET_STREAM.parse().unwrap(),
             size: 0,
             created: time::OffsetDateTime::now_utc(),
             owner: cert.id(),
             patient: None,
-        },
-        envelope: RecordCipher::new_header(DEFAULT_CHUNK_SIZE).unwrap(),
+        })
+        .unwrap();
+    let mut body = ManifestBody {
+        version: MANIFEST_VERSION,
+        owner: cert.id(),
+        meta,
+        envelope,
         chunks: vec![cid_of(Codec::Raw, b"")],
         key_wraps: vec![],
     };

@@ -10,6 +10,19 @@ pub enum StoreError {
     /// No record with this id is stored here.
     #[error("no record {0} in this store (see `medmesh ls`)")]
     UnknownRecord(String),
+    /// The operation reads or writes record metadata, and the index key is not
+    /// unlocked (it opens with the institution's passphrase).
+    #[error("the record index is locked: this needs the institution's passphrase (the index keeps metadata sealed under a key from the keystore)")]
+    IndexLocked,
+    /// The record is held here for another institution (a replica or a fetched copy):
+    /// its metadata is sealed for its owner.
+    #[error("record {record} is held here for institution {owner}; its metadata is sealed for its owner, so this node cannot show or search it")]
+    HeldForOther {
+        /// The record.
+        record: String,
+        /// Its owner's certificate fingerprint.
+        owner: String,
+    },
     /// No API token with this id.
     #[error("no token with id {0} (see `medmesh token list`)")]
     UnknownToken(String),

@@ -1,44 +1,118 @@
-//! The record index in `redb`: metadata, secondary indexes, block reference counts
-//! (the tables themselves are in [`crate::tables`]).
+//! The record index in `redb`: sealed metadata, secondary indexes, block reference
+//! counts (the tables themselves are in [`crate::tables`]).
+//!
+//! Nothing about a patient is in clear here. A record's entry ([`IndexEntry`]) holds
+//! its metadata sealed under the index key, bound to the record id; the patient and
+//! type indexes are keyed by tags (keyed hashes, see [`IndexKey::tag`]) of the patient
+//! reference and the media type. What the file still shows without the key: how many
+//! records there are, when each was stored (the time index; block files' times show it
+//! too), who owns each (public in its manifest), and which records share a patient or
+//! a type, not which patient or type.
 //!
 //! Keys of the secondary indexes end with `(created, record_id)`, `created` in Unix
-//! nanoseconds, so each lists
-//! records oldest first and a time window is one range scan.
+//! nanoseconds, so each lists records oldest first and a time window is one range
+//! scan.
 
-use medmesh_core::{Cid, RecordId, RecordMeta};
+use medmesh_core::{Cid, ContentType, PatientRef, RecordId, RecordMeta};
+use medmesh_crypto::IndexKey;
 use redb::{ReadableTable, WriteTransaction};
+use serde::{Deserialize, Serialize};
 
 use crate::tables::{
-    BY_OWNER, BY_PATIENT, BY_TIME, BY_TYPE, CONSENT_LINKS, RECORDS, REFS, REPLICATION,
+    BY_OWNER, BY_PATIENT, BY_TIME, BY_TYPE, CONSENT_LINKS, HELD, RECORDS, REFS, REPLICATION,
 };
 use crate::StoreError;
+
+/// Tag domain of patient references.
+const PATIENT_TAG: &str = "patient";
+/// Tag domain of media types.
+const TYPE_TAG: &str = "content-type";
 
 /// Unix nanoseconds as an index key (u64 lasts until 2554; earlier than 1970 is 0).
 pub(crate) fn time_key(t: &time::OffsetDateTime) -> u64 {
     u64::try_from(t.unix_timestamp_nanos()).unwrap_or(0)
 }
 
-/// Indexes a record and takes a reference on each of its blocks.
+/// A record's entry in `RECORDS`: what removal needs without the key, and the sealed
+/// metadata.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct IndexEntry {
+    /// Owner fingerprint (public in the manifest anyway).
+    pub owner: String,
+    /// `created` as a time key.
+    pub created: u64,
+    /// Tag of the media type.
+    pub type_tag: String,
+    /// Tag of the patient reference, if the record has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient_tag: Option<String>,
+    /// The metadata (JSON), sealed under the index key, hex.
+    pub sealed: String,
+}
+
+impl IndexEntry {
+    fn new(key: &IndexKey, id: &RecordId, meta: &RecordMeta) -> Result<Self, StoreError> {
+        let json = serde_json::to_vec(meta).expect("metadata serializes");
+        Ok(Self {
+            owner: meta.owner.to_string(),
+            created: time_key(&meta.created),
+            type_tag: type_tag(key, &meta.content_type),
+            patient_tag: meta.patient.as_ref().map(|p| patient_tag(key, p)),
+            sealed: hex::encode(key.seal(&id.cid().to_bytes(), &json)?),
+        })
+    }
+
+    /// The metadata, opened with the index key.
+    pub fn open(&self, key: &IndexKey, id: &RecordId) -> Result<RecordMeta, StoreError> {
+        let unreadable = |reason: String| {
+            StoreError::Corrupt(format!("metadata of record {id} is unreadable: {reason}"))
+        };
+        let sealed = hex::decode(&self.sealed).map_err(|e| unreadable(e.to_string()))?;
+        let json = key
+            .open(&id.cid().to_bytes(), &sealed)
+            .map_err(|e| unreadable(e.to_string()))?;
+        serde_json::from_slice(&json).map_err(|e| unreadable(e.to_string()))
+    }
+}
+
+/// The tag the patient index files `patient` under.
+pub(crate) fn patient_tag(key: &IndexKey, patient: &PatientRef) -> String {
+    key.tag(PATIENT_TAG, patient.as_str())
+}
+
+/// The tag the type index files `content_type` under.
+pub(crate) fn type_tag(key: &IndexKey, content_type: &ContentType) -> String {
+    key.tag(TYPE_TAG, content_type.as_str())
+}
+
+/// Indexes one of this node's records and takes a reference on each of its blocks.
 pub(crate) fn insert_record(
     txn: &WriteTransaction,
+    key: &IndexKey,
     id: &RecordId,
     meta: &RecordMeta,
     blocks: &[Cid],
 ) -> Result<(), StoreError> {
-    let key = id.to_string();
-    let ms = time_key(&meta.created);
-    let json = serde_json::to_vec(meta).expect("metadata serializes");
+    let record = id.to_string();
+    let entry = IndexEntry::new(key, id, meta)?;
+    let json = serde_json::to_vec(&entry).expect("index entries serialize");
     txn.open_table(RECORDS)?
-        .insert(key.as_str(), json.as_slice())?;
-    txn.open_table(BY_TIME)?.insert((ms, key.as_str()), ())?;
+        .insert(record.as_str(), json.as_slice())?;
+    let ms = entry.created;
+    txn.open_table(BY_TIME)?.insert((ms, record.as_str()), ())?;
     txn.open_table(BY_OWNER)?
-        .insert((meta.owner.as_str(), ms, key.as_str()), ())?;
+        .insert((entry.owner.as_str(), ms, record.as_str()), ())?;
     txn.open_table(BY_TYPE)?
-        .insert((meta.content_type.as_str(), ms, key.as_str()), ())?;
-    if let Some(p) = &meta.patient {
+        .insert((entry.type_tag.as_str(), ms, record.as_str()), ())?;
+    if let Some(tag) = &entry.patient_tag {
         txn.open_table(BY_PATIENT)?
-            .insert((p.as_str(), ms, key.as_str()), ())?;
+            .insert((tag.as_str(), ms, record.as_str()), ())?;
     }
+    take_refs(txn, blocks)
+}
+
+/// Takes a reference on each of `blocks`.
+pub(crate) fn take_refs(txn: &WriteTransaction, blocks: &[Cid]) -> Result<(), StoreError> {
     let mut refs = txn.open_table(REFS)?;
     for cid in blocks {
         let k = cid.to_string();
@@ -48,26 +122,30 @@ pub(crate) fn insert_record(
     Ok(())
 }
 
-/// Removes a record from the index; returns the blocks no record references any more.
+/// Removes a record (own or held) from the index; returns the blocks no record
+/// references any more.
 pub(crate) fn remove_record(
     txn: &WriteTransaction,
     id: &RecordId,
-    meta: &RecordMeta,
+    entry: Option<&IndexEntry>,
     blocks: &[Cid],
 ) -> Result<Vec<Cid>, StoreError> {
-    let key = id.to_string();
-    let ms = time_key(&meta.created);
-    txn.open_table(RECORDS)?.remove(key.as_str())?;
-    txn.open_table(CONSENT_LINKS)?.remove(key.as_str())?;
-    txn.open_table(REPLICATION)?.remove(key.as_str())?;
-    txn.open_table(BY_TIME)?.remove((ms, key.as_str()))?;
-    txn.open_table(BY_OWNER)?
-        .remove((meta.owner.as_str(), ms, key.as_str()))?;
-    txn.open_table(BY_TYPE)?
-        .remove((meta.content_type.as_str(), ms, key.as_str()))?;
-    if let Some(p) = &meta.patient {
-        txn.open_table(BY_PATIENT)?
-            .remove((p.as_str(), ms, key.as_str()))?;
+    let record = id.to_string();
+    txn.open_table(RECORDS)?.remove(record.as_str())?;
+    txn.open_table(HELD)?.remove(record.as_str())?;
+    txn.open_table(CONSENT_LINKS)?.remove(record.as_str())?;
+    txn.open_table(REPLICATION)?.remove(record.as_str())?;
+    if let Some(entry) = entry {
+        let ms = entry.created;
+        txn.open_table(BY_TIME)?.remove((ms, record.as_str()))?;
+        txn.open_table(BY_OWNER)?
+            .remove((entry.owner.as_str(), ms, record.as_str()))?;
+        txn.open_table(BY_TYPE)?
+            .remove((entry.type_tag.as_str(), ms, record.as_str()))?;
+        if let Some(tag) = &entry.patient_tag {
+            txn.open_table(BY_PATIENT)?
+                .remove((tag.as_str(), ms, record.as_str()))?;
+        }
     }
     let mut refs = txn.open_table(REFS)?;
     let mut unreferenced = Vec::new();
@@ -84,15 +162,19 @@ pub(crate) fn remove_record(
     Ok(unreferenced)
 }
 
-/// Reads a record's metadata from any transaction's `RECORDS` table.
-pub(crate) fn get_meta(
+/// Reads a record's index entry from any transaction's `RECORDS` table.
+pub(crate) fn get_entry(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     id: &RecordId,
-) -> Result<Option<RecordMeta>, StoreError> {
+) -> Result<Option<IndexEntry>, StoreError> {
     let Some(v) = table.get(id.to_string().as_str())? else {
         return Ok(None);
     };
-    serde_json::from_slice(v.value())
-        .map(Some)
-        .map_err(|e| StoreError::Corrupt(format!("metadata of record {id} is unreadable: {e}")))
+    parse_entry(id, v.value()).map(Some)
+}
+
+/// Parses a `RECORDS` value.
+pub(crate) fn parse_entry(id: &RecordId, bytes: &[u8]) -> Result<IndexEntry, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("index entry of record {id} is unreadable: {e}")))
 }

@@ -26,8 +26,9 @@ mod tokens;
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{OnceLock, RwLock};
 
+use medmesh_crypto::IndexKey;
 use redb::{Database, ReadableDatabase};
 
 pub use audit::{AuditAction, AuditBreak, AuditEntry, AuditEvent, AuditSummary, GENESIS};
@@ -40,7 +41,7 @@ pub use records::{
     CheckReport, GcReport, OpenRecord, PutRequest, ReadProgress, RecordQuery, RemoveReport,
     DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE,
 };
-pub use replicas::Replication;
+pub use replicas::{HeldRecord, Replication};
 pub use tokens::{ApiToken, TokenScope};
 
 /// A node's local store: blocks on disk plus the index.
@@ -55,6 +56,8 @@ pub struct Store {
     repaired_permissions: Vec<PathBuf>,
     /// Records being read, and the blocks of removed ones their readers still need.
     leases: leases::Leases,
+    /// Seals the index's metadata and keys its lookups; set by [`Store::unlock_index`].
+    index_key: OnceLock<IndexKey>,
 }
 
 impl Store {
@@ -101,7 +104,21 @@ impl Store {
             gc_guard: RwLock::new(()),
             repaired_permissions,
             leases: leases::Leases::default(),
+            index_key: OnceLock::new(),
         })
+    }
+
+    /// Gives the store the index key (from [`medmesh_crypto::Keystore::index_key`]):
+    /// until then, writing records and reading their metadata fail with
+    /// [`StoreError::IndexLocked`]; removal, gc, the audit log, tokens and blocks work
+    /// without it. Set once; a later call keeps the first key and returns `false`.
+    pub fn unlock_index(&self, key: IndexKey) -> bool {
+        self.index_key.set(key).is_ok()
+    }
+
+    /// The index key, or [`StoreError::IndexLocked`].
+    pub(crate) fn index_key(&self) -> Result<&IndexKey, StoreError> {
+        self.index_key.get().ok_or(StoreError::IndexLocked)
     }
 
     /// Paths that were readable by other users when the store was opened and were
@@ -129,11 +146,19 @@ impl Store {
         &self.blocks
     }
 
-    /// How many records the index holds.
+    /// How many of this node's own records the index holds.
     pub fn record_count(&self) -> Result<u64, StoreError> {
         use redb::ReadableTableMetadata;
         let txn = self.db.begin_read()?;
         Ok(txn.open_table(tables::RECORDS)?.len()?)
+    }
+
+    /// How many records the node holds for other institutions (replicas, fetched
+    /// copies).
+    pub fn held_count(&self) -> Result<u64, StoreError> {
+        use redb::ReadableTableMetadata;
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(tables::HELD)?.len()?)
     }
 
     /// Appends an entry to the audit log (durably) and returns it.

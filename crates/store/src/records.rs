@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 use crate::audit::{self, AuditAction, AuditEvent};
 use crate::blocks::file_age;
 use crate::index;
-use crate::tables::{AUDIT, BY_OWNER, BY_PATIENT, BY_TIME, BY_TYPE, RECORDS, REFS};
+use crate::tables::{AUDIT, BY_OWNER, BY_PATIENT, BY_TIME, BY_TYPE, HELD, RECORDS, REFS};
 use crate::{Store, StoreError};
 
 #[cfg(test)]
@@ -132,15 +132,16 @@ pub struct OpenRecord<'a> {
     store: &'a Store,
     id: RecordId,
     manifest: Manifest,
+    meta: RecordMeta,
     cipher: RecordCipher,
     // Keeps the blocks until the read ends, even if the record is removed meanwhile.
     _lease: crate::leases::ReadLease<'a>,
 }
 
 impl OpenRecord<'_> {
-    /// The record's metadata (from its verified manifest).
+    /// The record's metadata (opened from its verified manifest).
     pub fn meta(&self) -> &RecordMeta {
-        &self.manifest.body.meta
+        &self.meta
     }
 
     /// Streams the plaintext into `out`, verifying every block's hash and every
@@ -179,10 +180,10 @@ impl OpenRecord<'_> {
             written += plain.len() as u64;
             progress(written);
         }
-        if written != self.manifest.body.meta.size {
+        if written != self.meta.size {
             return Err(StoreError::Corrupt(format!(
                 "record {id} decrypted to {written} bytes but its manifest says {}",
-                self.manifest.body.meta.size
+                self.meta.size
             )));
         }
         out.flush()
@@ -231,6 +232,7 @@ impl Store {
                 owner_cert.id()
             )));
         }
+        let index_key = self.index_key()?;
         let _guard = self.gc_guard.read().unwrap_or_else(|e| e.into_inner());
         let key = DataKey::generate()?;
         let envelope = RecordCipher::new_header(request.chunk_size)?;
@@ -255,7 +257,8 @@ impl Store {
         // The signer is locked only for the signature, so concurrent ingests overlap.
         let manifest = lock_signer().sign_manifest(ManifestBody {
             version: MANIFEST_VERSION,
-            meta: meta.clone(),
+            owner: meta.owner.clone(),
+            meta: cipher.seal_meta(&meta)?,
             envelope,
             chunks,
             key_wraps,
@@ -267,16 +270,16 @@ impl Store {
         let mut blocks = manifest.body.chunks.clone();
         blocks.push(*id.cid());
         let txn = self.db.begin_write()?;
-        index::insert_record(&txn, &id, &meta, &blocks)?;
+        index::insert_record(&txn, index_key, &id, &meta, &blocks)?;
         audit::append(
             &mut txn.open_table(AUDIT)?,
             AuditEvent {
                 action: AuditAction::RecordWrite,
                 actor: request.actor.clone(),
                 subject: id.to_string(),
+                // No metadata: the audit log is not sealed, and the type says a lot.
                 detail: BTreeMap::from([
                     ("size".into(), size.to_string()),
-                    ("content_type".into(), meta.content_type.to_string()),
                     ("chunks".into(), manifest.body.chunks.len().to_string()),
                 ]),
             },
@@ -380,7 +383,7 @@ impl Store {
     /// The decoded manifest of a stored record.
     pub fn manifest(&self, id: &RecordId) -> Result<Manifest, StoreError> {
         let bytes = self.blocks.get(id.cid()).map_err(|e| match e {
-            StoreError::MissingBlock { .. } if self.meta(id).is_err() => {
+            StoreError::MissingBlock { .. } if !self.has_record(id).unwrap_or(true) => {
                 StoreError::UnknownRecord(id.to_string())
             }
             other => other,
@@ -388,11 +391,20 @@ impl Store {
         Ok(Manifest::decode(&bytes)?)
     }
 
-    /// A stored record's metadata.
+    /// The metadata of one of this node's records (opened with the index key). A record
+    /// held for another institution is [`StoreError::HeldForOther`].
     pub fn meta(&self, id: &RecordId) -> Result<RecordMeta, StoreError> {
         let txn = self.db.begin_read()?;
-        index::get_meta(&txn.open_table(RECORDS)?, id)?
-            .ok_or_else(|| StoreError::UnknownRecord(id.to_string()))
+        if let Some(entry) = index::get_entry(&txn.open_table(RECORDS)?, id)? {
+            return entry.open(self.index_key()?, id);
+        }
+        match crate::replicas::get_held(&txn.open_table(HELD)?, id)? {
+            Some(held) => Err(StoreError::HeldForOther {
+                record: id.to_string(),
+                owner: held.owner,
+            }),
+            None => Err(StoreError::UnknownRecord(id.to_string())),
+        }
     }
 
     /// Opens a record for reading: verifies the manifest signature against
@@ -409,10 +421,12 @@ impl Store {
         owner_cert.verify_manifest(&manifest)?;
         let key = decryptor.unwrap_key(&manifest.body)?;
         let cipher = RecordCipher::new(&key, &manifest.body.envelope)?;
+        let meta = cipher.open_meta(&manifest.body.meta, &manifest.body.owner)?;
         Ok(OpenRecord {
             store: self,
             id: *id,
             manifest,
+            meta,
             cipher,
             _lease: lease,
         })
@@ -432,7 +446,8 @@ impl Store {
             .copy_to(out, actor, progress)
     }
 
-    /// Records matching `query`, oldest first (at most `query.limit` of them).
+    /// This node's records matching `query`, oldest first (at most `query.limit` of
+    /// them). Records held for other institutions are not among them.
     pub fn list(&self, query: &RecordQuery) -> Result<Vec<(RecordId, RecordMeta)>, StoreError> {
         let mut out = Vec::new();
         self.scan_records(query, |id, meta| {
@@ -453,6 +468,7 @@ impl Store {
         query: &RecordQuery,
         mut visit: impl FnMut(RecordId, RecordMeta) -> ControlFlow<()>,
     ) -> Result<(), StoreError> {
+        let key = self.index_key()?;
         let txn = self.db.begin_read()?;
         let records = txn.open_table(RECORDS)?;
         let lo = query.since.map_or(0, |t| index::time_key(&t));
@@ -460,12 +476,13 @@ impl Store {
         let mut matched = 0usize;
         // One index entry: its metadata is looked up and filtered right away, so a
         // limited scan reads only as far as its last match.
-        let mut on_entry = |key: &str| -> Result<ControlFlow<()>, StoreError> {
+        let mut on_entry = |entry_key: &str| -> Result<ControlFlow<()>, StoreError> {
             #[cfg(test)]
             INDEX_ENTRIES_READ.with(|n| n.set(n.get() + 1));
-            let id: RecordId = key.parse()?;
-            let meta = index::get_meta(&records, &id)?
-                .ok_or_else(|| StoreError::Corrupt(format!("index names unknown record {id}")))?;
+            let id: RecordId = entry_key.parse()?;
+            let meta = index::get_entry(&records, &id)?
+                .ok_or_else(|| StoreError::Corrupt(format!("index names unknown record {id}")))?
+                .open(key, &id)?;
             if !query.matches(&meta) {
                 return Ok(ControlFlow::Continue(()));
             }
@@ -477,15 +494,11 @@ impl Store {
         };
         // Scan the most selective index the query allows.
         if let Some(p) = &query.patient {
-            scan_index(
-                &txn.open_table(BY_PATIENT)?,
-                p.as_str(),
-                lo,
-                hi,
-                &mut on_entry,
-            )?;
+            let tag = index::patient_tag(key, p);
+            scan_index(&txn.open_table(BY_PATIENT)?, &tag, lo, hi, &mut on_entry)?;
         } else if let Some(t) = &query.content_type {
-            scan_index(&txn.open_table(BY_TYPE)?, t.as_str(), lo, hi, &mut on_entry)?;
+            let tag = index::type_tag(key, t);
+            scan_index(&txn.open_table(BY_TYPE)?, &tag, lo, hi, &mut on_entry)?;
         } else if let Some(o) = &query.owner {
             scan_index(
                 &txn.open_table(BY_OWNER)?,
@@ -516,11 +529,12 @@ impl Store {
         // transaction: redb serializes those, so a second removal sees the record gone
         // instead of releasing the same references again.
         let txn = self.db.begin_write()?;
-        let meta = index::get_meta(&txn.open_table(RECORDS)?, id)?;
-        let Some(meta) = meta else {
+        let entry = index::get_entry(&txn.open_table(RECORDS)?, id)?;
+        let held = crate::replicas::get_held(&txn.open_table(HELD)?, id)?.is_some();
+        if entry.is_none() && !held {
             txn.abort()?;
             return Err(StoreError::UnknownRecord(id.to_string()));
-        };
+        }
         // A missing or corrupt manifest must not make a record unremovable.
         let mut blocks = self
             .blocks
@@ -530,7 +544,7 @@ impl Store {
             .map(|m| m.body.chunks)
             .unwrap_or_default();
         blocks.push(*id.cid());
-        let unreferenced = index::remove_record(&txn, id, &meta, &blocks)?;
+        let unreferenced = index::remove_record(&txn, id, entry.as_ref(), &blocks)?;
         audit::append(
             &mut txn.open_table(AUDIT)?,
             AuditEvent {
@@ -669,7 +683,7 @@ impl Store {
             unreferenced_blocks: 0,
             problems: Vec::new(),
         };
-        for (id, meta) in self.list(&RecordQuery::default())? {
+        for (id, owner) in self.owners()? {
             report.records += 1;
             let manifest = match self.manifest(&id) {
                 Ok(m) => m,
@@ -679,9 +693,10 @@ impl Store {
                 }
             };
             report.blocks_checked += 1;
-            if manifest.body.meta != meta {
+            if manifest.body.owner.as_str() != owner {
                 report.problems.push(format!(
-                    "record {id}: index metadata differs from its manifest"
+                    "record {id}: the index names owner {owner}, its manifest {}",
+                    manifest.body.owner
                 ));
             }
             for cid in &manifest.body.chunks {
@@ -703,6 +718,30 @@ impl Store {
             report.problems.push(broken.to_string());
         }
         Ok(report)
+    }
+
+    /// Every record stored here, own and held, with the owner the index names (no key
+    /// needed: owners are public in manifests).
+    fn owners(&self) -> Result<Vec<(RecordId, String)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for item in txn.open_table(RECORDS)?.iter()? {
+            let (k, v) = item?;
+            let id: RecordId = k.value().parse()?;
+            out.push((id, index::parse_entry(&id, v.value())?.owner));
+        }
+        for item in txn.open_table(HELD)?.iter()? {
+            let (k, v) = item?;
+            let id: RecordId = k.value().parse()?;
+            let held = crate::replicas::parse_held(&id, v.value())?;
+            out.push((id, held.owner));
+        }
+        Ok(out)
+    }
+
+    /// The id of every record stored here, own and held (for announcing them).
+    pub fn record_ids(&self) -> Result<Vec<RecordId>, StoreError> {
+        Ok(self.owners()?.into_iter().map(|(id, _)| id).collect())
     }
 
     fn referenced_blocks(&self) -> Result<HashSet<Cid>, StoreError> {
@@ -805,6 +844,7 @@ mod tests {
     fn store_with_index_entries(n: u64) -> (tempfile::TempDir, Store, Vec<RecordId>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
+        store.unlock_index(medmesh_crypto::IndexKey::new(&DataKey::generate().unwrap()));
         let owner = InstitutionId::new(&"AB".repeat(20)).unwrap();
         let mut ids = Vec::new();
         let txn = store.db.begin_write().unwrap();
@@ -823,7 +863,7 @@ mod tests {
                 owner: owner.clone(),
                 patient: None,
             };
-            index::insert_record(&txn, &id, &meta, &[]).unwrap();
+            index::insert_record(&txn, store.index_key().unwrap(), &id, &meta, &[]).unwrap();
             ids.push(id);
         }
         txn.commit().unwrap();

@@ -4,15 +4,20 @@
 //! against its CID before it is written), and the record enters the index only once its
 //! manifest and every chunk are on disk ([`Store::import_record`]), so a fetch that is
 //! cut leaves blocks a later fetch reuses (resume) and never a half-indexed record.
+//!
+//! An imported record is *held*, not owned: its metadata is sealed for its owner, so it
+//! goes into a table of its own ([`HeldRecord`]), never into this node's listing or
+//! search.
 
 use std::collections::BTreeMap;
 
 use medmesh_core::RecordId;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 use crate::audit::{self, AuditAction, AuditEvent};
-use crate::tables::{AUDIT, RECORDS, REPLICATION};
+use crate::tables::{AUDIT, HELD, RECORDS, REPLICATION};
 use crate::{index, Store, StoreError};
 
 /// How a record's owner wants it replicated: `copies` peers out of `candidates` should
@@ -27,16 +32,55 @@ pub struct Replication {
     pub holders: Vec<String>,
 }
 
+/// A record this node holds for another institution: what its public manifest says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldRecord {
+    /// The owner's certificate fingerprint.
+    pub owner: String,
+    /// Number of chunk blocks.
+    pub chunks: u64,
+    /// When this node indexed it.
+    #[serde(with = "time::serde::rfc3339")]
+    pub held_since: OffsetDateTime,
+}
+
+/// Reads a held record's entry from any transaction's `HELD` table.
+pub(crate) fn get_held(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &RecordId,
+) -> Result<Option<HeldRecord>, StoreError> {
+    let Some(v) = table.get(id.to_string().as_str())? else {
+        return Ok(None);
+    };
+    parse_held(id, v.value()).map(Some)
+}
+
+/// Parses a `HELD` value.
+pub(crate) fn parse_held(id: &RecordId, bytes: &[u8]) -> Result<HeldRecord, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("held record {id} is unreadable: {e}")))
+}
+
 impl Store {
-    /// Whether the index holds record `id`.
+    /// Whether record `id` is stored here (own or held for another institution).
     pub fn has_record(&self, id: &RecordId) -> Result<bool, StoreError> {
         let txn = self.db.begin_read()?;
-        Ok(index::get_meta(&txn.open_table(RECORDS)?, id)?.is_some())
+        Ok(index::get_entry(&txn.open_table(RECORDS)?, id)?.is_some()
+            || txn
+                .open_table(HELD)?
+                .get(id.to_string().as_str())?
+                .is_some())
     }
 
-    /// Indexes a record whose manifest and chunks were all fetched from peers (and
-    /// logs it as `record_import` by `actor`). Returns `false` if it was already
-    /// indexed. Fails, naming the block, if one is missing.
+    /// The record `id` if it is held here for another institution.
+    pub fn held(&self, id: &RecordId) -> Result<Option<HeldRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        get_held(&txn.open_table(HELD)?, id)
+    }
+
+    /// Indexes a record whose manifest and chunks were all fetched from peers, as held
+    /// for its owner (and logs it as `record_import` by `actor`). Returns `false` if it
+    /// was already stored. Fails, naming the block, if one is missing.
     ///
     /// Of concurrent imports of one record exactly one returns `true`: the "already
     /// indexed?" check that decides is made inside the write transaction, and redb
@@ -51,11 +95,11 @@ impl Store {
         let manifest = medmesh_core::Manifest::decode(&self.blocks.get(id.cid())?)?;
         let mut blocks = manifest.body.chunks.clone();
         blocks.push(*id.cid());
-        let meta = &manifest.body.meta;
         let txn = self.db.begin_write()?;
         // Another import may have committed since the check above: decide here, where
         // no other writer can interleave.
-        let indexed = index::get_meta(&txn.open_table(RECORDS)?, id)?.is_some();
+        let indexed = index::get_entry(&txn.open_table(RECORDS)?, id)?.is_some()
+            || get_held(&txn.open_table(HELD)?, id)?.is_some();
         if indexed {
             txn.abort()?;
             tracing::debug!(record = %id, "record was imported concurrently");
@@ -71,7 +115,15 @@ impl Store {
                 record: Some(id.to_string()),
             });
         }
-        index::insert_record(&txn, id, meta, &blocks)?;
+        let held = HeldRecord {
+            owner: manifest.body.owner.to_string(),
+            chunks: manifest.body.chunks.len() as u64,
+            held_since: OffsetDateTime::now_utc(),
+        };
+        let json = serde_json::to_vec(&held).expect("held records serialize");
+        txn.open_table(HELD)?
+            .insert(id.to_string().as_str(), json.as_slice())?;
+        index::take_refs(&txn, &blocks)?;
         audit::append(
             &mut txn.open_table(AUDIT)?,
             AuditEvent {
@@ -79,14 +131,13 @@ impl Store {
                 actor: actor.to_string(),
                 subject: id.to_string(),
                 detail: BTreeMap::from([
-                    ("size".into(), meta.size.to_string()),
-                    ("owner".into(), meta.owner.to_string()),
-                    ("chunks".into(), manifest.body.chunks.len().to_string()),
+                    ("owner".into(), held.owner.clone()),
+                    ("chunks".into(), held.chunks.to_string()),
                 ]),
             },
         )?;
         txn.commit()?;
-        tracing::info!(record = %id, size = meta.size, "record imported from the network");
+        tracing::info!(record = %id, owner = %held.owner, "record imported from the network");
         Ok(true)
     }
 

@@ -9,7 +9,8 @@ use redb::{TableDefinition, WriteTransaction};
 
 use crate::StoreError;
 
-/// Record id → its metadata (`RecordMeta` as JSON).
+/// Record id → its index entry (`IndexEntry` as JSON: the metadata sealed under the
+/// index key, and the lookup tags the secondary indexes use).
 pub(crate) const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 /// `(created, record id)`: every record, oldest first.
 pub(crate) const BY_TIME: TableDefinition<(u64, &str), ()> =
@@ -17,12 +18,17 @@ pub(crate) const BY_TIME: TableDefinition<(u64, &str), ()> =
 /// `(owner, created, record id)`: records by owning institution.
 pub(crate) const BY_OWNER: TableDefinition<(&str, u64, &str), ()> =
     TableDefinition::new("records_by_owner");
-/// `(patient reference, created, record id)`: records by patient.
+/// `(patient tag, created, record id)`: records by patient (the tag is a keyed hash
+/// of the patient reference, never the reference).
 pub(crate) const BY_PATIENT: TableDefinition<(&str, u64, &str), ()> =
     TableDefinition::new("records_by_patient");
-/// `(content type, created, record id)`: records by media type.
+/// `(type tag, created, record id)`: records by media type (a keyed hash of it).
 pub(crate) const BY_TYPE: TableDefinition<(&str, u64, &str), ()> =
     TableDefinition::new("records_by_type");
+/// Record id → a record held here for another institution (`HeldRecord` as JSON): a
+/// replica or a fetched copy, whose metadata this node cannot read. Not in `RECORDS`,
+/// so it never shows in this node's listing or search.
+pub(crate) const HELD: TableDefinition<&str, &[u8]> = TableDefinition::new("held_records");
 /// Block CID → number of stored records that reference it (a record pins its blocks).
 pub(crate) const REFS: TableDefinition<&str, u64> = TableDefinition::new("block_refs");
 /// Sequence number → audit entry (JSON), the hash-chained log.
@@ -47,5 +53,6 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(API_TOKENS)?;
     txn.open_table(CONSENT_LINKS)?;
     txn.open_table(REPLICATION)?;
+    txn.open_table(HELD)?;
     Ok(())
 }

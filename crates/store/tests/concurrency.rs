@@ -62,6 +62,7 @@ fn concurrent_imports_of_one_record_index_it_once() {
     // A second node that fetched every block of the record but has not indexed it.
     let peer_dir = tempfile::tempdir().unwrap();
     let peer = Store::open(peer_dir.path()).unwrap();
+    peer.unlock_index(medmesh_testkit::index_key());
     for cid in &blocks {
         peer.blocks()
             .put(cid, &f.store.blocks().get(cid).unwrap())

@@ -19,7 +19,7 @@ fn round_trips_at_chunk_boundaries() {
         let id = f.put_with(&data, request(ContentType::OCTET_STREAM, MIN_CHUNK_SIZE));
         let manifest = f.store.manifest(&id).unwrap();
         assert_eq!(manifest.body.chunks.len(), chunks, "len {len}");
-        assert_eq!(manifest.body.meta.size, len as u64);
+        assert_eq!(f.store.meta(&id).unwrap().size, len as u64);
         assert_eq!(f.read(&id).unwrap(), data, "len {len}");
     }
 }
@@ -121,7 +121,6 @@ fn reordered_or_truncated_chunk_lists_fail_authentication() {
     swapped.chunks.swap(0, 1);
     let mut truncated = original.body.clone();
     truncated.chunks.pop();
-    truncated.meta.size = 2 * u64::from(MIN_CHUNK_SIZE);
 
     for (body, expected_index) in [(swapped, 0), (truncated, 1)] {
         let forged = f.signer.lock().unwrap().sign_manifest(body).unwrap();
@@ -162,7 +161,7 @@ fn tampered_manifest_signature_is_rejected() {
     let mut f = fixture();
     let id = f.put(b"signed");
     let mut m = f.store.manifest(&id).unwrap();
-    m.body.meta.size = 999;
+    m.body.envelope.chunk_size += 1;
     let (forged_id, bytes) = m.to_block().unwrap();
     f.store.blocks().put(forged_id.cid(), &bytes).unwrap();
     let err = f.read(&forged_id).unwrap_err();
@@ -472,4 +471,160 @@ fn a_closed_output_is_reported_as_broken_pipe() {
         matches!(&err, StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe),
         "{err}"
     );
+}
+
+/// A patient reference and a media type that must never be readable from the disk.
+const MARKER_PATIENT: &str = "MRN-MARKER-5550123";
+const MARKER_TYPE: &str = "application/x-marker-type";
+
+fn with_marker(chunk_size: u32) -> medmesh_store::PutRequest {
+    let mut request = request(MARKER_TYPE, chunk_size);
+    request.patient = Some(PatientRef::new(MARKER_PATIENT).unwrap());
+    request
+}
+
+#[test]
+fn no_patient_reference_or_type_is_readable_from_any_file_of_the_store() {
+    let mut f = fixture();
+    let data = b"plaintext that names nobody".to_vec();
+    let id = f.put_with(&data, with_marker(MIN_CHUNK_SIZE));
+    f.store
+        .link_patient(&id, &format!("0x{}", "ab".repeat(20)), "test")
+        .unwrap();
+    // Search still finds it by patient and by type, through the keyed tags.
+    let by_patient = f
+        .store
+        .list(&RecordQuery {
+            patient: Some(PatientRef::new(MARKER_PATIENT).unwrap()),
+            ..Default::default()
+        })
+        .unwrap();
+    let by_type = f
+        .store
+        .list(&RecordQuery {
+            content_type: Some(MARKER_TYPE.parse().unwrap()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!((by_patient.len(), by_type.len()), (1, 1));
+    assert_eq!(
+        by_patient[0].1.patient.as_ref().unwrap().as_str(),
+        MARKER_PATIENT
+    );
+    let other = f
+        .store
+        .list(&RecordQuery {
+            patient: Some(PatientRef::new("MRN-OTHER").unwrap()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(other.is_empty());
+
+    let files = files_under(f.dir.path());
+    assert!(
+        files.iter().any(|p| p.ends_with(Store::INDEX_FILE)),
+        "{files:?}"
+    );
+    for path in files {
+        let bytes = std::fs::read(&path).unwrap();
+        for marker in [MARKER_PATIENT, MARKER_TYPE, "x-marker"] {
+            assert!(
+                !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
+                "{marker} is readable in {}",
+                path.display()
+            );
+        }
+    }
+    assert_eq!(f.read(&id).unwrap(), data);
+}
+
+#[test]
+fn a_locked_index_refuses_metadata_but_removal_and_housekeeping_work() {
+    let mut f = fixture();
+    let id = f.put_with(b"locked later", with_marker(MIN_CHUNK_SIZE));
+    drop(f.store);
+    let store = Store::open(f.dir.path()).unwrap();
+    assert!(matches!(store.meta(&id), Err(StoreError::IndexLocked)));
+    let err = store.list(&RecordQuery::default()).unwrap_err();
+    assert!(err.to_string().contains("passphrase"), "{err}");
+    let err = store
+        .put_record(
+            &mut &b"x"[..],
+            &request("text/plain", MIN_CHUNK_SIZE),
+            &f.signer,
+            &f.cert,
+            &[],
+            &|_| {},
+        )
+        .unwrap_err();
+    assert!(matches!(err, StoreError::IndexLocked), "{err}");
+    assert!(store.check().unwrap().problems.is_empty());
+    assert_eq!(store.record_ids().unwrap(), vec![id]);
+    store.remove_record(&id, "test").unwrap();
+    assert!(!store.has_record(&id).unwrap());
+
+    // Another data dir's key opens nothing of this index.
+    let mut g = fixture();
+    let id = g.put(b"sealed under the test key");
+    drop(g.store);
+    let store = Store::open(g.dir.path()).unwrap();
+    let wrong = medmesh_crypto::IndexKey::new(&medmesh_crypto::DataKey::generate().unwrap());
+    store.unlock_index(wrong);
+    let err = store.meta(&id).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Corrupt(_)) && err.to_string().contains("index key"),
+        "{err}"
+    );
+}
+
+#[test]
+fn records_imported_for_another_institution_are_held_not_listed() {
+    let mut f = fixture();
+    let id = f.put_with(b"a replica's plaintext", with_marker(MIN_CHUNK_SIZE));
+    let manifest = f.store.manifest(&id).unwrap();
+    let mut blocks = manifest.body.chunks.clone();
+    blocks.push(*id.cid());
+
+    // A second node (its own index key) fetched every block and imported the record.
+    let peer_dir = tempfile::tempdir().unwrap();
+    let peer = Store::open(peer_dir.path()).unwrap();
+    peer.unlock_index(medmesh_crypto::IndexKey::new(
+        &medmesh_crypto::DataKey::generate().unwrap(),
+    ));
+    for cid in &blocks {
+        peer.blocks()
+            .put(cid, &f.store.blocks().get(cid).unwrap())
+            .unwrap();
+    }
+    assert!(peer.import_record(&id, "peer:test").unwrap());
+    assert!(peer.has_record(&id).unwrap());
+    assert_eq!(
+        (peer.record_count().unwrap(), peer.held_count().unwrap()),
+        (0, 1)
+    );
+    let held = peer.held(&id).unwrap().unwrap();
+    assert_eq!((held.owner, held.chunks), (f.cert.id().to_string(), 1));
+    for query in [
+        RecordQuery::default(),
+        RecordQuery {
+            patient: Some(PatientRef::new(MARKER_PATIENT).unwrap()),
+            ..Default::default()
+        },
+        RecordQuery {
+            owner: Some(f.cert.id()),
+            ..Default::default()
+        },
+    ] {
+        assert!(peer.list(&query).unwrap().is_empty(), "{query:?}");
+    }
+    let err = peer.meta(&id).unwrap_err();
+    assert!(matches!(err, StoreError::HeldForOther { .. }), "{err}");
+    assert_eq!(peer.record_ids().unwrap(), vec![id]);
+    let check = peer.check().unwrap();
+    assert!(check.problems.is_empty() && check.records == 1, "{check:?}");
+    // Imported again: nothing changes.
+    assert!(!peer.import_record(&id, "peer:test").unwrap());
+    let report = peer.remove_record(&id, "test").unwrap();
+    assert_eq!(report.blocks_removed, blocks.len() as u64);
+    assert!(!peer.has_record(&id).unwrap());
 }

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use medmesh_crypto::{Passphrase, SecretKeys};
+use medmesh_crypto::{DataKey, IndexKey, Passphrase, SecretKeys};
 
 #[cfg(feature = "chain")]
 pub mod chain;
@@ -38,6 +38,12 @@ pub fn institution(n: usize) -> SecretKeys {
             .collect()
     });
     SecretKeys::from_bytes(&keys[n]).expect("test keys parse")
+}
+
+/// The index key of test stores: fixed, so a test that reopens a store reads it again
+/// (nodes keep theirs in the keystore, see `Keystore::index_key`).
+pub fn index_key() -> IndexKey {
+    IndexKey::new(&DataKey::from_bytes(&[0x5a; 32]).expect("32 bytes"))
 }
 
 /// Deterministic pseudo-random bytes (xorshift64): incompressible like real images, and

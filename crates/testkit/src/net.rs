@@ -74,6 +74,7 @@ impl Peer {
     ) -> Self {
         let dir = tempfile::tempdir_in(base).expect("temp dir");
         let store = Arc::new(Store::open(&dir.path().join("store")).expect("store"));
+        store.unlock_index(crate::index_key());
         let mut config = NetConfig {
             listen: vec![listen.parse().expect("multiaddr")],
             bootstrap: bootstrap.iter().map(|p| p.addr()).collect(),

@@ -44,6 +44,7 @@ impl TestNode {
     pub async fn start_in(base: &std::path::Path, adjust: impl FnOnce(&mut ApiConfig)) -> Self {
         let dir = tempfile::tempdir_in(base).expect("temp dir");
         let store = Arc::new(Store::open(&dir.path().join("store")).expect("store"));
+        store.unlock_index(crate::index_key());
         let secret = institution(0);
         let keys = NodeKeys {
             certificate: secret.certificate().expect("certificate"),

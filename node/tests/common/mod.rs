@@ -20,6 +20,8 @@ pub struct Proc {
     pub token: String,
     pub peer_id: String,
     pub child: Option<Child>,
+    /// Where the node's log goes (at debug level), when the test reads it.
+    pub log: Option<PathBuf>,
 }
 
 pub fn medmesh(dir: &Path) -> Command {
@@ -36,6 +38,15 @@ pub fn medmesh(dir: &Path) -> Command {
 impl Proc {
     /// A new node (keys of its own) in `base/name`, dialing `peers` at start.
     pub fn start(base: &Path, name: &str, peers: &[&Proc]) -> Self {
+        Self::start_inner(base, name, peers, false)
+    }
+
+    /// [`Proc::start`], logging at debug level to `base/name.log` (see [`Proc::log`]).
+    pub fn start_logged(base: &Path, name: &str, peers: &[&Proc]) -> Self {
+        Self::start_inner(base, name, peers, true)
+    }
+
+    fn start_inner(base: &Path, name: &str, peers: &[&Proc], logged: bool) -> Self {
         let dir = base.join(name);
         let out = medmesh(&dir)
             .args(["init", "--institution", "Test Hospital"])
@@ -53,6 +64,7 @@ impl Proc {
             token: String::new(),
             peer_id: String::new(),
             child: None,
+            log: logged.then(|| base.join(format!("{name}.log"))),
         };
         let peers: Vec<String> = peers.iter().map(|p| p.addr()).collect();
         node.run(&peers);
@@ -77,11 +89,23 @@ impl Proc {
         for p in peers {
             cmd.args(["--peer", p]);
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
+        let stderr = match &self.log {
+            Some(path) => {
+                cmd.env(
+                    "RUST_LOG",
+                    "info,medmesh=debug,medmesh_store=debug,medmesh_service=debug,\
+                     medmesh_api=debug,medmesh_net=debug,medmesh_chain=debug",
+                );
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .unwrap();
+                Stdio::from(file)
+            }
+            None => Stdio::inherit(),
+        };
+        let mut child = cmd.stdout(Stdio::piped()).stderr(stderr).spawn().unwrap();
         let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -91,9 +115,10 @@ impl Proc {
                 stdout.read_line(&mut line).unwrap() > 0,
                 "node exited during start"
             );
-            if let Some(t) = line.split_whitespace().find(|w| w.starts_with("mm_")) {
-                self.token = t.to_string();
-            }
+            assert!(
+                !line.contains("mm_"),
+                "a token secret on standard output: {line}"
+            );
             if let Some(id) = line.trim().strip_prefix("node peer id: ") {
                 self.peer_id = id.to_string();
             }
@@ -101,6 +126,10 @@ impl Proc {
                 break;
             }
         }
+        self.token = std::fs::read_to_string(self.dir.join("admin.token"))
+            .expect("the first start writes the admin token file")
+            .trim()
+            .to_string();
         // Keep draining stdout so the node never blocks on a full pipe.
         std::thread::spawn(move || for _ in stdout.lines() {});
         self.child = Some(child);
@@ -110,6 +139,14 @@ impl Proc {
         Client::new(&format!("http://127.0.0.1:{}", self.api))
             .unwrap()
             .with_token(self.token.clone())
+    }
+
+    /// The node's log so far (empty unless started with [`Proc::start_logged`]).
+    pub fn log_text(&self) -> String {
+        self.log
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .unwrap_or_default()
     }
 
     pub fn kill(&mut self) {

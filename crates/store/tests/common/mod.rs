@@ -22,6 +22,7 @@ pub struct Fixture {
 pub fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
+    store.unlock_index(medmesh_testkit::index_key());
     let keys = institution(0);
     Fixture {
         cert: keys.certificate().unwrap(),
