@@ -26,7 +26,7 @@ use crate::progress::progress_bar;
 /// Who the CLI acts as in the audit log.
 pub const CLI_ACTOR: &str = "cli";
 
-fn parse_id(id: &str) -> Result<RecordId> {
+pub(crate) fn parse_id(id: &str) -> Result<RecordId> {
     Ok(id.parse::<RecordId>()?)
 }
 
@@ -241,34 +241,42 @@ pub fn get(data_dir: &Path, source: &PassphraseSource, args: GetArgs) -> Result<
             );
         }
         let record = services.open_record(id, CLI_ACTOR).await?;
-        if to_stdout {
-            let mut out = io::BufWriter::with_capacity(1 << 20, io::stdout().lock());
-            // A reader that stops early (`| head`) makes this fail with EPIPE, which
-            // `main` treats as a quiet end; the dropped stream stops the read.
-            copy_plaintext(record, &mut out)
-                .await
-                .context("writing the record to standard output")
-        } else {
-            // Plaintext goes to a private temp file first and takes the final name only
-            // once every chunk has verified, so a failed read leaves no partial record.
-            let temp = partial_path(&args.output);
-            let mut file = fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&temp)
-                .with_context(|| format!("cannot create {}", temp.display()))?;
-            let written = copy_plaintext(record, &mut file)
-                .await
-                .and_then(|()| Ok(file.sync_all()?))
-                .and_then(|()| Ok(fs::rename(&temp, &args.output)?));
-            if written.is_err() {
-                let _ = fs::remove_file(&temp);
-            }
-            written
-        }
+        write_plaintext(record, &args.output, to_stdout).await
     })
+}
+
+/// Writes an opened record's plaintext to standard output or to `output`: a private
+/// temp file first, which takes the final name only once every chunk has verified, so a
+/// failed read leaves no partial record.
+pub(crate) async fn write_plaintext(
+    record: OpenedRecord,
+    output: &Path,
+    to_stdout: bool,
+) -> Result<()> {
+    if to_stdout {
+        let mut out = io::BufWriter::with_capacity(1 << 20, io::stdout().lock());
+        // A reader that stops early (`| head`) makes this fail with EPIPE, which
+        // `main` treats as a quiet end; the dropped stream stops the read.
+        return copy_plaintext(record, &mut out)
+            .await
+            .context("writing the record to standard output");
+    }
+    let temp = partial_path(output);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .with_context(|| format!("cannot create {}", temp.display()))?;
+    let written = copy_plaintext(record, &mut file)
+        .await
+        .and_then(|()| Ok(file.sync_all()?))
+        .and_then(|()| Ok(fs::rename(&temp, output)?));
+    if written.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    written
 }
 
 /// Writes an opened record's plaintext to `out` with a progress bar; fails unless

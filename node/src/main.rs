@@ -3,6 +3,8 @@
 // A command-line tool speaks on stdout.
 #![allow(clippy::print_stdout)]
 
+mod access;
+mod audit_cmd;
 mod chain;
 mod commands;
 mod config;
@@ -78,7 +80,7 @@ enum Command {
     Check,
     /// The audit log.
     #[command(subcommand)]
-    Audit(commands::AuditCommand),
+    Audit(audit_cmd::AuditCommand),
     /// The institution's keys.
     #[command(subcommand)]
     Keys(commands::KeysCommand),
@@ -88,6 +90,10 @@ enum Command {
     /// API tokens for the HTTP API (while the node is stopped; or use /v1/admin/tokens).
     #[command(subcommand)]
     Token(commands::TokenCommand),
+    /// What a grantee does: create and publish a grantee identity, get a record of
+    /// another institution (its key from the owner's node over libp2p).
+    #[command(subcommand)]
+    Access(access::AccessCommand),
 }
 
 fn default_data_dir() -> PathBuf {
@@ -113,10 +119,11 @@ fn main() -> ExitCode {
         Command::Rm { ids } => commands::rm(&cli.data_dir, &ids),
         Command::Gc => commands::gc(&cli.data_dir),
         Command::Check => commands::check(&cli.data_dir),
-        Command::Audit(cmd) => commands::audit(&cli.data_dir, cmd),
+        Command::Audit(cmd) => audit_cmd::run(&cli.data_dir, cmd),
         Command::Keys(cmd) => commands::keys(&cli.data_dir, cmd),
         Command::Token(cmd) => commands::token(&cli.data_dir, cmd),
-        Command::Chain(cmd) => chain::run(cmd),
+        Command::Access(cmd) => access::run(&cli.data_dir, &passphrase, cmd),
+        Command::Chain(cmd) => chain::run(&cli.data_dir, cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -75,6 +75,20 @@ pub async fn fetch_for_cli(
     args: &NetArgs,
     transfer: Transfer,
 ) -> Result<FetchReport> {
+    let (report, network) = fetch_keeping_network(node, services, id, args, transfer).await?;
+    network.shutdown().await;
+    Ok(report)
+}
+
+/// [`fetch_for_cli`], leaving the network up (and enabled in `services`) for what the
+/// command does next; the caller shuts it down.
+pub async fn fetch_keeping_network(
+    node: &Node,
+    services: &NodeServices,
+    id: RecordId,
+    args: &NetArgs,
+    transfer: Transfer,
+) -> Result<(FetchReport, medmesh_net::Network)> {
     let mut config = args.apply(node.config.net.clone());
     // The CLI only dials out: an ephemeral port keeps it clear of a node's.
     config.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")];
@@ -113,6 +127,11 @@ pub async fn fetch_for_cli(
     };
     let report = services.fetch_with_progress(id, options, progress).await;
     bar.finish_and_clear();
-    network.shutdown().await;
-    Ok(report?)
+    match report {
+        Ok(report) => Ok((report, network)),
+        Err(e) => {
+            network.shutdown().await;
+            Err(e.into())
+        }
+    }
 }

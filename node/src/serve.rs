@@ -135,8 +135,16 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
         }
     };
 
+    let webhooks = node
+        .config
+        .webhook_endpoints(data_dir)
+        .context("reading the [[webhooks]] of medmesh.toml")?;
     crate::datadir::block_on(async move {
         let state = AppState::new(services.clone(), config);
+        // Before the chain connects, so the break-glass events of its first sync are
+        // delivered too.
+        let webhooks = medmesh_service::spawn_webhooks(services.clone(), webhooks)
+            .context("starting the webhooks")?;
         spawn_orphan_sweep(store.clone());
         let mut policy: Arc<dyn medmesh_net::PeerPolicy> = Arc::new(medmesh_net::OpenPolicy);
         let mut policy_text = "any peer (no external chain)";
@@ -145,7 +153,8 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
             account = chain.account_address();
             if !chain.is_embedded() {
                 // On a shared chain only registered institutions' nodes may ask this
-                // node to hold replicas; the embedded dev chain has no registrations.
+                // node to hold replicas; on the embedded dev chain, private to this node,
+                // no other node is registered.
                 policy = Arc::new(chain.registered_institutions());
                 policy_text = "nodes of institutions registered in NodeRegistry";
             }
@@ -153,6 +162,8 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
                 .services(store.clone(), certificate, decryptor)
                 .await?;
             services.enable_chain(chain_services);
+            // Registration in NodeRegistry and audit anchoring, in the background.
+            chain::start_life(&services, &peer_id, &institution, &node.config)?;
         }
         let network = if args.no_network {
             None
@@ -163,6 +174,7 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
                     .await?;
             network.spawn_repair(store.clone());
             services.enable_network(network.clone());
+            services.serve_keys_to_peers();
             services.announce_stored();
             Some(network)
         };
@@ -185,6 +197,9 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
             None => println!("  p2p:          off (--no-network)"),
         }
         println!("  HTTP API:     http://{listen}  (docs: http://{listen}/docs)");
+        if webhooks.endpoints() > 0 {
+            println!("  webhooks:     {} endpoint(s)", webhooks.endpoints());
+        }
         println!("stop with Ctrl-C");
         medmesh_api::serve(listener, state, shutdown_signal())
             .await

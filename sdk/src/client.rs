@@ -376,8 +376,28 @@ impl Client {
         certificate: &str,
         grantee: &(impl Signer + Sync),
     ) -> Result<KeyResponse, Error> {
-        let challenge: ChallengeResponse =
-            Self::json(self.request(Method::POST, "/v1/access/challenge")).await?;
+        self.request_key_from(id, purpose, certificate, grantee, None)
+            .await
+    }
+
+    /// [`Client::request_key`] through this node for a record of another institution:
+    /// the node asks `owner` (the owner's node, a PeerId) over libp2p for the challenge
+    /// and the key, which comes back wrapped for `certificate`. With `owner` `None` it
+    /// is `request_key`.
+    pub async fn request_key_from(
+        &self,
+        id: &str,
+        purpose: u32,
+        certificate: &str,
+        grantee: &(impl Signer + Sync),
+        owner: Option<&str>,
+    ) -> Result<KeyResponse, Error> {
+        let query: Vec<(&str, &str)> = owner.map(|o| ("owner", o)).into_iter().collect();
+        let challenge: ChallengeResponse = Self::json(
+            self.request(Method::POST, "/v1/access/challenge")
+                .query(&query),
+        )
+        .await?;
         let record: medmesh_core::RecordId = id
             .parse()
             .map_err(|e: medmesh_core::CoreError| Error::Wallet(e.to_string()))?;
@@ -397,6 +417,7 @@ impl Client {
             certificate: certificate.to_string(),
             challenge: challenge.challenge,
             signature: wallet::signature_hex(&signature),
+            owner: owner.map(str::to_string),
         };
         Self::json(
             self.request(Method::POST, &format!("/v1/records/{id}/key"))

@@ -23,6 +23,16 @@ pub struct ConsentLinkResponse {
     pub patient_scope: String,
 }
 
+/// Where a challenge comes from: this node, or the owner's node (asked over libp2p)
+/// for a record of another institution.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams, utoipa::ToSchema))]
+pub struct ChallengeQuery {
+    /// The record owner's node (PeerId), when it is not this node.
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
 /// A single-use challenge to sign in a key request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -45,6 +55,11 @@ pub struct KeyRequestBody {
     pub challenge: String,
     /// EIP-191 signature by the grantee of the key-request text (see docs/http-api.md).
     pub signature: String,
+    /// For a record of another institution: its owner's node (PeerId), which this
+    /// node asks over libp2p (the challenge must be that node's). Without it this node
+    /// answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// A released key.
@@ -61,4 +76,7 @@ pub struct KeyResponse {
     pub access: String,
     /// Grant or emergency id (bytes32 hex).
     pub access_id: String,
+    /// The owner's node that released it, when this node forwarded the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_by: Option<String>,
 }

@@ -15,11 +15,15 @@ mod records;
 mod system;
 
 pub use access::{
-    ChallengeResponse, ConsentLinkRequest, ConsentLinkResponse, KeyRequestBody, KeyResponse,
+    ChallengeQuery, ChallengeResponse, ConsentLinkRequest, ConsentLinkResponse, KeyRequestBody,
+    KeyResponse,
 };
 pub use audit::{AuditEntryView, AuditPage, AuditVerification};
 pub use auth::{NonceResponse, SessionResponse, SignInRequest, WhoAmI};
-pub use grants::{ChainInfo, GrantEntry, RelayResponse, SignedGrant, SignedRevocation};
+pub use grants::{
+    AuditAnchorInfo, AuditAnchoring, ChainInfo, GrantEntry, NodeRegistration, RelayResponse,
+    SignedGrant, SignedRevocation,
+};
 pub use medmesh_core::{FetchReport, PeerInfo, ReplicaOutcome, Transfer};
 pub use network::{
     DialRequest, Dialed, FetchRequest, NetworkStatus, ReplicationRequest, ReplicationStatus,

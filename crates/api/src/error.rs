@@ -153,6 +153,15 @@ impl From<ServiceError> for ApiError {
             ServiceError::NoRelayer => Self::unavailable("no-relayer", e.to_string()),
             ServiceError::NoNetwork => Self::unavailable("network-disabled", e.to_string()),
             ServiceError::KeysLocked => Self::unavailable("keys-locked", e.to_string()),
+            ServiceError::OwnerUnreachable { .. } => Self::bad_gateway(e.to_string()),
+            // The owner's refusal keeps its meaning: a grant is missing (403), the
+            // request is the caller's to fix (401/400), or the owner cannot answer (502).
+            ServiceError::OwnerRefused { ref code, .. } => match code.as_str() {
+                "not-allowed" | "certificate-mismatch" => Self::forbidden(e.to_string()),
+                "bad-challenge" | "not-grantee" => Self::unauthenticated(e.to_string()),
+                "bad-certificate" | "bad-request" => Self::bad_request(e.to_string()),
+                _ => Self::bad_gateway(e.to_string()),
+            },
             ServiceError::Busy(_) => Self::unavailable("busy", e.to_string()),
             ServiceError::Internal(what) => Self::internal(what, "see the node's log"),
             ServiceError::Task { what, .. } => Self::internal(what, e),

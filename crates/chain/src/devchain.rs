@@ -76,6 +76,36 @@ pub fn dev_signers() -> Vec<PrivateKeySigner> {
         .collect()
 }
 
+/// Which dev account (index into [`DEV_KEYS`]) is the node's own on the dev chain: it
+/// relays signed grants, registers the node and anchors its audit log. Genesis approves
+/// it as an institution in `NodeRegistry`, so a node on the dev chain registers itself
+/// exactly as on any other chain once approved.
+pub const NODE_ACCOUNT: usize = 9;
+
+/// The node's own account on the dev chain ([`NODE_ACCOUNT`]).
+pub fn node_signer() -> PrivateKeySigner {
+    DEV_KEYS[NODE_ACCOUNT].parse().expect("valid dev key")
+}
+
+/// The deployment recorded in the dev chain snapshot at `path` (what
+/// [`DevChain::deployment`] returns once opened), without opening the chain: for tools
+/// that talk to a running node's dev chain over its JSON-RPC. `None` when there is no
+/// snapshot or it has no deployment yet.
+pub fn read_deployment(path: &Path) -> Result<Option<Deployment>, ChainError> {
+    #[derive(Deserialize)]
+    struct Recorded {
+        deployment: Option<Deployment>,
+    }
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(persist_error(path, e)),
+    };
+    let recorded: Recorded = serde_json::from_slice(&bytes)
+        .map_err(|e| persist_error(path, format!("unreadable dev chain state: {e}")))?;
+    Ok(recorded.deployment)
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct BlockRec {
     number: u64,
@@ -232,6 +262,17 @@ impl DevChain {
         self.deployment
     }
 
+    /// Makes sure `account` is an approved institution in `NodeRegistry`, approving it
+    /// (as the first dev account, the registry's admin) if not; returns whether it had
+    /// to. Genesis approves [`node_signer`]; this catches up a chain created before
+    /// genesis did.
+    pub async fn ensure_approved(&self, account: Address) -> Result<bool, ChainError> {
+        let (url, server) = serve_on(&self.shared, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let approved = approve(&url, self.deployment.node_registry, account).await;
+        server.abort();
+        approved
+    }
+
     /// Serves the JSON-RPC on `addr` (port 0 picks one); returns the URL and the task.
     pub async fn serve(
         &self,
@@ -267,8 +308,53 @@ async fn deploy_contracts(shared: &Shared) -> Result<Deployment, ChainError> {
         ))
         .connect_http(url.parse().map_err(ChainError::rpc)?);
     let deployment = crate::deploy(&provider, vec![]).await;
+    // The node's own account is an approved institution from the start.
+    let approved = match &deployment {
+        Ok(deployment) => approve(&url, deployment.node_registry, node_signer().address())
+            .await
+            .map(|_| ()),
+        Err(_) => Ok(()),
+    };
     server.abort();
-    deployment
+    let deployment = deployment?;
+    approved?;
+    Ok(deployment)
+}
+
+/// Approves `account` in the `NodeRegistry` at `registry` as the first dev account (its
+/// admin) over the JSON-RPC at `url`, unless it is approved already; returns whether it
+/// sent the approval.
+async fn approve(url: &str, registry: Address, account: Address) -> Result<bool, ChainError> {
+    use crate::bindings::NodeRegistry;
+    let provider = alloy::providers::ProviderBuilder::new()
+        .wallet(alloy::network::EthereumWallet::from(
+            dev_signers().remove(0),
+        ))
+        .connect_http(url.parse().map_err(ChainError::rpc)?);
+    let registry = NodeRegistry::new(registry, &provider);
+    if registry
+        .isApproved(account)
+        .call()
+        .await
+        .map_err(ChainError::rpc)?
+    {
+        return Ok(false);
+    }
+    let receipt = registry
+        .approveInstitution(account)
+        .send()
+        .await
+        .map_err(ChainError::rpc)?
+        .get_receipt()
+        .await
+        .map_err(ChainError::rpc)?;
+    if !receipt.status() {
+        return Err(ChainError::Reverted(format!(
+            "approving {account} as an institution on the dev chain reverted"
+        )));
+    }
+    tracing::info!(%account, "dev chain: approved the account as an institution");
+    Ok(true)
 }
 
 /// Records the deployment and writes the first snapshot: only from then on does a

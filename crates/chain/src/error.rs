@@ -54,6 +54,14 @@ pub enum ChainError {
     /// Anvil could not be found or started.
     #[error("anvil: {0}")]
     Anvil(String),
+    /// A contract refused a transaction of the node's own account (registering its
+    /// node, anchoring its audit log): the contract's custom error, decoded.
+    #[error("the contract refused it: {0}")]
+    Reverted(String),
+    /// The local store failed while the audit log was compared with the chain (boxed:
+    /// a store error is large, and every chain result carries this type).
+    #[error("the local store: {0}")]
+    Store(#[source] Box<medmesh_store::StoreError>),
 }
 
 impl ChainError {

@@ -1,7 +1,9 @@
 //! medmesh's chain client: bindings to the consent contracts (compiled from
 //! `contracts/` by solc-js, artifacts committed), their deployment, and a
 //! [`GrantCache`] fed by the contracts' events so that a grant check needs no RPC round
-//! trip and a revocation takes effect as soon as its block is synced.
+//! trip and a revocation takes effect as soon as its block is synced. The node's own
+//! account also registers the node ([`registry`], [`Relayer::register_node`]) and
+//! anchors its audit log's head ([`anchor`], [`Relayer::anchor_audit`]).
 //!
 //! Works with any EVM chain over JSON-RPC; tests and the local testnet use anvil from
 //! the pinned npm package `@foundry-rs/anvil` ([`anvil`]).
@@ -11,6 +13,7 @@ pub mod anvil;
 /// The primitives and typed-data traits the bindings use, for callers.
 pub use alloy::primitives as alloy_primitives;
 pub use alloy::sol_types;
+pub mod anchor;
 mod cache;
 mod deploy;
 pub mod devchain;
@@ -19,13 +22,17 @@ pub mod registry;
 pub mod relay;
 pub mod release;
 
+pub use anchor::{Anchor, AnchorMismatch, AnchorReport};
 pub use cache::{
     Access, AccessQuery, Denial, GrantCache, GrantView, SyncReport, SNAPSHOT_EVERY_BLOCKS,
 };
 pub use deploy::{deploy, Deployment};
 pub use error::ChainError;
-pub use registry::{registered_node, registered_peer_id, RegisteredNode};
-pub use relay::{relaying_provider, RelayError, Relayed, Relayer};
+pub use registry::{
+    registered_node, registered_peer_id, registration, AccountRegistration, NodeEntry,
+    RegisteredNode,
+};
+pub use relay::{relaying_provider, AnchorSent, RelayError, Relayed, Relayer, Sent};
 pub use release::{
     denial_event, patient_scope, record_scope, KeyReleaser, KeyRequest, ReleaseError, Released,
 };

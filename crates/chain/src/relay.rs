@@ -31,7 +31,7 @@ use alloy::rpc::types::{Filter, TransactionReceipt, TransactionRequest};
 use alloy::sol_types::{SolEvent, SolInterface};
 use alloy::transports::TransportError;
 
-use crate::bindings::{ConsentRegistry, GrantConsent, RevokeConsent};
+use crate::bindings::{AuditAnchor, ConsentRegistry, GrantConsent, NodeRegistry, RevokeConsent};
 use crate::ChainError;
 
 /// How long a relay waits for its transaction's receipt before looking on chain.
@@ -319,9 +319,7 @@ impl Relayer {
                     }
                 };
             if let Some(refusal) = contract_refusal(&error) {
-                return Err(SendFailure::Definite(RelayError::Rejected(format!(
-                    "{refusal:?}"
-                ))));
+                return Err(SendFailure::Definite(RelayError::Rejected(refusal)));
             }
             if is_already_pending(&error) {
                 // This very transaction is in the node's pool (an earlier attempt did
@@ -493,6 +491,128 @@ impl Relayer {
     }
 }
 
+/// A transaction of the node's own account (not a relay), mined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    /// The transaction hash.
+    pub transaction: B256,
+    /// The block it was mined in.
+    pub block: u64,
+}
+
+/// An audit-log head anchored by [`Relayer::anchor_audit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnchorSent {
+    /// The anchor's position in the account's list (`AuditAnchor.anchorAt`).
+    pub index: u64,
+    /// The transaction.
+    pub sent: Sent,
+}
+
+/// The node's own transactions. They pay from the same account as relays and so take
+/// their turn in the same send lock, with the nonce read from the chain.
+impl Relayer {
+    /// Registers (or updates) the node of the account in `NodeRegistry` at `registry`:
+    /// its libp2p PeerId (multihash bytes), the institution's certificate fingerprint
+    /// (which also becomes the account's `keyOf`) and a display name. The account must
+    /// be an approved institution, or the contract refuses with
+    /// `NotApprovedInstitution` ([`ChainError::Reverted`]).
+    pub async fn register_node(
+        &self,
+        registry: Address,
+        peer_id: Vec<u8>,
+        certificate: B256,
+        name: String,
+    ) -> Result<Sent, ChainError> {
+        let request = NodeRegistry::new(registry, self.provider.clone())
+            .registerNode(peer_id.into(), certificate, name)
+            .into_transaction_request();
+        let receipt = self.transact(request, "the node registration").await?;
+        Ok(sent(&receipt))
+    }
+
+    /// Anchors the account's audit-log `head` after `entries` entries in `AuditAnchor`
+    /// at `contract`. The account must be a registered institution, the head not zero,
+    /// and `entries` at least the last anchor's ([`ChainError::Reverted`] otherwise).
+    pub async fn anchor_audit(
+        &self,
+        contract: Address,
+        head: B256,
+        entries: u64,
+    ) -> Result<AnchorSent, ChainError> {
+        let request = AuditAnchor::new(contract, self.provider.clone())
+            .anchor(head, entries)
+            .into_transaction_request();
+        let receipt = self.transact(request, "the audit anchor").await?;
+        let index = match receipt.decoded_log::<AuditAnchor::Anchored>() {
+            Some(log) => log.data.index.saturating_to::<u64>(),
+            // A node that drops logs from receipts: the anchor just made is the last.
+            None => {
+                let account = receipt.from;
+                let count = AuditAnchor::new(contract, self.provider.clone())
+                    .anchorCount(account)
+                    .call()
+                    .await
+                    .map_err(ChainError::rpc)?;
+                count.saturating_to::<u64>().saturating_sub(1)
+            }
+        };
+        Ok(AnchorSent {
+            index,
+            sent: sent(&receipt),
+        })
+    }
+
+    /// Sends `request` from the node's account (in turn with relays) and waits for its
+    /// receipt. A refusal by the contract is [`ChainError::Reverted`]; after any other
+    /// error the transaction may still be pending, so a caller reads the contract's
+    /// state again before sending anew.
+    async fn transact(
+        &self,
+        request: TransactionRequest,
+        what: &'static str,
+    ) -> Result<TransactionReceipt, ChainError> {
+        let pending = match self.send(request).await {
+            Ok(pending) => pending,
+            Err(SendFailure::Definite(RelayError::Rejected(reason))) => {
+                return Err(ChainError::Reverted(reason))
+            }
+            Err(SendFailure::Definite(RelayError::Chain(e)) | SendFailure::Unknown(e)) => {
+                return Err(e)
+            }
+            Err(SendFailure::Definite(other @ RelayError::Unconfirmed { .. })) => {
+                return Err(ChainError::Rpc(other.to_string()))
+            }
+        };
+        let hash = *pending.tx_hash();
+        let receipt = tokio::time::timeout(
+            RECEIPT_DEADLINE,
+            pending.with_timeout(Some(RECEIPT_DEADLINE)).get_receipt(),
+        )
+        .await
+        .map_err(|_elapsed| ChainError::Timeout {
+            what,
+            after: RECEIPT_DEADLINE,
+        })?
+        .map_err(ChainError::rpc)?;
+        if !receipt.status() {
+            return Err(ChainError::Reverted(format!(
+                "{what} (transaction {hash}) reverted"
+            )));
+        }
+        let _ = self.account.set(receipt.from);
+        tracing::info!(transaction = %hash, block = ?receipt.block_number, "{what} was mined");
+        Ok(receipt)
+    }
+}
+
+fn sent(receipt: &TransactionReceipt) -> Sent {
+    Sent {
+        transaction: receipt.transaction_hash,
+        block: receipt.block_number.unwrap_or_default(),
+    }
+}
+
 fn relayed(receipt: &TransactionReceipt, grant_id: B256) -> Relayed {
     Relayed {
         transaction: receipt.transaction_hash,
@@ -502,10 +622,19 @@ fn relayed(receipt: &TransactionReceipt, grant_id: B256) -> Relayed {
 }
 
 /// The contract's custom error, when the send was refused by a revert (at gas
-/// estimation).
-fn contract_refusal(e: &TransportError) -> Option<ConsentRegistry::ConsentRegistryErrors> {
+/// estimation), decoded with the errors of the medmesh contracts (`ConsentRegistry`'s
+/// first, the relays' own).
+fn contract_refusal(e: &TransportError) -> Option<String> {
     let data = e.as_error_resp()?.as_revert_data()?;
-    ConsentRegistry::ConsentRegistryErrors::abi_decode(&data).ok()
+    if let Ok(error) = ConsentRegistry::ConsentRegistryErrors::abi_decode(&data) {
+        return Some(format!("{error:?}"));
+    }
+    if let Ok(error) = NodeRegistry::NodeRegistryErrors::abi_decode(&data) {
+        return Some(format!("{error:?}"));
+    }
+    AuditAnchor::AuditAnchorErrors::abi_decode(&data)
+        .ok()
+        .map(|error| format!("{error:?}"))
 }
 
 /// Whether the node says it holds this exact transaction already (geth's "already

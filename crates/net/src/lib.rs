@@ -25,6 +25,7 @@ mod error;
 pub mod fastpath;
 mod fetch;
 mod gossip;
+pub mod keyrelease;
 mod limits;
 mod network;
 mod policy;
@@ -38,6 +39,7 @@ pub use blockstore::Blockstore;
 pub use config::NetConfig;
 pub use error::NetError;
 pub use fetch::{FetchOptions, Progress};
+pub use keyrelease::{KeyAnswer, KeyCall, KeyHandler};
 // What transfers report lives in core, so the API and the SDK show it without libp2p.
 pub use libp2p::{Multiaddr, PeerId};
 pub use medmesh_core::{FetchReport, PeerInfo, ReplicaOutcome, Transfer};

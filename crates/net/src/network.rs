@@ -195,6 +195,8 @@ pub(crate) struct Inner {
     pub(crate) replicas: Arc<Slots>,
     /// What peers may make this node serve.
     pub(crate) limits: Arc<ServeLimits>,
+    /// Answers peers' key-release calls, once the service sets it.
+    pub(crate) key_handler: std::sync::OnceLock<Arc<dyn crate::keyrelease::KeyHandler>>,
     commands: mpsc::Sender<Command>,
     shared: Arc<Shared>,
     pub(crate) events: broadcast::Sender<NetEvent>,
@@ -354,6 +356,7 @@ impl Network {
                     config.max_replications_per_peer,
                     config.max_replications,
                 ),
+                key_handler: std::sync::OnceLock::new(),
                 commands,
                 shared: shared.clone(),
                 events: events.clone(),
@@ -367,6 +370,7 @@ impl Network {
             events.clone(),
         )?;
         replicate::serve(&network)?;
+        crate::keyrelease::serve(&network)?;
         pong::serve(&mut network.inner.control.clone())?;
 
         let mut driver = Driver {
@@ -500,6 +504,18 @@ impl Network {
             .bitswap
             .get(cid, peers, self.inner.config.block_timeout())
             .await
+    }
+
+    /// The streams peers open for `protocol`, for a handler serving it.
+    pub(crate) fn accept(
+        &self,
+        protocol: StreamProtocol,
+    ) -> Result<libp2p_stream::IncomingStreams, NetError> {
+        self.inner
+            .control
+            .clone()
+            .accept(protocol.clone())
+            .map_err(NetError::setup(format!("accepting {protocol}")))
     }
 
     /// Stops the swarm; streams in flight fail.

@@ -52,12 +52,7 @@ fn replica_bytes_per_chunk(manifest: &Manifest) -> u64 {
 const TAG_BYTES: u64 = 16;
 
 pub(crate) fn serve(network: &Network) -> Result<(), NetError> {
-    let mut incoming = network
-        .inner
-        .control
-        .clone()
-        .accept(PROTOCOL)
-        .map_err(NetError::setup(format!("accepting {PROTOCOL}")))?;
+    let mut incoming = network.accept(PROTOCOL)?;
     let network = network.clone();
     tokio::spawn(async move {
         while let Some((peer, stream)) = incoming.next().await {

@@ -234,8 +234,9 @@ impl NodeServices {
     }
 }
 
-/// A stable code per kind of refusal, for coalescing the audit entries.
-fn release_code(e: &ReleaseError) -> &'static str {
+/// A stable code per kind of refusal: for coalescing the audit entries, and on the wire
+/// of the key-release protocol.
+pub(crate) fn release_code(e: &ReleaseError) -> &'static str {
     match e {
         ReleaseError::BadChallenge => "bad-challenge",
         ReleaseError::NotGrantee(_) => "not-grantee",

@@ -52,6 +52,25 @@ pub enum ServiceError {
         "this node has no account on its chain to pay for relays (start it with --chain-key-file)"
     )]
     NoRelayer,
+    /// The owner's node could not be asked (offline, unreachable, not answering).
+    #[error("the record owner's node {owner} cannot be reached: {source}")]
+    OwnerUnreachable {
+        /// Its PeerId.
+        owner: String,
+        /// What the network said.
+        #[source]
+        source: Box<NetError>,
+    },
+    /// The owner's node refused (its answer, unchanged).
+    #[error("the record owner's node {owner} refused: {message}")]
+    OwnerRefused {
+        /// Its PeerId.
+        owner: String,
+        /// Its stable code (`not-allowed`, `bad-challenge`, …).
+        code: String,
+        /// What it said.
+        message: String,
+    },
     /// The operation signs or decrypts, and the institution's keys were not unlocked.
     #[error("this operation needs the institution's keys, which were not unlocked")]
     KeysLocked,

@@ -13,25 +13,34 @@
 
 mod access;
 mod announce;
+mod chain_life;
 mod denials;
 mod error;
 mod events;
+mod key_exchange;
 mod keys;
 mod network;
 mod notify;
 mod records;
 mod services;
+pub mod webhooks;
 
 pub use access::{ConsentLinkView, GrantFilter};
 pub use announce::AnnounceStats;
+pub use chain_life::{
+    AnchorSettings, AnchorView, AnchoringView, ChainLifeSettings, ChainLifeView, NodeIdentity,
+    RegistrationView, AUDIT_POLL, REGISTRATION_RETRY,
+};
 pub use denials::DenialLog;
 pub use error::ServiceError;
 pub use events::{Audience, EventBus, NodeEvent};
+pub use key_exchange::ReleasedKey;
 pub use keys::NodeKeys;
 pub use network::{NetworkView, ReplicationView};
 pub use notify::{Delivery, EventStream};
 pub use records::{Ingest, OpenedRecord, Progress, RecordSummary};
 pub use services::{ChainServices, NodeServices, ServiceSettings};
+pub use webhooks::{spawn_webhooks, WebhookEndpoint, WebhookSecret, Webhooks};
 
 // A poisoned lock only means another thread panicked while holding it; the data are
 // plain counters and maps that stay usable.

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use medmesh_core::{ContentType, Manifest, PatientRef, RecordId, RecordMeta};
+use medmesh_core::{ContentType, KeyWrap, Manifest, PatientRef, RecordId, RecordMeta};
+use medmesh_crypto::UnlockedDecryptor;
 use medmesh_store::{
     ApiToken, AuditAction, AuditBreak, AuditEntry, AuditEvent, AuditSummary, CheckReport, GcReport,
-    PutRequest, RecordQuery, RemoveReport, StoreError, TokenScope,
+    OpenRecord, PutRequest, RecordQuery, RemoveReport, Store, StoreError, TokenScope,
 };
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
@@ -133,6 +134,39 @@ impl NodeServices {
     ) -> Result<OpenedRecord, ServiceError> {
         let keys = self.keys()?.clone();
         self.ensure_local(&id).await?;
+        self.stream_record(id, actor, move |store| {
+            let mut decryptor = keys.decryptor.lock().unwrap_or_else(|e| e.into_inner());
+            store.open_record(&id, &keys.certificate, &mut decryptor)
+        })
+        .await
+    }
+
+    /// Opens record `id` of another institution as a grantee: `key_wrap` is its data
+    /// key as the owner released it, which `decryptor` (the grantee's key) unwraps.
+    /// Fetched from peers first when missing, streamed and audited like
+    /// [`open_record`](Self::open_record).
+    pub async fn open_released(
+        &self,
+        id: RecordId,
+        key_wrap: KeyWrap,
+        mut decryptor: UnlockedDecryptor,
+        actor: &str,
+    ) -> Result<OpenedRecord, ServiceError> {
+        self.ensure_local(&id).await?;
+        self.stream_record(id, actor, move |store| {
+            let key = decryptor.unwrap(&key_wrap)?;
+            store.open_with_key(&id, &key)
+        })
+        .await
+    }
+
+    /// Opens a record with `open` on a blocking thread and streams its plaintext.
+    async fn stream_record(
+        &self,
+        id: RecordId,
+        actor: &str,
+        open: impl for<'a> FnOnce(&'a Store) -> Result<OpenRecord<'a>, StoreError> + Send + 'static,
+    ) -> Result<OpenedRecord, ServiceError> {
         // Each read holds a blocking thread while its consumer reads: bound them, so
         // slow readers cannot take the pool every other operation needs.
         let permit = self.reads.clone().try_acquire_owned().map_err(|_| {
@@ -145,11 +179,7 @@ impl NodeServices {
         let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(READ_AHEAD);
         let (store, actor) = (self.store.clone(), actor.to_string());
         tokio::task::spawn_blocking(move || {
-            let opened = {
-                let mut decryptor = keys.decryptor.lock().unwrap_or_else(|e| e.into_inner());
-                store.open_record(&id, &keys.certificate, &mut decryptor)
-            };
-            let record = match opened {
+            let record = match open(&store) {
                 Ok(r) => r,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e.into()));

@@ -67,6 +67,9 @@ pub struct NodeServices {
     pub(crate) announcer: Arc<Announcer>,
     chain: OnceLock<ChainServices>,
     network: OnceLock<Network>,
+    /// What the registration and anchoring task saw, once started
+    /// (`NodeServices::start_chain_life`).
+    pub(crate) chain_life: OnceLock<crate::chain_life::SharedView>,
 }
 
 impl NodeServices {
@@ -95,11 +98,13 @@ impl NodeServices {
             announcer: Arc::default(),
             chain: OnceLock::new(),
             network: OnceLock::new(),
+            chain_life: OnceLock::new(),
         }
     }
 
     /// Connects key release, grants and relaying. Set once; a later call keeps the
-    /// first and returns `false`.
+    /// first and returns `false`. Registering the node and anchoring its audit log
+    /// start separately, with [`NodeServices::start_chain_life`].
     /// Consent changes the grant cache applies (whoever made it sync) are republished
     /// on the event bus as break-glass events.
     pub fn enable_chain(&self, services: ChainServices) -> bool {

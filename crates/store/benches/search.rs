@@ -24,6 +24,9 @@ const TYPES: [&str; 4] = [
 const PAGE: usize = 50;
 const RUN: Duration = Duration::from_secs(3);
 
+/// The `i`-th query of one kind.
+type QueryOf = Box<dyn Fn(usize) -> RecordQuery>;
+
 fn main() {
     let n: usize = std::env::var("MEDMESH_BENCH_RECORDS")
         .ok()
@@ -78,7 +81,7 @@ fn main() {
         .unwrap();
 
     println!("| query | queries/s | records per page |\n|---|---|---|");
-    let queries: [(&str, Box<dyn Fn(usize) -> RecordQuery>); 4] = [
+    let queries: [(&str, QueryOf); 4] = [
         (
             "by patient",
             Box::new(|i| RecordQuery {

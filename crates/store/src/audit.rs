@@ -5,7 +5,9 @@
 //! altered entry, which [`verify`] names. Entries are written in the same index
 //! transaction as the change they describe, so the log and the store never disagree.
 //! Someone who rewrites the whole tail consistently is caught only by comparing with an
-//! anchored head (the chain issue's `AuditAnchor`).
+//! anchored head: the node anchors its head in the `AuditAnchor` contract, and
+//! `medmesh audit verify --chain` (`medmesh_chain::anchor`) checks the log against every
+//! anchor.
 
 use std::collections::BTreeMap;
 
@@ -55,6 +57,14 @@ pub enum AuditAction {
     GrantRelay,
     /// A revocation a patient signed was relayed to the chain by this node.
     RevocationRelay,
+    /// The log's head was anchored on chain (`AuditAnchor`). The anchored head is the
+    /// hash of the entry before this one was written (detail `entries`, `head`): an
+    /// entry cannot contain its own hash.
+    AuditAnchored,
+    /// A webhook message was given up on after its last delivery attempt failed (the
+    /// detail holds its endpoint, attempts, last error, creation time and body: the dead
+    /// letter).
+    WebhookUndelivered,
 }
 
 /// What a caller asks to log.

@@ -16,7 +16,6 @@
 use medmesh_core::{Cid, ContentType, PatientRef, RecordId, RecordMeta};
 use medmesh_crypto::IndexKey;
 use redb::{ReadableTable, WriteTransaction};
-use serde::{Deserialize, Serialize};
 
 use crate::tables::{
     BY_OWNER, BY_PATIENT, BY_TIME, BY_TYPE, CONSENT_LINKS, HELD, RECORDS, REFS, REPLICATION,
@@ -34,8 +33,9 @@ pub(crate) fn time_key(t: &time::OffsetDateTime) -> u64 {
 }
 
 /// A record's entry in `RECORDS`: what removal needs without the key, and the sealed
-/// metadata.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// metadata. Stored in a small binary layout (see [`IndexEntry::encode`]): search
+/// decodes one per record it returns, so it must cost little next to the AEAD.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct IndexEntry {
     /// Owner fingerprint (public in the manifest anyway).
     pub owner: String,
@@ -44,11 +44,13 @@ pub(crate) struct IndexEntry {
     /// Tag of the media type.
     pub type_tag: String,
     /// Tag of the patient reference, if the record has one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patient_tag: Option<String>,
-    /// The metadata (JSON), sealed under the index key, hex.
-    pub sealed: String,
+    /// The metadata (JSON), sealed under the index key.
+    pub sealed: Vec<u8>,
 }
+
+/// First byte of an encoded entry.
+const ENTRY_VERSION: u8 = 1;
 
 impl IndexEntry {
     fn new(key: &IndexKey, id: &RecordId, meta: &RecordMeta) -> Result<Self, StoreError> {
@@ -58,7 +60,49 @@ impl IndexEntry {
             created: time_key(&meta.created),
             type_tag: type_tag(key, &meta.content_type),
             patient_tag: meta.patient.as_ref().map(|p| patient_tag(key, p)),
-            sealed: hex::encode(key.seal(&id.cid().to_bytes(), &json)?),
+            sealed: key.seal(&id.cid().to_bytes(), &json)?,
+        })
+    }
+
+    /// `version, created (u64 BE), then owner, type tag, patient tag as u8-length-
+    /// prefixed text (length 0: no patient), then the sealed metadata`.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + 8 + 3 + 64 + 64 + self.sealed.len());
+        out.push(ENTRY_VERSION);
+        out.extend_from_slice(&self.created.to_be_bytes());
+        for text in [
+            self.owner.as_str(),
+            self.type_tag.as_str(),
+            self.patient_tag.as_deref().unwrap_or(""),
+        ] {
+            out.push(u8::try_from(text.len()).expect("fingerprints and tags are short"));
+            out.extend_from_slice(text.as_bytes());
+        }
+        out.extend_from_slice(&self.sealed);
+        out
+    }
+
+    fn decode(id: &RecordId, bytes: &[u8]) -> Result<Self, StoreError> {
+        let bad = || StoreError::Corrupt(format!("index entry of record {id} is unreadable"));
+        let (&version, rest) = bytes.split_first().ok_or_else(bad)?;
+        if version != ENTRY_VERSION {
+            return Err(bad());
+        }
+        let (created, mut rest) = rest.split_first_chunk::<8>().ok_or_else(bad)?;
+        let mut texts = [String::new(), String::new(), String::new()];
+        for text in &mut texts {
+            let (&len, tail) = rest.split_first().ok_or_else(bad)?;
+            let (value, tail) = tail.split_at_checked(len.into()).ok_or_else(bad)?;
+            *text = std::str::from_utf8(value).map_err(|_| bad())?.to_string();
+            rest = tail;
+        }
+        let [owner, type_tag, patient_tag] = texts;
+        Ok(Self {
+            owner,
+            created: u64::from_be_bytes(*created),
+            type_tag,
+            patient_tag: (!patient_tag.is_empty()).then_some(patient_tag),
+            sealed: rest.to_vec(),
         })
     }
 
@@ -67,9 +111,8 @@ impl IndexEntry {
         let unreadable = |reason: String| {
             StoreError::Corrupt(format!("metadata of record {id} is unreadable: {reason}"))
         };
-        let sealed = hex::decode(&self.sealed).map_err(|e| unreadable(e.to_string()))?;
         let json = key
-            .open(&id.cid().to_bytes(), &sealed)
+            .open(&id.cid().to_bytes(), &self.sealed)
             .map_err(|e| unreadable(e.to_string()))?;
         serde_json::from_slice(&json).map_err(|e| unreadable(e.to_string()))
     }
@@ -95,9 +138,8 @@ pub(crate) fn insert_record(
 ) -> Result<(), StoreError> {
     let record = id.to_string();
     let entry = IndexEntry::new(key, id, meta)?;
-    let json = serde_json::to_vec(&entry).expect("index entries serialize");
     txn.open_table(RECORDS)?
-        .insert(record.as_str(), json.as_slice())?;
+        .insert(record.as_str(), entry.encode().as_slice())?;
     let ms = entry.created;
     txn.open_table(BY_TIME)?.insert((ms, record.as_str()), ())?;
     txn.open_table(BY_OWNER)?
@@ -175,6 +217,34 @@ pub(crate) fn get_entry(
 
 /// Parses a `RECORDS` value.
 pub(crate) fn parse_entry(id: &RecordId, bytes: &[u8]) -> Result<IndexEntry, StoreError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| StoreError::Corrupt(format!("index entry of record {id} is unreadable: {e}")))
+    IndexEntry::decode(id, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_and_damage_is_refused() {
+        let id = RecordId::from_manifest_cid(medmesh_core::cid_of(
+            medmesh_core::Codec::DagCbor,
+            b"entry",
+        ))
+        .unwrap();
+        for patient_tag in [None, Some("ab".repeat(16))] {
+            let entry = IndexEntry {
+                owner: "AB".repeat(32),
+                created: 1_700_000_000_000_000_000,
+                type_tag: "cd".repeat(16),
+                patient_tag,
+                sealed: vec![9; 284],
+            };
+            let bytes = entry.encode();
+            assert_eq!(IndexEntry::decode(&id, &bytes).unwrap(), entry);
+            assert!(IndexEntry::decode(&id, &bytes[..20]).is_err());
+            let mut other_version = bytes.clone();
+            other_version[0] = 9;
+            assert!(IndexEntry::decode(&id, &other_version).is_err());
+        }
+    }
 }

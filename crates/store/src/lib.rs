@@ -8,6 +8,7 @@
 //! - [`Store`] ties them together: ingest streams a record through encryption into
 //!   blocks, then commits its index entries and audit entry in one transaction.
 //! - Every table of the index is declared in one module, `tables`.
+//! - The webhook outbox ([`OutboxEntry`]) keeps messages for delivery across crashes.
 //! - The store directory is private to the node's user (directories 0700, files 0600;
 //!   [`secure_permissions`] repairs looser modes at every open).
 
@@ -18,6 +19,7 @@ mod error;
 mod index;
 mod leases;
 mod links;
+mod outbox;
 mod permissions;
 mod records;
 mod replicas;
@@ -36,6 +38,7 @@ pub use blocks::{BlockScan, Blockstore};
 pub use durable::atomic_write;
 pub use error::StoreError;
 pub use links::ConsentLink;
+pub use outbox::OutboxEntry;
 pub use permissions::secure_permissions;
 pub use records::{
     CheckReport, GcReport, OpenRecord, PutRequest, ReadProgress, RecordQuery, RemoveReport,

@@ -420,11 +420,36 @@ impl Store {
         let manifest = self.manifest(id)?;
         owner_cert.verify_manifest(&manifest)?;
         let key = decryptor.unwrap_key(&manifest.body)?;
-        let cipher = RecordCipher::new(&key, &manifest.body.envelope)?;
+        self.opened(lease, *id, manifest, &key)
+    }
+
+    /// Opens a record with a data key obtained elsewhere: a grantee's, released by the
+    /// record's owner and unwrapped with the grantee's key. The manifest is the block
+    /// the record id names (content addressing vouches for it) and every chunk is
+    /// authenticated under the key, so no owner certificate is needed here.
+    pub fn open_with_key(
+        &self,
+        id: &RecordId,
+        key: &DataKey,
+    ) -> Result<OpenRecord<'_>, StoreError> {
+        let lease = self.lease(id)?;
+        let manifest = self.manifest(id)?;
+        self.opened(lease, *id, manifest, key)
+    }
+
+    /// The record of `manifest` ready to stream under `key`, its metadata opened.
+    fn opened<'a>(
+        &'a self,
+        lease: crate::leases::ReadLease<'a>,
+        id: RecordId,
+        manifest: Manifest,
+        key: &DataKey,
+    ) -> Result<OpenRecord<'a>, StoreError> {
+        let cipher = RecordCipher::new(key, &manifest.body.envelope)?;
         let meta = cipher.open_meta(&manifest.body.meta, &manifest.body.owner)?;
         Ok(OpenRecord {
             store: self,
-            id: *id,
+            id,
             manifest,
             meta,
             cipher,

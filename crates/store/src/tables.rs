@@ -40,6 +40,9 @@ pub(crate) const CONSENT_LINKS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("consent_links");
 /// Record id → its replication settings (JSON).
 pub(crate) const REPLICATION: TableDefinition<&str, &[u8]> = TableDefinition::new("replication");
+/// Sequence number → a webhook message waiting for delivery (`OutboxEntry` as JSON:
+/// its stable id, endpoint, body, attempts, next attempt).
+pub(crate) const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("webhook_outbox");
 
 /// Creates every table so readers never meet a missing one.
 pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
@@ -54,5 +57,6 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(CONSENT_LINKS)?;
     txn.open_table(REPLICATION)?;
     txn.open_table(HELD)?;
+    txn.open_table(OUTBOX)?;
     Ok(())
 }

@@ -260,8 +260,26 @@ pub fn open_released(
     wrap_message: Vec<u8>,
     grantee: usize,
 ) -> Vec<u8> {
+    open_released_with(
+        |cid| store.blocks().get(cid).expect("block"),
+        record,
+        wrap_message,
+        grantee,
+    )
+}
+
+/// [`open_released`] reading blocks through `block` (e.g. from another process's
+/// store directory).
+pub fn open_released_with(
+    block: impl Fn(&medmesh_core::Cid) -> Vec<u8>,
+    record: &medmesh_core::RecordId,
+    wrap_message: Vec<u8>,
+    grantee: usize,
+) -> Vec<u8> {
     let keys = crate::institution(grantee);
-    let mut body = store.manifest(record).expect("manifest").body;
+    let mut body = medmesh_core::Manifest::decode(&block(record.cid()))
+        .expect("manifest")
+        .body;
     body.key_wraps = vec![medmesh_core::KeyWrap {
         recipient: keys.certificate().expect("certificate").id(),
         algorithm: medmesh_core::KeyWrapAlgorithm::OpenPgpMlKem768X25519,
@@ -276,10 +294,10 @@ pub fn open_released(
     let mut plaintext = Vec::new();
     let last = body.chunks.len() - 1;
     for (i, cid) in body.chunks.iter().enumerate() {
-        let mut block = store.blocks().get(cid).expect("block");
+        let mut chunk = block(cid);
         plaintext.extend_from_slice(
             cipher
-                .open_chunk(i as u64, i == last, &mut block)
+                .open_chunk(i as u64, i == last, &mut chunk)
                 .expect("chunk opens"),
         );
     }

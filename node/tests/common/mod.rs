@@ -22,6 +22,8 @@ pub struct Proc {
     pub child: Option<Child>,
     /// Where the node's log goes (at debug level), when the test reads it.
     pub log: Option<PathBuf>,
+    /// How it reaches a chain (`--chain-rpc …`); empty: `--no-chain`.
+    pub chain_args: Vec<String>,
 }
 
 pub fn medmesh(dir: &Path) -> Command {
@@ -38,15 +40,31 @@ pub fn medmesh(dir: &Path) -> Command {
 impl Proc {
     /// A new node (keys of its own) in `base/name`, dialing `peers` at start.
     pub fn start(base: &Path, name: &str, peers: &[&Proc]) -> Self {
-        Self::start_inner(base, name, peers, false)
+        Self::start_inner(base, name, peers, false, Vec::new())
+    }
+
+    /// [`Proc::start`] on a chain: `chain_args` are the `--chain-…` flags.
+    pub fn start_on_chain(
+        base: &Path,
+        name: &str,
+        peers: &[&Proc],
+        chain_args: Vec<String>,
+    ) -> Self {
+        Self::start_inner(base, name, peers, false, chain_args)
     }
 
     /// [`Proc::start`], logging at debug level to `base/name.log` (see [`Proc::log`]).
     pub fn start_logged(base: &Path, name: &str, peers: &[&Proc]) -> Self {
-        Self::start_inner(base, name, peers, true)
+        Self::start_inner(base, name, peers, true, Vec::new())
     }
 
-    fn start_inner(base: &Path, name: &str, peers: &[&Proc], logged: bool) -> Self {
+    fn start_inner(
+        base: &Path,
+        name: &str,
+        peers: &[&Proc],
+        logged: bool,
+        chain_args: Vec<String>,
+    ) -> Self {
         let dir = base.join(name);
         let out = medmesh(&dir)
             .args(["init", "--institution", "Test Hospital"])
@@ -65,6 +83,7 @@ impl Proc {
             peer_id: String::new(),
             child: None,
             log: logged.then(|| base.join(format!("{name}.log"))),
+            chain_args,
         };
         let peers: Vec<String> = peers.iter().map(|p| p.addr()).collect();
         node.run(&peers);
@@ -78,9 +97,13 @@ impl Proc {
     /// Starts (or restarts) the process and waits until it serves.
     pub fn run(&mut self, peers: &[String]) {
         let mut cmd = medmesh(&self.dir);
+        cmd.arg("node");
+        if self.chain_args.is_empty() {
+            cmd.arg("--no-chain");
+        } else {
+            cmd.args(&self.chain_args);
+        }
         cmd.args([
-            "node",
-            "--no-chain",
             "--listen",
             &format!("127.0.0.1:{}", self.api),
             "--p2p-listen",
@@ -168,5 +191,36 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+impl Proc {
+    /// A new node without chain or peers, logged like [`Proc::start_logged`], started
+    /// after `configure` edited its fresh data dir (e.g. appended a `[[webhooks]]` table
+    /// to `medmesh.toml` and wrote the secret file it names).
+    pub fn start_configured(base: &Path, name: &str, configure: impl FnOnce(&Path)) -> Self {
+        let dir = base.join(name);
+        let out = medmesh(&dir)
+            .args(["init", "--institution", "Test Hospital"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        configure(&dir);
+        let mut node = Proc {
+            dir,
+            api: free_port(),
+            p2p: free_port(),
+            token: String::new(),
+            peer_id: String::new(),
+            child: None,
+            log: Some(base.join(format!("{name}.log"))),
+            chain_args: Vec::new(),
+        };
+        node.run(&[]);
+        node
     }
 }

@@ -1,11 +1,12 @@
 //! Key release over HTTP: consent links, challenges and key requests. The checks are
 //! the service layer's (`medmesh_chain::KeyReleaser`), the same for every transport.
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use medmesh_api_types::{
-    ChallengeResponse, ConsentLinkRequest, ConsentLinkResponse, KeyRequestBody, KeyResponse,
+    ChallengeQuery, ChallengeResponse, ConsentLinkRequest, ConsentLinkResponse, KeyRequestBody,
+    KeyResponse,
 };
-use medmesh_chain::{Access, KeyRequest};
+use medmesh_chain::KeyRequest;
 use medmesh_core::RecordId;
 use medmesh_crypto::eth::Address;
 
@@ -54,9 +55,12 @@ pub async fn link(
     post,
     path = "/v1/access/challenge",
     tag = "access",
+    params(ChallengeQuery),
     responses(
         (status = 200, body = ChallengeResponse),
+        (status = 400, description = "Malformed PeerId", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The owner's node cannot be reached or refused", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "No chain configured", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -64,10 +68,22 @@ pub async fn link(
 pub async fn challenge(
     State(state): State<AppState>,
     _principal: Principal,
+    Query(query): Query<ChallengeQuery>,
 ) -> Result<axum::Json<ChallengeResponse>, ApiError> {
+    let owner = parse_owner(query.owner.as_deref())?;
     Ok(axum::Json(ChallengeResponse {
-        challenge: state.services().challenge()?,
+        challenge: state.services().challenge_for(owner).await?,
     }))
+}
+
+fn parse_owner(owner: Option<&str>) -> Result<Option<medmesh_net::PeerId>, ApiError> {
+    owner
+        .map(|o| {
+            o.trim()
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("`owner` `{o}` is not a PeerId")))
+        })
+        .transpose()
 }
 
 /// Ask for a record's data key (released only under a valid on-chain grant).
@@ -82,8 +98,8 @@ pub async fn challenge(
         (status = 400, description = "Malformed request or certificate", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Not authenticated, bad challenge, or not signed by the grantee", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Consent does not allow it (no grant, expired, revoked, wrong purpose), certificate not the published one, or record not linked", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown record", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "The owner's node cannot be reached", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "No chain configured, or the chain is unreachable", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -99,6 +115,7 @@ pub async fn request_key(
         .grantee
         .parse()
         .map_err(|_| ApiError::bad_request("`grantee` is not an Ethereum address"))?;
+    let owner = parse_owner(body.owner.as_deref())?;
     let request = KeyRequest {
         record,
         grantee,
@@ -109,17 +126,14 @@ pub async fn request_key(
     };
     let released = state
         .services()
-        .release_key(request, &principal.actor())
+        .request_key(request, &principal.actor(), owner)
         .await?;
-    let (access, access_id) = match released.access {
-        Access::Granted { grant_id, .. } => ("grant", grant_id.to_string()),
-        Access::Emergency { emergency_id, .. } => ("emergency", emergency_id.to_string()),
-    };
     Ok(axum::Json(KeyResponse {
         recipient: released.key_wrap.recipient.to_string(),
         algorithm: "openpgp-pkesk6-mlkem768-x25519".into(),
         key_wrap: hex::encode(&released.key_wrap.message),
-        access: access.into(),
-        access_id,
+        access: released.access,
+        access_id: released.access_id,
+        released_by: released.released_by.map(|p| p.to_string()),
     }))
 }

@@ -3,7 +3,10 @@
 
 use alloy::primitives::{Bytes, B256, U256};
 use axum::extract::State;
-use medmesh_api_types::{ChainInfo, GrantEntry, RelayResponse, SignedGrant, SignedRevocation};
+use medmesh_api_types::{
+    AuditAnchorInfo, AuditAnchoring, ChainInfo, GrantEntry, NodeRegistration, RelayResponse,
+    SignedGrant, SignedRevocation,
+};
 use medmesh_chain::bindings::{GrantConsent, RevokeConsent};
 use medmesh_chain::Relayed;
 use medmesh_crypto::eth::Address;
@@ -17,7 +20,8 @@ use crate::auth::{refused, Principal, RelayCaller};
 use crate::error::{ApiError, Problem};
 use crate::state::AppState;
 
-/// The node's chain and contract addresses.
+/// The node's chain and contract addresses, its registration in `NodeRegistry` and
+/// the anchoring of its audit log.
 #[utoipa::path(
     get,
     path = "/v1/chain",
@@ -34,11 +38,42 @@ pub async fn chain_info(
     _principal: Principal,
 ) -> Result<axum::Json<ChainInfo>, ApiError> {
     let c = state.services().chain()?;
+    let life = state.services().chain_life();
     Ok(axum::Json(ChainInfo {
         chain_id: c.chain_id,
         node_registry: c.deployment.node_registry.to_string(),
         consent_registry: c.deployment.consent_registry.to_string(),
         audit_anchor: c.deployment.audit_anchor.to_string(),
+        registration: life.as_ref().map(|l| {
+            let r = &l.registration;
+            NodeRegistration {
+                account: r.account.to_string(),
+                peer_id: r.peer_id.clone(),
+                cert_fingerprint: r.cert_fingerprint.clone(),
+                name: r.name.clone(),
+                approved: r.approved,
+                registered: r.registered,
+                checked: r.checked,
+                transaction: r.transaction.map(|t| t.to_string()),
+                error: r.error.clone(),
+            }
+        }),
+        anchoring: life.map(|l| {
+            let a = l.anchoring;
+            AuditAnchoring {
+                enabled: a.enabled,
+                interval_secs: a.interval_secs,
+                every_entries: a.every_entries,
+                last: a.last.map(|last| AuditAnchorInfo {
+                    index: last.index,
+                    head: last.head,
+                    entries: last.entries,
+                    anchored_at: last.anchored_at,
+                    transaction: last.transaction.map(|t| t.to_string()),
+                }),
+                error: a.error,
+            }
+        }),
     }))
 }
 

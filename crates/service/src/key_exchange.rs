@@ -1,0 +1,231 @@
+//! Key release between nodes: answering peers' key calls over libp2p with the same
+//! releaser, audit and events as HTTP, and forwarding a grantee's request to the
+//! record owner's node when the record is not this node's.
+//!
+//! A researcher talks to its own node; institutions reach each other over libp2p only.
+//! So `POST /v1/access/challenge` and `POST /v1/records/{id}/key` on any node, given
+//! the owner's node (`owner`, a PeerId), ask that node (`/medmesh/key/1.0.0`), whose
+//! answer (the key wrapped for the grantee, or its one refusal) comes back unchanged:
+//! the forwarding node never sees the data key. Without `owner` the node answers itself.
+//! A node answering a peer's call never forwards it on.
+
+use std::sync::{Arc, Weak};
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use medmesh_chain::{Access, KeyRequest};
+use medmesh_core::{KeyWrap, KeyWrapAlgorithm};
+use medmesh_net::{KeyAnswer, KeyCall, KeyHandler, PeerId};
+
+use crate::access::release_code;
+use crate::error::ServiceError;
+use crate::services::NodeServices;
+
+/// A released key, from this node or the owner's.
+#[derive(Debug, Clone)]
+pub struct ReleasedKey {
+    /// The data key, wrapped for the grantee's certificate.
+    pub key_wrap: KeyWrap,
+    /// `grant` or `emergency`.
+    pub access: String,
+    /// The grant or emergency id.
+    pub access_id: String,
+    /// The owner's node, when the request was forwarded to it.
+    pub released_by: Option<PeerId>,
+}
+
+impl NodeServices {
+    /// Answers peers' key calls over libp2p (challenges and key requests, audited
+    /// under `peer:<PeerId>`). Call once the services are shared; does nothing without
+    /// a network. Returns whether it was set now.
+    pub fn serve_keys_to_peers(self: &Arc<Self>) -> bool {
+        match self.network() {
+            Some(network) => network.serve_keys(Arc::new(PeerKeyCalls(Arc::downgrade(self)))),
+            None => false,
+        }
+    }
+
+    /// Where a key request is answered: `None` for this node, else the owner's node the
+    /// caller named. Decided by the caller's `owner` alone, never by whether a record is
+    /// stored here: that answer would tell a caller without a grant which CIDs this
+    /// node holds (see `ReleaseError::NotAllowed`).
+    fn key_owner(&self, owner: Option<PeerId>) -> Option<PeerId> {
+        owner.filter(|peer| Some(*peer) != self.network().map(|n| n.peer_id()))
+    }
+
+    /// A challenge to sign for a key request: this node's, or that of `owner` (the
+    /// node of the institution that owns the record), asked over libp2p.
+    pub async fn challenge_for(&self, owner: Option<PeerId>) -> Result<String, ServiceError> {
+        match self.key_owner(owner) {
+            None => self.challenge(),
+            Some(peer) => match self.call_owner(peer, &KeyCall::Challenge).await? {
+                KeyAnswer::Challenge { challenge } => Ok(challenge),
+                other => Err(unexpected(peer, other)),
+            },
+        }
+    }
+
+    /// Releases a record's key to a grantee: here, or by `owner` (the owner's node,
+    /// asked over libp2p), whose answer comes back unchanged. `caller` is who asked, as
+    /// audited (here, and by the owner as this node's `peer:…`).
+    pub async fn request_key(
+        &self,
+        request: KeyRequest,
+        caller: &str,
+        owner: Option<PeerId>,
+    ) -> Result<ReleasedKey, ServiceError> {
+        let Some(peer) = self.key_owner(owner) else {
+            let released = self.release_key(request, caller).await?;
+            let (access, access_id) = access_of(&released.access);
+            return Ok(ReleasedKey {
+                key_wrap: released.key_wrap,
+                access: access.into(),
+                access_id,
+                released_by: None,
+            });
+        };
+        let certificate = String::from_utf8(request.certificate).map_err(|_| {
+            ServiceError::InvalidInput(
+                "the certificate must be ASCII-armored to be forwarded to the owner's node".into(),
+            )
+        })?;
+        let call = KeyCall::Release {
+            record: request.record.to_string(),
+            grantee: request.grantee.to_string(),
+            purpose: request.purpose,
+            certificate,
+            challenge: request.challenge,
+            signature: request.signature,
+        };
+        tracing::info!(record = %request.record, owner = %peer, caller, "key request forwarded to the owner's node");
+        match self.call_owner(peer, &call).await? {
+            KeyAnswer::Released {
+                key_wrap,
+                recipient,
+                access,
+                access_id,
+            } => Ok(ReleasedKey {
+                key_wrap: KeyWrap {
+                    recipient: medmesh_core::InstitutionId::new(&recipient).map_err(|_| {
+                        unexpected_text(peer, "a recipient that is not a fingerprint")
+                    })?,
+                    algorithm: KeyWrapAlgorithm::OpenPgpMlKem768X25519,
+                    message: hex::decode(&key_wrap)
+                        .map_err(|_| unexpected_text(peer, "a key wrap that is not hex"))?,
+                },
+                access,
+                access_id,
+                released_by: Some(peer),
+            }),
+            other => Err(unexpected(peer, other)),
+        }
+    }
+
+    /// Sends `call` to the owner's node; a refusal becomes [`ServiceError::OwnerRefused`].
+    async fn call_owner(&self, peer: PeerId, call: &KeyCall) -> Result<KeyAnswer, ServiceError> {
+        let network = self.require_network()?;
+        let answer = network.call_keys(peer, call).await.map_err(|source| {
+            ServiceError::OwnerUnreachable {
+                owner: peer.to_string(),
+                source: Box::new(source),
+            }
+        })?;
+        match answer {
+            KeyAnswer::Refused { code, message } => Err(ServiceError::OwnerRefused {
+                owner: peer.to_string(),
+                code,
+                message,
+            }),
+            answer => Ok(answer),
+        }
+    }
+}
+
+fn access_of(access: &Access) -> (&'static str, String) {
+    match access {
+        Access::Granted { grant_id, .. } => ("grant", grant_id.to_string()),
+        Access::Emergency { emergency_id, .. } => ("emergency", emergency_id.to_string()),
+    }
+}
+
+fn unexpected(peer: PeerId, answer: KeyAnswer) -> ServiceError {
+    unexpected_text(peer, &format!("{answer:?}"))
+}
+
+fn unexpected_text(peer: PeerId, what: &str) -> ServiceError {
+    ServiceError::OwnerRefused {
+        owner: peer.to_string(),
+        code: "bad-answer".into(),
+        message: format!("the owner's node answered with {what}"),
+    }
+}
+
+/// The service's side of `/medmesh/key/1.0.0`. Weak: the network (inside the
+/// services) holds it, and must not keep the services alive.
+struct PeerKeyCalls(Weak<NodeServices>);
+
+impl KeyHandler for PeerKeyCalls {
+    fn answer(&self, peer: PeerId, call: KeyCall) -> BoxFuture<'static, KeyAnswer> {
+        let services = self.0.clone();
+        async move {
+            let Some(services) = services.upgrade() else {
+                return refusal("unavailable", "the node is stopping".into());
+            };
+            let caller = format!("peer:{peer}");
+            match call {
+                KeyCall::Challenge => match services.challenge() {
+                    Ok(challenge) => KeyAnswer::Challenge { challenge },
+                    Err(e) => refusal("unavailable", e.to_string()),
+                },
+                KeyCall::Release {
+                    record,
+                    grantee,
+                    purpose,
+                    certificate,
+                    challenge,
+                    signature,
+                } => {
+                    let (Ok(record), Ok(grantee)) = (record.parse(), grantee.parse()) else {
+                        return refusal(
+                            "bad-request",
+                            "the record is not a record id, or the grantee not an address".into(),
+                        );
+                    };
+                    let request = KeyRequest {
+                        record,
+                        grantee,
+                        purpose,
+                        certificate: certificate.into_bytes(),
+                        challenge,
+                        signature,
+                    };
+                    // Never forwarded on: a record that is not this node's is refused as
+                    // the releaser refuses one it does not have (held replicas have no
+                    // consent link).
+                    match services.release_key(request, &caller).await {
+                        Ok(released) => {
+                            let (access, access_id) = access_of(&released.access);
+                            KeyAnswer::Released {
+                                key_wrap: hex::encode(&released.key_wrap.message),
+                                recipient: released.key_wrap.recipient.to_string(),
+                                access: access.into(),
+                                access_id,
+                            }
+                        }
+                        // Already what a caller may be told (see `release_key`).
+                        Err(ServiceError::Release(e)) => refusal(release_code(&e), e.to_string()),
+                        Err(e) => refusal("unavailable", e.to_string()),
+                    }
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
+fn refusal(code: &str, message: String) -> KeyAnswer {
+    KeyAnswer::Refused {
+        code: code.into(),
+        message,
+    }
+}
