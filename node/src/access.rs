@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use medmesh_chain::KeyRequest;
 use medmesh_crypto::SecretKeys;
 use medmesh_net::{PeerId, Transfer};
+use medmesh_service::GranteeKeys;
 
 use crate::commands::{parse_id, write_plaintext, CLI_ACTOR};
 use crate::datadir::{block_on, Node};
@@ -221,31 +221,19 @@ fn get(data_dir: &Path, source: &PassphraseSource, args: GetArgs) -> Result<()> 
                 report.providers.join(", ")
             );
         }
-        let challenge = services.challenge_for(Some(owner)).await?;
-        let grantee = alloy::signers::Signer::address(&wallet);
-        let message = KeyRequest::message(&id, grantee, args.purpose, &challenge);
-        let signature = alloy::signers::Signer::sign_message(&wallet, message.as_bytes())
-            .await
-            .context("signing the key request")?;
-        let request = KeyRequest {
-            record: id,
-            grantee,
-            purpose: args.purpose,
+        let keys = GranteeKeys {
             certificate,
-            challenge,
-            signature: format!("0x{}", hex::encode(signature.as_bytes())),
+            decryptor,
         };
-        let released = services
-            .request_key(request, CLI_ACTOR, Some(owner))
-            .await?;
+        let opened = services
+            .open_as_grantee(id, owner, args.purpose, &wallet, keys, CLI_ACTOR)
+            .await;
+        network.shutdown().await;
+        let (released, record) = opened?;
         eprintln!(
             "key released by {owner} ({} {})",
             released.access, released.access_id
         );
-        network.shutdown().await;
-        let record = services
-            .open_released(id, released.key_wrap, decryptor, CLI_ACTOR)
-            .await?;
         write_plaintext(record, &args.output, to_stdout).await
     })
 }

@@ -41,8 +41,7 @@ impl Node {
     pub fn unlock_keys(&self, passphrase: &Passphrase) -> Result<NodeKeys> {
         let secret = self.keystore.secret_keys()?;
         let mut decryptor = secret.unlock_decryption(passphrase)?;
-        self.store
-            .unlock_index(self.keystore.index_key(&mut decryptor)?);
+        self.open_index(&mut decryptor)?;
         Ok(NodeKeys {
             certificate: self.keystore.certificate()?,
             signer: Mutex::new(secret.unlock_signing(passphrase)?),
@@ -54,8 +53,14 @@ impl Node {
     /// institution's decryption key opens): what listing and inspecting need.
     pub fn unlock_index(&self, passphrase: &Passphrase) -> Result<()> {
         let mut decryptor = self.keystore.secret_keys()?.unlock_decryption(passphrase)?;
+        self.open_index(&mut decryptor)
+    }
+
+    /// Gives the store its index key (made now if the index holds no record yet).
+    fn open_index(&self, decryptor: &mut medmesh_crypto::UnlockedDecryptor) -> Result<()> {
+        let empty = self.store.record_count()? == 0;
         self.store
-            .unlock_index(self.keystore.index_key(&mut decryptor)?);
+            .unlock_index(self.keystore.index_key(decryptor, empty)?);
         Ok(())
     }
 

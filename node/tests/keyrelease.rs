@@ -178,6 +178,25 @@ async fn a_researcher_on_another_node_gets_the_key_from_the_owner_over_libp2p() 
         .expect("the release is audited");
     assert_eq!(release.actor, format!("peer:{}", c.peer_id));
     assert_eq!(release.subject, id);
+    // C audited who asked it, and what the owner answered.
+    let forwarded: Vec<_> = c
+        .client()
+        .audit(0, 1000)
+        .await
+        .unwrap()
+        .entries
+        .into_iter()
+        .filter(|e| e.action == "key_request_forwarded")
+        .collect();
+    assert_eq!(forwarded.len(), 2, "{forwarded:?}");
+    assert!(forwarded[0].detail["outcome"].starts_with("refused (not-allowed)"));
+    assert_eq!(forwarded[1].detail["outcome"], "released (grant)");
+    assert_eq!(forwarded[1].detail["owner"], a.peer_id);
+    assert!(
+        forwarded[1].actor.starts_with("token:"),
+        "{:?}",
+        forwarded[1]
+    );
 
     // Forged: names the researcher, signed by a stranger. Replayed: a used challenge.
     let (status, body, _) = raw_key_request(

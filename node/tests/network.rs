@@ -63,6 +63,13 @@ async fn three_nodes_find_fetch_and_outlive_the_owner() {
     assert_eq!(report.providers, vec![a.peer_id.clone()], "{report:?}");
     assert_eq!(report.blocks_fetched, report.blocks_total);
     assert_eq!(c.client().download(&id).await.unwrap(), data);
+    // C is a site of A's institution: the record it fetched is its own, listed as such
+    // (B, another institution, would only hold it).
+    let listed = c.client().search_all(&Default::default()).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|r| r.id.to_string()).collect::<Vec<_>>(),
+        vec![id.clone()]
+    );
 
     // A places a replica on B, then stops; C lost its copy and gets it from B.
     let status = a

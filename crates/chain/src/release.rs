@@ -201,9 +201,15 @@ impl ReleaseError {
     /// record (stored here? linked to a patient?); such refusals are answered as
     /// [`ReleaseError::NotAllowed`].
     pub fn reveals_the_record(&self) -> bool {
+        // A damaged consent link (`BadSalt`, `BadPatient`) is the node's fault, but only
+        // a stored, linked record has one: answered alike too, the cause audited.
         matches!(
             self,
-            ReleaseError::UnknownRecord(_) | ReleaseError::NotLinked(_) | ReleaseError::Denied(_)
+            ReleaseError::UnknownRecord(_)
+                | ReleaseError::NotLinked(_)
+                | ReleaseError::Denied(_)
+                | ReleaseError::BadSalt { .. }
+                | ReleaseError::BadPatient { .. }
         )
     }
 

@@ -182,23 +182,46 @@ impl Keystore {
     }
 
     /// The index key, unwrapped with the institution's decryption key. Made on first
-    /// use (a data dir created before the index was sealed has none yet); of two
-    /// processes making it at once, one writes it and both use that one.
-    pub fn index_key(&self, decryptor: &mut UnlockedDecryptor) -> Result<IndexKey, CryptoError> {
+    /// use when `may_create` (the caller knows the index holds nothing sealed yet: a
+    /// data dir created before the index was sealed has no key); of two processes
+    /// making it at once, one writes it and both use that one. A missing key of an
+    /// index that holds records is an error: a new key would open none of them.
+    pub fn index_key(
+        &self,
+        decryptor: &mut UnlockedDecryptor,
+        may_create: bool,
+    ) -> Result<IndexKey, CryptoError> {
+        static TEMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let path = self.dir.join(INDEX_KEY);
         if !path.exists() {
+            if !may_create {
+                return Err(CryptoError::Keystore {
+                    path,
+                    reason: "missing, but the index holds records sealed under it; restore \
+                             the file from the backup of this data dir"
+                        .into(),
+                });
+            }
             // Written whole under a temporary name, then linked into place: a reader
             // never sees half a key, and a link that finds one already there loses.
             let wrap = self.certificate()?.wrap(&DataKey::generate()?)?;
-            let temp = self
-                .dir
-                .join(format!(".{INDEX_KEY}.tmp-{}", std::process::id()));
+            let temp = self.dir.join(format!(
+                ".{INDEX_KEY}.tmp-{}-{}",
+                std::process::id(),
+                TEMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
             let _ = fs::remove_file(&temp);
             write_new_file(&temp, &wrap.message, 0o600)?;
             let linked = fs::hard_link(&temp, &path);
             let _ = fs::remove_file(&temp);
             match linked {
-                Ok(()) => tracing::info!(path = %path.display(), "created the index key"),
+                Ok(()) => {
+                    // The link must survive a crash before anything is sealed under it.
+                    fs::File::open(&self.dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(io_err(&self.dir))?;
+                    tracing::info!(path = %path.display(), "created the index key");
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(io_err(&path)(e)),
             }

@@ -197,7 +197,13 @@ fn the_index_key_is_made_once_private_and_opens_only_with_the_institution_key() 
     let p = pass("hunter2hunter2");
     let store = Keystore::create(&keys, "Clinic", &p).unwrap();
     let mut decryptor = store.secret_keys().unwrap().unlock_decryption(&p).unwrap();
-    let first = store.index_key(&mut decryptor).unwrap();
+    let err = store.index_key(&mut decryptor, false).unwrap_err();
+    assert!(
+        err.to_string().contains("restore"),
+        "not made for an index with records: {err}"
+    );
+    assert!(!keys.join("index.key").exists());
+    let first = store.index_key(&mut decryptor, true).unwrap();
     let mode = std::fs::metadata(keys.join("index.key"))
         .unwrap()
         .permissions()
@@ -205,7 +211,7 @@ fn the_index_key_is_made_once_private_and_opens_only_with_the_institution_key() 
         & 0o777;
     assert_eq!(mode, 0o600);
     // The same key the next time (it was stored, not made again).
-    let again = store.index_key(&mut decryptor).unwrap();
+    let again = store.index_key(&mut decryptor, false).unwrap();
     assert_eq!(first.tag("patient", "MRN-1"), again.tag("patient", "MRN-1"));
     let on_disk = std::fs::read(keys.join("index.key")).unwrap();
     assert!(
@@ -217,6 +223,6 @@ fn the_index_key_is_made_once_private_and_opens_only_with_the_institution_key() 
     let other_dir = tempfile::tempdir().unwrap();
     let other = Keystore::create(&other_dir.path().join("keys"), "Lab", &p).unwrap();
     let mut other_decryptor = other.secret_keys().unwrap().unlock_decryption(&p).unwrap();
-    let err = store.index_key(&mut other_decryptor).unwrap_err();
+    let err = store.index_key(&mut other_decryptor, true).unwrap_err();
     assert!(err.to_string().contains("index.key"), "{err}");
 }

@@ -30,6 +30,11 @@ const TOTAL: usize = 64;
 /// How long the owner may take to answer (a release syncs the consent cache and
 /// unwraps a post-quantum key).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+/// Key calls answered per second from all peers together (bursts of twice that). It
+/// bounds the challenges peers can make this node issue: at this rate, the challenges of
+/// five minutes (their lifetime) fit in the releaser's table, so no flood of fresh peer
+/// ids can push an honest grantee's challenge out before it is used.
+const CALLS_PER_SEC: f64 = 100.0;
 
 /// What a grantee's node asks the owner's node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,12 +99,17 @@ pub(crate) fn serve(network: &Network) -> Result<(), NetError> {
     let mut incoming = network.accept(PROTOCOL)?;
     let network = network.clone();
     let slots = Slots::new("key requests", PER_PEER, TOTAL);
+    let rate = Arc::new(CallRate::new(CALLS_PER_SEC));
     tokio::spawn(async move {
         while let Some((peer, mut stream)) = incoming.next().await {
-            let (network, slots) = (network.clone(), slots.clone());
+            let (network, slots, rate) = (network.clone(), slots.clone(), rate.clone());
             tokio::spawn(async move {
                 let answer = match slots.try_take(peer) {
-                    Ok(_slot) => network.answer_key_call(peer, &mut stream).await,
+                    Ok(_slot) if rate.take() => network.answer_key_call(peer, &mut stream).await,
+                    Ok(_slot) => refused(
+                        "busy",
+                        format!("more than {CALLS_PER_SEC} key calls a second; retry shortly"),
+                    ),
                     Err(full) => refused("busy", full),
                 };
                 if let Some(answer) = answer {
@@ -110,6 +120,37 @@ pub(crate) fn serve(network: &Network) -> Result<(), NetError> {
         }
     });
     Ok(())
+}
+
+/// A token bucket of calls: `per_sec` a second, bursts of twice that.
+struct CallRate {
+    per_sec: f64,
+    state: std::sync::Mutex<(f64, std::time::Instant)>,
+}
+
+impl CallRate {
+    fn new(per_sec: f64) -> Self {
+        Self {
+            per_sec,
+            state: std::sync::Mutex::new((2.0 * per_sec, std::time::Instant::now())),
+        }
+    }
+
+    /// Takes one call's token; `false` when none is left.
+    fn take(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, last) = &mut *state;
+        let now = std::time::Instant::now();
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.per_sec)
+            .min(2.0 * self.per_sec);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 fn refused(code: &str, message: impl Into<String>) -> Option<KeyAnswer> {
@@ -182,5 +223,23 @@ impl Network {
                 source: None,
             })?
             .map_err(|e| failed("reading the answer to the key call", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_call_rate_allows_a_burst_then_refuses_until_it_refills() {
+        let rate = CallRate::new(10.0);
+        let allowed = (0..100).filter(|_| rate.take()).count();
+        assert_eq!(allowed, 20, "a burst of twice the rate");
+        std::thread::sleep(Duration::from_millis(250));
+        let refilled = (0..100).filter(|_| rate.take()).count();
+        assert!(
+            (2..=4).contains(&refilled),
+            "{refilled} after a quarter second"
+        );
     }
 }

@@ -12,7 +12,7 @@ use medmesh_core::RecordId;
 use medmesh_net::{NetError, Network};
 
 use crate::lock;
-use medmesh_store::{RecordQuery, Store};
+use medmesh_store::Store;
 
 /// How often failed announcements are tried again.
 const RETRY_EVERY: Duration = Duration::from_secs(60);
@@ -66,17 +66,9 @@ impl Announcer {
     pub(crate) fn spawn(self: &Arc<Self>, network: Network, store: Arc<Store>) {
         let this = self.clone();
         tokio::spawn(async move {
-            // Ids only (the index's metadata is not needed), read as the index streams.
-            let listed = tokio::task::spawn_blocking(move || {
-                let mut ids = Vec::new();
-                store
-                    .scan_records(&RecordQuery::default(), |id, _| {
-                        ids.push(id);
-                        std::ops::ControlFlow::Continue(())
-                    })
-                    .map(|()| ids)
-            })
-            .await;
+            // Ids only, own and held (replicas must stay findable too): no metadata, no
+            // index key needed.
+            let listed = tokio::task::spawn_blocking(move || store.record_ids()).await;
             match listed {
                 Ok(Ok(ids)) => {
                     for id in ids {

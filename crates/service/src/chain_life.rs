@@ -238,6 +238,7 @@ impl NodeServices {
             name,
             settings,
             registration_warned: None,
+            replaced_other: false,
             anchoring_warned: None,
         };
         tokio::spawn(life.run());
@@ -265,6 +266,9 @@ struct Life {
     settings: ChainLifeSettings,
     /// The last problem logged as a warning, so a retry every minute does not repeat it.
     registration_warned: Option<String>,
+    /// Whether this process already replaced another node's registration: it does so
+    /// once, so two nodes of one account cannot take turns every retry.
+    replaced_other: bool,
     anchoring_warned: Option<String>,
 }
 
@@ -421,6 +425,18 @@ impl Life {
         if let Some(node) = state.node.as_ref().filter(|n| n.active) {
             let peer = PeerId::from_bytes(&node.peer_id)
                 .map_or_else(|_| hex_bytes(&node.peer_id), |p| p.to_string());
+            let other_node = node.peer_id != self.peer_id;
+            if other_node && self.replaced_other {
+                // Another node of this account registered after us: two nodes share the
+                // account. Taking turns would cost a transaction a minute each.
+                self.registration_problem(format!(
+                    "NodeRegistry lists node {peer} for the account {} after this node \
+                     registered: two nodes use one account; give each node its own account, \
+                     or stop the other and restart this one",
+                    self.account
+                ));
+                return false;
+            }
             let certificate = hex_bytes(&node.certificate);
             tracing::warn!(
                 account = %self.account,
@@ -429,6 +445,7 @@ impl Life {
                 registered_name = %node.name,
                 "NodeRegistry lists another node (or name) for this account; registering this one"
             );
+            self.replaced_other |= other_node;
         }
         let sent = self
             .relayer

@@ -14,12 +14,24 @@ use std::sync::{Arc, Weak};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use medmesh_chain::{Access, KeyRequest};
-use medmesh_core::{KeyWrap, KeyWrapAlgorithm};
+use medmesh_core::{KeyWrap, KeyWrapAlgorithm, RecordId};
+use medmesh_crypto::UnlockedDecryptor;
 use medmesh_net::{KeyAnswer, KeyCall, KeyHandler, PeerId};
+use medmesh_store::AuditAction;
 
 use crate::access::release_code;
 use crate::error::ServiceError;
+use crate::records::OpenedRecord;
 use crate::services::NodeServices;
+
+/// A grantee's own keys: the certificate it published on chain (armored) and its
+/// unlocked secret key, which unwraps what owners release to it.
+pub struct GranteeKeys {
+    /// The certificate, ASCII-armored.
+    pub certificate: Vec<u8>,
+    /// Its secret decryption key.
+    pub decryptor: UnlockedDecryptor,
+}
 
 /// A released key, from this node or the owner's.
 #[derive(Debug, Clone)]
@@ -98,7 +110,27 @@ impl NodeServices {
             signature: request.signature,
         };
         tracing::info!(record = %request.record, owner = %peer, caller, "key request forwarded to the owner's node");
-        match self.call_owner(peer, &call).await? {
+        let answer = self.call_owner(peer, &call).await;
+        // The owner audits the request under this node; who asked here is audited here.
+        let outcome = match &answer {
+            Ok(KeyAnswer::Released { access, .. }) => format!("released ({access})"),
+            Ok(_) => "unexpected answer".to_string(),
+            Err(ServiceError::OwnerRefused { code, .. }) => format!("refused ({code})"),
+            Err(_) => "owner unreachable".to_string(),
+        };
+        self.audit(
+            AuditAction::KeyRequestForwarded,
+            caller,
+            &request.record.to_string(),
+            vec![
+                ("owner", peer.to_string()),
+                ("grantee", request.grantee.to_string()),
+                ("purpose", format!("DUO:{:07}", request.purpose)),
+                ("outcome", outcome),
+            ],
+        )
+        .await;
+        match answer? {
             KeyAnswer::Released {
                 key_wrap,
                 recipient,
@@ -119,6 +151,41 @@ impl NodeServices {
             }),
             other => Err(unexpected(peer, other)),
         }
+    }
+
+    /// Gets record `id` of another institution as a grantee: a challenge from `owner`
+    /// (the owner's node), the key request signed by `wallet` for `purpose`, the key
+    /// released by the owner wrapped for `grantee.certificate`, unwrapped by
+    /// `grantee.decryptor`, and the record opened with it (fetched first if missing).
+    /// Returns who released the key and the record, streaming.
+    pub async fn open_as_grantee(
+        &self,
+        id: RecordId,
+        owner: PeerId,
+        purpose: u32,
+        wallet: &(impl alloy::signers::Signer + Sync),
+        grantee: GranteeKeys,
+        actor: &str,
+    ) -> Result<(ReleasedKey, OpenedRecord), ServiceError> {
+        let challenge = self.challenge_for(Some(owner)).await?;
+        let message = KeyRequest::message(&id, wallet.address(), purpose, &challenge);
+        let signature = wallet
+            .sign_message(message.as_bytes())
+            .await
+            .map_err(|e| ServiceError::InvalidInput(format!("the wallet cannot sign: {e}")))?;
+        let request = KeyRequest {
+            record: id,
+            grantee: wallet.address(),
+            purpose,
+            certificate: grantee.certificate,
+            challenge,
+            signature: format!("0x{}", hex::encode(signature.as_bytes())),
+        };
+        let released = self.request_key(request, actor, Some(owner)).await?;
+        let record = self
+            .open_released(id, released.key_wrap.clone(), grantee.decryptor, actor)
+            .await?;
+        Ok((released, record))
     }
 
     /// Sends `call` to the owner's node; a refusal becomes [`ServiceError::OwnerRefused`].
@@ -149,7 +216,13 @@ fn access_of(access: &Access) -> (&'static str, String) {
 }
 
 fn unexpected(peer: PeerId, answer: KeyAnswer) -> ServiceError {
-    unexpected_text(peer, &format!("{answer:?}"))
+    // The kind of answer only: a misplaced `released` carries a key wrap.
+    let kind = match answer {
+        KeyAnswer::Challenge { .. } => "a challenge",
+        KeyAnswer::Released { .. } => "a released key",
+        KeyAnswer::Refused { .. } => "a refusal",
+    };
+    unexpected_text(peer, &format!("{kind} where it should not"))
 }
 
 fn unexpected_text(peer: PeerId, what: &str) -> ServiceError {

@@ -34,7 +34,7 @@ pub use chain_life::{
 pub use denials::DenialLog;
 pub use error::ServiceError;
 pub use events::{Audience, EventBus, NodeEvent};
-pub use key_exchange::ReleasedKey;
+pub use key_exchange::{GranteeKeys, ReleasedKey};
 pub use keys::NodeKeys;
 pub use network::{NetworkView, ReplicationView};
 pub use notify::{Delivery, EventStream};

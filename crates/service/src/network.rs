@@ -83,6 +83,9 @@ impl NodeServices {
     ) -> Result<FetchReport, ServiceError> {
         let net = self.require_network()?;
         let report = net.fetch_record(id, options, progress).await?;
+        if report.imported {
+            self.adopt_if_own(id).await;
+        }
         if report.blocks_fetched > 0 || report.imported {
             self.events.publish(NodeEvent::RecordFetched {
                 record: id.to_string(),
@@ -91,6 +94,35 @@ impl NodeServices {
             });
         }
         Ok(report)
+    }
+
+    /// A record just imported that this institution owns (fetched back from a replica,
+    /// or from another site) becomes one of its own records again: listed, searchable,
+    /// linkable. Needs the institution's keys to open its metadata; without them, or on
+    /// failure (logged), it stays held.
+    async fn adopt_if_own(&self, id: RecordId) {
+        let Ok(keys) = self.keys().cloned() else {
+            return;
+        };
+        let store = self.store.clone();
+        let adopted = blocking("record adoption", move || {
+            let manifest = store.manifest(&id)?;
+            if manifest.body.owner != keys.certificate.id() {
+                return Ok(false);
+            }
+            let meta = {
+                let mut decryptor = keys.decryptor.lock().unwrap_or_else(|e| e.into_inner());
+                store
+                    .open_record(&id, &keys.certificate, &mut decryptor)?
+                    .meta()
+                    .clone()
+            };
+            Ok(store.adopt_record(&id, &meta)?)
+        })
+        .await;
+        if let Err(e) = adopted {
+            tracing::warn!(record = %id, error = %e, "a record of this institution fetched from peers stays held");
+        }
     }
 
     /// Fetches record `id` when this node lacks it and the network is on (downloads

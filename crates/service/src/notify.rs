@@ -1,5 +1,5 @@
 //! Subscriptions to the event bus for one [`Audience`], for the transports that deliver
-//! events to people (Server-Sent Events over HTTP; later webhooks, MQTT): which events
+//! events to people (Server-Sent Events over HTTP, webhooks; later MQTT): which events
 //! the audience may see, which kinds it asked for, numbering, and telling a subscriber
 //! that fell behind how much it missed. The rules live here once, so every transport
 //! shows a patient the same events.

@@ -307,8 +307,10 @@ fn with_jitter(delay: Duration) -> Duration {
     if ring::rand::SystemRandom::new().fill(&mut r).is_err() {
         return delay;
     }
-    let extra = millis(delay) / 10 * u64::from(u16::from_le_bytes(r)) / u64::from(u16::MAX);
-    delay + Duration::from_millis(extra)
+    // Saturating: `delay` may come from a receiver's `Retry-After`, whatever it says.
+    let extra =
+        (millis(delay) / 10).saturating_mul(u64::from(u16::from_le_bytes(r))) / u64::from(u16::MAX);
+    delay.saturating_add(Duration::from_millis(extra))
 }
 
 /// The running webhook loops. Dropping this leaves them running (for the life of the
@@ -601,7 +603,10 @@ async fn deliver_loop(shared: Arc<Shared>) {
                 Err(e) => {
                     in_flight.remove(&e.id());
                     tracing::error!(error = %e, "a webhook delivery task failed");
-                    refill = true;
+                    // Its message is still due: try again after the first retry delay,
+                    // not at once (a task that keeps failing must not spin).
+                    let at = now_ms() + millis(FIRST_RETRY);
+                    wake_at = Some(wake_at.map_or(at, |w| w.min(at)));
                 }
             },
             () = shared.enqueued.notified() => refill = true,
@@ -685,8 +690,9 @@ async fn deliver(shared: Arc<Shared>, entry: OutboxEntry) -> Outcome {
         );
         return give_up(&shared, entry, error).await;
     }
-    let delay = with_jitter(retry_delay(failures).max(retry_after.unwrap_or_default()))
-        .min(MAX_RETRY + MAX_RETRY / 10);
+    // A receiver's `Retry-After` is capped before anything is computed from it.
+    let asked = retry_after.unwrap_or_default().min(MAX_RETRY);
+    let delay = with_jitter(retry_delay(failures).max(asked)).min(MAX_RETRY + MAX_RETRY / 10);
     let at = now_ms() + millis(delay);
     tracing::warn!(
         id = %entry.id,

@@ -65,6 +65,9 @@ pub enum AuditAction {
     /// detail holds its endpoint, attempts, last error, creation time and body: the dead
     /// letter).
     WebhookUndelivered,
+    /// A key request was forwarded to the record owner's node over libp2p (detail: the
+    /// owner, grantee, purpose and what the owner answered).
+    KeyRequestForwarded,
 }
 
 /// What a caller asks to log.

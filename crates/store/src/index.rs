@@ -136,6 +136,17 @@ pub(crate) fn insert_record(
     meta: &RecordMeta,
     blocks: &[Cid],
 ) -> Result<(), StoreError> {
+    insert_entries(txn, key, id, meta)?;
+    take_refs(txn, blocks)
+}
+
+/// Writes a record's entry and its secondary index entries (no block references).
+pub(crate) fn insert_entries(
+    txn: &WriteTransaction,
+    key: &IndexKey,
+    id: &RecordId,
+    meta: &RecordMeta,
+) -> Result<(), StoreError> {
     let record = id.to_string();
     let entry = IndexEntry::new(key, id, meta)?;
     txn.open_table(RECORDS)?
@@ -150,7 +161,7 @@ pub(crate) fn insert_record(
         txn.open_table(BY_PATIENT)?
             .insert((tag.as_str(), ms, record.as_str()), ())?;
     }
-    take_refs(txn, blocks)
+    Ok(())
 }
 
 /// Takes a reference on each of `blocks`.

@@ -2,6 +2,10 @@
 //! owning institution. On chain a record's consent scope is a salted hash of its id, so
 //! nobody can tell from the chain which record (or whose) a grant covers; the salt
 //! lives here and is handed to the patient so they can sign grants for that scope.
+//!
+//! A link names the patient's wallet, so it is sealed under the index key like the
+//! records' metadata (bound to the record id, under its own label): a copy of the data
+//! dir does not tell which records belong to one wallet.
 
 use std::collections::BTreeMap;
 
@@ -63,11 +67,12 @@ impl Store {
             patient,
             salt: hex::encode(salt),
         };
+        let json = serde_json::to_vec(&link).expect("links serialize");
+        let sealed = self.index_key()?.seal(&link_context(id), &json)?;
         let txn = self.db.begin_write()?;
         let key = id.to_string();
-        let json = serde_json::to_vec(&link).expect("links serialize");
         txn.open_table(CONSENT_LINKS)?
-            .insert(key.as_str(), json.as_slice())?;
+            .insert(key.as_str(), sealed.as_slice())?;
         audit::append(
             &mut txn.open_table(AUDIT)?,
             AuditEvent {
@@ -88,8 +93,22 @@ impl Store {
         let Some(v) = table.get(id.to_string().as_str())? else {
             return Ok(None);
         };
-        serde_json::from_slice(v.value())
+        let unreadable =
+            |e: String| StoreError::Corrupt(format!("consent link of {id} is unreadable: {e}"));
+        let json = self
+            .index_key()?
+            .open(&link_context(id), v.value())
+            .map_err(|e| unreadable(e.to_string()))?;
+        serde_json::from_slice(&json)
             .map(Some)
-            .map_err(|e| StoreError::Corrupt(format!("consent link of {id} is unreadable: {e}")))
+            .map_err(|e| unreadable(e.to_string()))
     }
+}
+
+/// What a link is sealed bound to: its record, under a label of its own (the record's
+/// metadata is sealed under the same key, bound to the bare id).
+fn link_context(id: &RecordId) -> Vec<u8> {
+    let mut context = b"consent-link/".to_vec();
+    context.extend_from_slice(&id.cid().to_bytes());
+    context
 }

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use medmesh_core::RecordId;
+use medmesh_core::{RecordId, RecordMeta};
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -138,6 +138,31 @@ impl Store {
         )?;
         txn.commit()?;
         tracing::info!(record = %id, owner = %held.owner, "record imported from the network");
+        Ok(true)
+    }
+
+    /// Makes a held record one of this node's own: for a record of this institution
+    /// fetched back from peers (a data dir restored from replicas, another site of the
+    /// institution), once its metadata was opened with the institution's key. Its blocks
+    /// keep their references. Returns `false` if it was not held here.
+    pub fn adopt_record(&self, id: &RecordId, meta: &RecordMeta) -> Result<bool, StoreError> {
+        let key = self.index_key()?;
+        let txn = self.db.begin_write()?;
+        let Some(held) = get_held(&txn.open_table(HELD)?, id)? else {
+            txn.abort()?;
+            return Ok(false);
+        };
+        if held.owner != meta.owner.as_str() {
+            txn.abort()?;
+            return Err(StoreError::InvalidInput(format!(
+                "record {id} is owned by {}, not by {}",
+                held.owner, meta.owner
+            )));
+        }
+        txn.open_table(HELD)?.remove(id.to_string().as_str())?;
+        index::insert_entries(&txn, key, id, meta)?;
+        txn.commit()?;
+        tracing::info!(record = %id, "a record of this institution fetched from peers is its own again");
         Ok(true)
     }
 

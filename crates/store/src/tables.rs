@@ -9,8 +9,8 @@ use redb::{TableDefinition, WriteTransaction};
 
 use crate::StoreError;
 
-/// Record id → its index entry (`IndexEntry` as JSON: the metadata sealed under the
-/// index key, and the lookup tags the secondary indexes use).
+/// Record id → its index entry (`IndexEntry` in its binary layout: the metadata sealed
+/// under the index key, and the lookup tags the secondary indexes use).
 pub(crate) const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 /// `(created, record id)`: every record, oldest first.
 pub(crate) const BY_TIME: TableDefinition<(u64, &str), ()> =

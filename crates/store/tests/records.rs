@@ -488,9 +488,9 @@ fn no_patient_reference_or_type_is_readable_from_any_file_of_the_store() {
     let mut f = fixture();
     let data = b"plaintext that names nobody".to_vec();
     let id = f.put_with(&data, with_marker(MIN_CHUNK_SIZE));
-    f.store
-        .link_patient(&id, &format!("0x{}", "ab".repeat(20)), "test")
-        .unwrap();
+    let wallet = format!("0x{}", "ab".repeat(20));
+    let link = f.store.link_patient(&id, &wallet, "test").unwrap();
+    assert_eq!(f.store.consent_link(&id).unwrap(), Some(link));
     // Search still finds it by patient and by type, through the keyed tags.
     let by_patient = f
         .store
@@ -527,7 +527,8 @@ fn no_patient_reference_or_type_is_readable_from_any_file_of_the_store() {
     );
     for path in files {
         let bytes = std::fs::read(&path).unwrap();
-        for marker in [MARKER_PATIENT, MARKER_TYPE, "x-marker"] {
+        // The consent link's wallet is sealed too.
+        for marker in [MARKER_PATIENT, MARKER_TYPE, "x-marker", &"ab".repeat(20)] {
             assert!(
                 !bytes.windows(marker.len()).any(|w| w == marker.as_bytes()),
                 "{marker} is readable in {}",

@@ -35,8 +35,11 @@ use crate::state::AppState;
 )]
 pub async fn chain_info(
     State(state): State<AppState>,
-    _principal: Principal,
+    principal: Principal,
 ) -> Result<axum::Json<ChainInfo>, ApiError> {
+    // Why registration or anchoring fails (RPC errors may name the chain's URL) is the
+    // operator's to see, not every signed-in wallet's.
+    let operator = matches!(principal, Principal::Operator { .. });
     let c = state.services().chain()?;
     let life = state.services().chain_life();
     Ok(axum::Json(ChainInfo {
@@ -55,7 +58,7 @@ pub async fn chain_info(
                 registered: r.registered,
                 checked: r.checked,
                 transaction: r.transaction.map(|t| t.to_string()),
-                error: r.error.clone(),
+                error: r.error.clone().filter(|_| operator),
             }
         }),
         anchoring: life.map(|l| {
@@ -71,7 +74,7 @@ pub async fn chain_info(
                     anchored_at: last.anchored_at,
                     transaction: last.transaction.map(|t| t.to_string()),
                 }),
-                error: a.error,
+                error: a.error.filter(|_| operator),
             }
         }),
     }))
