@@ -76,6 +76,8 @@ const NONCES: usize = 65_536;
 
 /// How many callers' worth of requests one client address may send.
 const ADDRESS_RATE_FACTOR: f64 = 10.0;
+/// Event streams one wallet session may hold open at once.
+pub const WALLET_STREAMS: usize = 2;
 
 /// Cheap-to-clone handle on everything a request needs.
 #[derive(Clone)]
@@ -96,6 +98,12 @@ pub(crate) struct Inner {
     pub started: Instant,
     /// One permit per open event stream (`max_event_streams`).
     pub event_streams: Arc<Semaphore>,
+    /// Wallet sessions' share of those: half, so signed-in wallets (anyone with a
+    /// wallet can sign in) cannot take the streams operators need.
+    pub wallet_streams: Arc<Semaphore>,
+    /// Event streams open per wallet (at most [`WALLET_STREAMS`] each).
+    pub streams_per_wallet:
+        Arc<Mutex<std::collections::HashMap<alloy::primitives::Address, usize>>>,
     /// Becomes `true` when the server begins to shut down: event streams end then,
     /// instead of holding the graceful shutdown for its whole grace period.
     pub closing: watch::Sender<bool>,
@@ -118,6 +126,8 @@ impl AppState {
                 metrics: Metrics::default(),
                 started: Instant::now(),
                 event_streams: Arc::new(Semaphore::new(config.max_event_streams)),
+                wallet_streams: Arc::new(Semaphore::new(config.max_event_streams / 2)),
+                streams_per_wallet: Arc::default(),
                 closing: watch::Sender::new(false),
                 services,
                 config,

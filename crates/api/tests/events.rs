@@ -372,3 +372,46 @@ async fn a_patient_sees_key_events_for_their_own_records_only() {
     assert_eq!(summary(&released), triple("key_released", "2", &mine));
     assert_eq!(released.data["access"], "grant");
 }
+
+#[tokio::test]
+async fn wallets_hold_few_streams_and_leave_room_for_operators() {
+    // Four streams: wallets may hold two of them, two each at most.
+    let node = TestNode::start_with(|c| c.max_event_streams = 4).await;
+    let (a, b) = (PrivateKeySigner::random(), PrivateKeySigner::random());
+    let (token_a, token_b) = (sign_in(&node, &a).await, sign_in(&node, &b).await);
+    let _first = subscribe(&node, &token_a, "").await;
+    let _second = subscribe(&node, &token_a, "").await;
+    let detail = problem(
+        open(&node, Some(&token_a), "").await,
+        StatusCode::TOO_MANY_REQUESTS,
+    )
+    .await;
+    assert!(detail.contains("a wallet may hold 2"), "{detail}");
+    // The wallets' half is full: another wallet waits, an operator does not.
+    let detail = problem(
+        open(&node, Some(&token_b), "").await,
+        StatusCode::SERVICE_UNAVAILABLE,
+    )
+    .await;
+    assert!(detail.contains("wallet sessions"), "{detail}");
+    let mut operator = subscribe(&node, &node.read_token, "").await;
+    let id = node.upload(b"operators still see the node".to_vec()).await;
+    let f = operator.next().await;
+    assert_eq!(
+        (f.event.as_str(), &f.data["record"]),
+        ("record_stored", &json!(id))
+    );
+    // A wallet's stream closed frees its place (once the server notices: at the latest
+    // at the next keep-alive, 15 s).
+    drop(_first);
+    let mut again = None;
+    for _ in 0..400 {
+        let resp = open(&node, Some(&token_a), "").await;
+        if resp.status() == StatusCode::OK {
+            again = Some(resp);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(again.is_some(), "the closed stream's place came back");
+}

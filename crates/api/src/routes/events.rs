@@ -18,7 +18,7 @@ use utoipa::IntoParams;
 use super::ApiQuery;
 use crate::auth::Principal;
 use crate::error::{ApiError, Problem};
-use crate::state::AppState;
+use crate::state::{AppState, WALLET_STREAMS};
 
 /// A comment line this often keeps proxies and clients from closing a quiet stream, and
 /// finds clients that went away.
@@ -55,6 +55,7 @@ pub struct EventParams {
         (status = 400, description = "Unknown event kind (the detail lists the kinds)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "This wallet holds as many event streams as it may", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "Too many event streams open on this node; retry later", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -82,15 +83,24 @@ pub async fn stream(
             .collect::<BTreeSet<_>>()
     });
     let subscription = state.services().subscribe_events(audience, kinds)?;
-    let Ok(permit) = state.inner.event_streams.clone().try_acquire_owned() else {
-        return Err(ApiError::unavailable(
+    let full = || {
+        ApiError::unavailable(
             "too-many-streams",
             format!(
                 "this node already serves {} event streams, its limit; close one or retry later",
                 state.config().max_event_streams
             ),
-        ));
+        )
     };
+    // Wallets (anyone can sign in) get half the streams, and a few each.
+    let wallet = match &principal {
+        Principal::Wallet { address } => Some(WalletStream::open(&state, *address)?),
+        Principal::Operator { .. } => None,
+    };
+    let Ok(permit) = state.inner.event_streams.clone().try_acquire_owned() else {
+        return Err(full());
+    };
+    let permit = (permit, wallet);
     let closing = state.inner.closing.subscribe();
     // The permit travels with the stream: it is released when the client goes away
     // (the body is dropped) or the stream ends.
@@ -113,6 +123,55 @@ pub async fn stream(
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response())
+}
+
+/// A wallet's hold on one of the wallets' event streams; released when dropped.
+struct WalletStream {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    address: alloy::primitives::Address,
+    open: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<alloy::primitives::Address, usize>>,
+    >,
+}
+
+impl WalletStream {
+    fn open(state: &AppState, address: alloy::primitives::Address) -> Result<Self, ApiError> {
+        let open = state.inner.streams_per_wallet.clone();
+        let mut counts = open.lock().unwrap_or_else(|e| e.into_inner());
+        // This wallet's own limit first: it is the one the caller can act on.
+        if counts.get(&address).copied().unwrap_or(0) >= WALLET_STREAMS {
+            return Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "too-many-streams",
+                format!("a wallet may hold {WALLET_STREAMS} event streams at once; close one"),
+            ));
+        }
+        let Ok(permit) = state.inner.wallet_streams.clone().try_acquire_owned() else {
+            return Err(ApiError::unavailable(
+                "too-many-streams",
+                "wallet sessions hold every event stream they may; retry later",
+            ));
+        };
+        *counts.entry(address).or_default() += 1;
+        drop(counts);
+        Ok(Self {
+            _permit: permit,
+            address,
+            open,
+        })
+    }
+}
+
+impl Drop for WalletStream {
+    fn drop(&mut self) {
+        let mut counts = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.address);
+            }
+        }
+    }
 }
 
 /// One delivery as an SSE event.
