@@ -108,9 +108,11 @@ async fn a_researcher_on_another_node_gets_the_key_from_the_owner_over_libp2p() 
     let chain = Chain::start_on(Backend::Embedded).await;
     let base = tempfile::tempdir().unwrap();
     let args = chain_args(&chain, base.path());
+    // C, the researcher's own node, reads the chain (no account) and reaches A over
+    // libp2p only.
+    let read_only: Vec<String> = args[..4].to_vec();
     let mut a = Proc::start_on_chain(base.path(), "a", &[], args);
-    // The researcher's own node: no chain, only libp2p to A.
-    let c = Proc::start(base.path(), "c", &[&a]);
+    let c = Proc::start_on_chain(base.path(), "c", &[&a], read_only);
 
     let plaintext = b"HbA1c 6.4 % (synthetic), for a released key".to_vec();
     let id = a
@@ -169,6 +171,41 @@ async fn a_researcher_on_another_node_gets_the_key_from_the_owner_over_libp2p() 
         1,
     );
     assert_eq!(opened, plaintext);
+    // Without naming A: C finds A on chain (A registered itself for the institution the
+    // manifest names as owner) and asks it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !a
+        .client()
+        .chain_info()
+        .await
+        .unwrap()
+        .registration
+        .is_some_and(|r| r.registered)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never registered itself"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let found = researcher
+        .request_key(&id, 42, &armored, &chain.researcher)
+        .await
+        .unwrap();
+    assert_eq!(found.released_by.as_deref(), Some(a.peer_id.as_str()));
+    // A CID nobody provides: C answers itself, with the one refusal (not "not found").
+    let nowhere = RecordId::from_manifest_cid(medmesh_core::cid_of(
+        medmesh_core::Codec::DagCbor,
+        b"a record no node has",
+    ))
+    .unwrap()
+    .to_string();
+    let err = researcher
+        .request_key(&nowhere, 42, &armored, &chain.researcher)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(403), "{err}");
+    assert!(err.to_string().contains("no grant on chain"), "{err}");
     // A audited the release under the peer that asked.
     let audit = a.client().audit(0, 1000).await.unwrap();
     let release = audit
@@ -188,7 +225,7 @@ async fn a_researcher_on_another_node_gets_the_key_from_the_owner_over_libp2p() 
         .into_iter()
         .filter(|e| e.action == "key_request_forwarded")
         .collect();
-    assert_eq!(forwarded.len(), 2, "{forwarded:?}");
+    assert_eq!(forwarded.len(), 3, "{forwarded:?}");
     assert!(forwarded[0].detail["outcome"].starts_with("refused (not-allowed)"));
     assert_eq!(forwarded[1].detail["outcome"], "released (grant)");
     assert_eq!(forwarded[1].detail["owner"], a.peer_id);

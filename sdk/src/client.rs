@@ -366,9 +366,10 @@ impl Client {
         .await
     }
 
-    /// Asks the owner node for a record's data key as `grantee` (the signer), for a DUO
-    /// `purpose`, to be wrapped for `certificate` (armored, as published on chain):
-    /// fetches a challenge, signs the key request and sends it.
+    /// Asks for a record's data key as `grantee` (the signer), for a DUO `purpose`, to
+    /// be wrapped for `certificate` (armored, as published on chain): fetches a
+    /// challenge, signs the key request and sends it. This node answers for its own
+    /// records and forwards to the owner's node (found on chain) otherwise.
     pub async fn request_key(
         &self,
         id: &str,
@@ -380,10 +381,10 @@ impl Client {
             .await
     }
 
-    /// [`Client::request_key`] through this node for a record of another institution:
-    /// the node asks `owner` (the owner's node, a PeerId) over libp2p for the challenge
-    /// and the key, which comes back wrapped for `certificate`. With `owner` `None` it
-    /// is `request_key`.
+    /// [`Client::request_key`] through this node, naming the record owner's node
+    /// (`owner`, a PeerId) that the node asks over libp2p for the challenge and the key,
+    /// which comes back wrapped for `certificate`. With `owner` `None` the node finds
+    /// the owner's node on chain itself (or answers for its own records).
     pub async fn request_key_from(
         &self,
         id: &str,
@@ -392,7 +393,8 @@ impl Client {
         grantee: &(impl Signer + Sync),
         owner: Option<&str>,
     ) -> Result<KeyResponse, Error> {
-        let query: Vec<(&str, &str)> = owner.map(|o| ("owner", o)).into_iter().collect();
+        let mut query = vec![("record", id)];
+        query.extend(owner.map(|o| ("owner", o)));
         let challenge: ChallengeResponse = Self::json(
             self.request(Method::POST, "/v1/access/challenge")
                 .query(&query),

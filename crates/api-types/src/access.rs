@@ -28,7 +28,11 @@ pub struct ConsentLinkResponse {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::IntoParams, utoipa::ToSchema))]
 pub struct ChallengeQuery {
-    /// The record owner's node (PeerId), when it is not this node.
+    /// The record the key request will be about: for a record of another institution,
+    /// the challenge comes from its owner's node (found on chain).
+    #[serde(default)]
+    pub record: Option<String>,
+    /// The record owner's node (PeerId), to name it rather than look it up.
     #[serde(default)]
     pub owner: Option<String>,
 }
@@ -56,8 +60,9 @@ pub struct KeyRequestBody {
     /// EIP-191 signature by the grantee of the key-request text (see docs/http-api.md).
     pub signature: String,
     /// For a record of another institution: its owner's node (PeerId), which this
-    /// node asks over libp2p (the challenge must be that node's). Without it this node
-    /// answers.
+    /// node asks over libp2p (the challenge must be that node's). Without it, the node
+    /// registered on chain for the record's owner is asked (this node answers for its
+    /// own institution's records).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
 }

@@ -154,6 +154,11 @@ impl From<ServiceError> for ApiError {
             ServiceError::NoNetwork => Self::unavailable("network-disabled", e.to_string()),
             ServiceError::KeysLocked => Self::unavailable("keys-locked", e.to_string()),
             ServiceError::OwnerUnreachable { .. } => Self::bad_gateway(e.to_string()),
+            ServiceError::OwnerNotFound { .. } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "owner-not-found",
+                e.to_string(),
+            ),
             // The owner's refusal keeps its meaning: a grant is missing (403), the
             // request is the caller's to fix (401/400), or the owner cannot answer (502).
             ServiceError::OwnerRefused { ref code, .. } => match code.as_str() {

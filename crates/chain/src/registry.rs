@@ -152,3 +152,48 @@ pub fn registry_name(name: &str) -> String {
         cut => cut.to_string(),
     }
 }
+
+/// Blocks one `eth_getLogs` call covers while looking for a registration.
+const REGISTRATION_LOG_RANGE: u64 = 10_000;
+
+/// The node registered for the institution whose certificate fingerprint is
+/// `certificate` (a record's public owner): the account whose latest `NodeRegistered`
+/// names that fingerprint, if that account is still approved and `nodeOf` still lists
+/// an active node with it. Returns the account and the node's PeerId bytes. Scans the
+/// registry's events from `from_block` (registrations are few: one per institution).
+pub async fn node_of_certificate(
+    provider: &DynProvider,
+    registry: Address,
+    from_block: u64,
+    certificate: &[u8; 32],
+) -> Result<Option<(Address, Vec<u8>)>, ChainError> {
+    use alloy::providers::Provider;
+    use alloy::sol_types::SolEvent;
+    let latest = provider.get_block_number().await.map_err(ChainError::rpc)?;
+    let mut account = None;
+    let mut next = from_block;
+    while next <= latest {
+        let to = latest.min(next.saturating_add(REGISTRATION_LOG_RANGE - 1));
+        let filter = alloy::rpc::types::Filter::new()
+            .address(registry)
+            .event_signature(NodeRegistry::NodeRegistered::SIGNATURE_HASH)
+            .from_block(next)
+            .to_block(to);
+        for log in provider.get_logs(&filter).await.map_err(ChainError::rpc)? {
+            if let Ok(event) = log.log_decode::<NodeRegistry::NodeRegistered>() {
+                if event.inner.data.certFingerprint.0 == *certificate {
+                    account = Some(event.inner.data.institution);
+                }
+            }
+        }
+        next = to.saturating_add(1);
+    }
+    let Some(account) = account else {
+        return Ok(None);
+    };
+    let now = registration(provider, registry, account).await?;
+    Ok(now
+        .node
+        .filter(|n| now.approved && n.active && n.certificate == *certificate)
+        .map(|n| (account, n.peer_id)))
+}

@@ -52,6 +52,14 @@ pub enum ServiceError {
         "this node has no account on its chain to pay for relays (start it with --chain-key-file)"
     )]
     NoRelayer,
+    /// A key request for a record of another institution whose node is not known.
+    #[error("record {record} belongs to institution {institution}, whose node this node cannot find on chain (no chain here, or the institution registered no node); name the owner's node (`owner`, its PeerId)")]
+    OwnerNotFound {
+        /// The record.
+        record: String,
+        /// Its owner's certificate fingerprint.
+        institution: String,
+    },
     /// The owner's node could not be asked (offline, unreachable, not answering).
     #[error("the record owner's node {owner} cannot be reached: {source}")]
     OwnerUnreachable {

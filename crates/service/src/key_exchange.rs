@@ -57,18 +57,82 @@ impl NodeServices {
         }
     }
 
-    /// Where a key request is answered: `None` for this node, else the owner's node the
-    /// caller named. Decided by the caller's `owner` alone, never by whether a record is
-    /// stored here: that answer would tell a caller without a grant which CIDs this
-    /// node holds (see `ReleaseError::NotAllowed`).
-    fn key_owner(&self, owner: Option<PeerId>) -> Option<PeerId> {
-        owner.filter(|peer| Some(*peer) != self.network().map(|n| n.peer_id()))
+    /// Where a key request about `record` is answered: `None` for this node, else the
+    /// owner's node: `owner` when the caller names it, otherwise the node registered on
+    /// chain for the institution the record's manifest names as owner. The manifest is
+    /// a public block, and which CIDs a node holds is public in the DHT, so the choice
+    /// tells a caller nothing the network does not; a record whose manifest is not here,
+    /// and this institution's own, are answered here (with the one refusal, see
+    /// `ReleaseError::NotAllowed`).
+    async fn key_owner(
+        &self,
+        record: Option<RecordId>,
+        owner: Option<PeerId>,
+    ) -> Result<Option<PeerId>, ServiceError> {
+        let me = self.network().map(|n| n.peer_id());
+        if let Some(peer) = owner {
+            return Ok((Some(peer) != me).then_some(peer));
+        }
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let Some(institution) = self.manifest_owner(record).await else {
+            return Ok(None);
+        };
+        let own = self.keys.as_ref().map(|k| k.certificate.id());
+        if own.as_ref() == Some(&institution) {
+            return Ok(None);
+        }
+        let not_found = || ServiceError::OwnerNotFound {
+            record: record.to_string(),
+            institution: institution.to_string(),
+        };
+        let chain = self.chain().map_err(|_| not_found())?;
+        let fingerprint: [u8; 32] = hex::decode(institution.as_str())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(not_found)?;
+        let found = medmesh_chain::registry::node_of_certificate(
+            chain.releaser.provider(),
+            chain.deployment.node_registry,
+            chain.deployment.from_block,
+            &fingerprint,
+        )
+        .await?;
+        let peer = found
+            .and_then(|(_, bytes)| PeerId::from_bytes(&bytes).ok())
+            .ok_or_else(not_found)?;
+        Ok((Some(peer) != me).then_some(peer))
     }
 
-    /// A challenge to sign for a key request: this node's, or that of `owner` (the
-    /// node of the institution that owns the record), asked over libp2p.
-    pub async fn challenge_for(&self, owner: Option<PeerId>) -> Result<String, ServiceError> {
-        match self.key_owner(owner) {
+    /// The institution a record's manifest names as owner, if the manifest is stored
+    /// here (a grantee's node fetches a record before asking for its key). Not fetched
+    /// for the asking: a key request must not make the node fetch and keep blocks.
+    async fn manifest_owner(&self, record: RecordId) -> Option<medmesh_core::InstitutionId> {
+        let store = self.store.clone();
+        crate::error::blocking("manifest lookup", move || {
+            Ok(store
+                .blocks()
+                .has(record.cid())
+                .then(|| store.blocks().get(record.cid()))
+                .transpose()?)
+        })
+        .await
+        .ok()
+        .flatten()
+        .and_then(|bytes| medmesh_core::Manifest::decode(&bytes).ok())
+        .map(|manifest| manifest.body.owner)
+    }
+
+    /// A challenge to sign for a key request about `record`: this node's, or that of
+    /// the owner's node (`owner`, or found as [`request_key`](Self::request_key) finds
+    /// it), asked over libp2p.
+    pub async fn challenge_for(
+        &self,
+        record: Option<RecordId>,
+        owner: Option<PeerId>,
+    ) -> Result<String, ServiceError> {
+        match self.key_owner(record, owner).await? {
             None => self.challenge(),
             Some(peer) => match self.call_owner(peer, &KeyCall::Challenge).await? {
                 KeyAnswer::Challenge { challenge } => Ok(challenge),
@@ -77,16 +141,17 @@ impl NodeServices {
         }
     }
 
-    /// Releases a record's key to a grantee: here, or by `owner` (the owner's node,
-    /// asked over libp2p), whose answer comes back unchanged. `caller` is who asked, as
-    /// audited (here, and by the owner as this node's `peer:…`).
+    /// Releases a record's key to a grantee: here for this institution's records, else
+    /// by the owner's node (`owner`, or the node registered on chain for the record's
+    /// owner), asked over libp2p, whose answer comes back unchanged. `caller` is who
+    /// asked, as audited (here, and by the owner as this node's `peer:…`).
     pub async fn request_key(
         &self,
         request: KeyRequest,
         caller: &str,
         owner: Option<PeerId>,
     ) -> Result<ReleasedKey, ServiceError> {
-        let Some(peer) = self.key_owner(owner) else {
+        let Some(peer) = self.key_owner(Some(request.record), owner).await? else {
             let released = self.release_key(request, caller).await?;
             let (access, access_id) = access_of(&released.access);
             return Ok(ReleasedKey {
@@ -167,7 +232,7 @@ impl NodeServices {
         grantee: GranteeKeys,
         actor: &str,
     ) -> Result<(ReleasedKey, OpenedRecord), ServiceError> {
-        let challenge = self.challenge_for(Some(owner)).await?;
+        let challenge = self.challenge_for(Some(id), Some(owner)).await?;
         let message = KeyRequest::message(&id, wallet.address(), purpose, &challenge);
         let signature = wallet
             .sign_message(message.as_bytes())

@@ -58,8 +58,9 @@ pub async fn link(
     params(ChallengeQuery),
     responses(
         (status = 200, body = ChallengeResponse),
-        (status = 400, description = "Malformed PeerId", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed record id or PeerId", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The record's owner has no node this node can find", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "The owner's node cannot be reached or refused", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "No chain configured", body = Problem, content_type = "application/problem+json"),
     ),
@@ -70,9 +71,10 @@ pub async fn challenge(
     _principal: Principal,
     Query(query): Query<ChallengeQuery>,
 ) -> Result<axum::Json<ChallengeResponse>, ApiError> {
+    let record = query.record.as_deref().map(str::parse).transpose()?;
     let owner = parse_owner(query.owner.as_deref())?;
     Ok(axum::Json(ChallengeResponse {
-        challenge: state.services().challenge_for(owner).await?,
+        challenge: state.services().challenge_for(record, owner).await?,
     }))
 }
 
@@ -99,6 +101,7 @@ fn parse_owner(owner: Option<&str>) -> Result<Option<medmesh_net::PeerId>, ApiEr
         (status = 401, description = "Not authenticated, bad challenge, or not signed by the grantee", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Consent does not allow it (no grant, expired, revoked, wrong purpose), certificate not the published one, or record not linked", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The record's owner has no node this node can find", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "The owner's node cannot be reached", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "No chain configured, or the chain is unreachable", body = Problem, content_type = "application/problem+json"),
     ),
