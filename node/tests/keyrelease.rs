@@ -29,6 +29,15 @@ fn block_in(dir: &std::path::Path, cid: &Cid) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
 
+/// The audit entries of `node` with `action`, oldest first.
+async fn audited(node: &Proc, action: &str) -> Vec<medmesh_sdk::AuditEntryView> {
+    let page = node.client().audit(0, 1000).await.unwrap();
+    page.entries
+        .into_iter()
+        .filter(|e| e.action == action)
+        .collect()
+}
+
 /// A's chain flags: the test's embedded chain, A's account is the approved hospital.
 fn chain_args(chain: &Chain, base: &std::path::Path) -> Vec<String> {
     let deployment = base.join("deployment.json");
@@ -216,15 +225,7 @@ async fn a_researcher_on_another_node_gets_the_key_from_the_owner_over_libp2p() 
     assert_eq!(release.actor, format!("peer:{}", c.peer_id));
     assert_eq!(release.subject, id);
     // C audited who asked it, and what the owner answered.
-    let forwarded: Vec<_> = c
-        .client()
-        .audit(0, 1000)
-        .await
-        .unwrap()
-        .entries
-        .into_iter()
-        .filter(|e| e.action == "key_request_forwarded")
-        .collect();
+    let forwarded = audited(&c, "key_request_forwarded").await;
     assert_eq!(forwarded.len(), 3, "{forwarded:?}");
     assert!(forwarded[0].detail["outcome"].starts_with("refused (not-allowed)"));
     assert_eq!(forwarded[1].detail["outcome"], "released (grant)");
@@ -370,15 +371,7 @@ async fn a_researcher_on_another_node_gets_the_key_from_the_owner_over_libp2p() 
     assert!(err.to_string().contains("no grant on chain"), "{err}");
     // The causes are in A's audit log (a repeat of a kind within a minute is only
     // counted there, so the first refusal's cause is what shows now).
-    let denials: Vec<_> = a
-        .client()
-        .audit(0, 1000)
-        .await
-        .unwrap()
-        .entries
-        .into_iter()
-        .filter(|e| e.action == "key_release_denied")
-        .collect();
+    let denials = audited(&a, "key_release_denied").await;
     for cause in ["no grant", "not signed by the grantee", "bad challenge"] {
         assert!(
             denials.iter().any(|e| e.detail["reason"].contains(cause)),
