@@ -9,6 +9,7 @@ mod cid_util;
 mod content_type;
 mod error;
 mod manifest;
+pub mod news2;
 mod record;
 pub mod siwe;
 mod transfer;
