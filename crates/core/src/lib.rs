@@ -13,6 +13,7 @@ pub mod news2;
 mod record;
 pub mod siwe;
 mod transfer;
+pub mod vitals;
 
 pub use cid_util::{cid_of, verify_cid, Codec, MAX_BLOCK_SIZE};
 pub use content_type::ContentType;
