@@ -17,8 +17,20 @@ target="${CARGO_TARGET_DIR:-target}"
 cargo build --quiet -p medmesh
 work=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Two consecutive free ports for the embedded MQTT broker (3.1.1, then 5).
+free_pair() { python3 -c '
+import socket
+while True:
+    a = socket.socket(); a.bind(("127.0.0.1", 0)); p = a.getsockname()[1]
+    b = socket.socket()
+    try:
+        b.bind(("127.0.0.1", p + 1)); print(p); break
+    except OSError:
+        pass
+'; }
 port=$(free_port)
 chain_port=$(free_port)
+mqtt_port=$(free_pair)
 anvil="${MEDMESH_ANVIL:-contracts/node_modules/.bin/anvil}"
 [ -x "$anvil" ] || { echo "anvil is missing: run \`npm install\` in contracts/" >&2; exit 1; }
 "$anvil" --port "$chain_port" >"$work/anvil.log" 2>&1 &
@@ -40,7 +52,7 @@ export MEDMESH_PASSPHRASE="fuzzing passphrase"
 "$target/debug/medmesh" --data-dir "$work/node" init --institution "Fuzzing Hospital" >/dev/null
 sed -i 's/^find_timeout_ms = .*/find_timeout_ms = 300/' "$work/node/medmesh.toml"
 "$target/debug/medmesh" --data-dir "$work/node" node --listen "127.0.0.1:$port" --rate-limit 100000 \
-  --p2p-listen /ip4/127.0.0.1/tcp/0 \
+  --p2p-listen /ip4/127.0.0.1/tcp/0 --mqtt-listen "127.0.0.1:$mqtt_port" \
   --chain-rpc "http://127.0.0.1:$chain_port" --chain-deployment "$work/deployment.json" \
   --chain-key-file "$work/node-account.key" >"$work/node.log" 2>&1 &
 node_pid=$!

@@ -73,6 +73,14 @@ pub fn init_with(data_dir: &Path, institution: &str, passphrase: &Passphrase) ->
             .open(&config_path)
             .and_then(|mut f| f.write_all(Config::template(institution).as_bytes()))
             .with_context(|| format!("writing {}", config_path.display()))?;
+        let rules_path = data_dir.join(config::RULES_FILE);
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&rules_path)
+            .and_then(|mut f| f.write_all(medmesh_service::alerts::default_toml().as_bytes()))
+            .with_context(|| format!("writing {}", rules_path.display()))?;
         // A new node is private from the start (the public certificate too, like all
         // of the data dir), so its first start has nothing to repair.
         medmesh_store::secure_permissions(data_dir)

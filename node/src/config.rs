@@ -33,6 +33,84 @@ pub struct Config {
     /// `[[webhooks]]`: endpoints that receive the node's events as signed POSTs.
     #[serde(default)]
     pub webhooks: Vec<WebhookSection>,
+    /// `[mqtt]`: the bridge to medical devices.
+    #[serde(default)]
+    pub mqtt: MqttSection,
+}
+
+/// `[mqtt]` settings: where device readings come from (docs/devices.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSection {
+    /// Take device readings at all.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The broker (`mqtt://host:port` or `mqtts://host:port`); absent: the embedded one.
+    #[serde(default)]
+    pub broker: Option<String>,
+    /// User name at the broker.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// A private file (0600) holding the password at the broker; relative to the data dir.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// PEM file of the CA of an `mqtts://` broker (default: the system's roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Where the embedded broker listens for MQTT 3.1.1; MQTT 5 on the next port.
+    #[serde(default = "default_mqtt_listen")]
+    pub embedded_listen: SocketAddr,
+    /// The institution's topic level, `medmesh/{institution}/devices/…` (default: a slug
+    /// of the institution's name).
+    #[serde(default)]
+    pub institution: Option<String>,
+    /// The client id the node's session is kept under (default: `medmesh-` and the end
+    /// of its PeerId).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Seconds of readings batched into one record per patient.
+    #[serde(default = "default_batch_window")]
+    pub batch_window_secs: u64,
+    /// The alert rules file (relative to the data dir); re-read when it changes.
+    #[serde(default = "default_rules_file")]
+    pub rules_file: PathBuf,
+}
+
+impl Default for MqttSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            broker: None,
+            username: None,
+            password_file: None,
+            ca_file: None,
+            embedded_listen: default_mqtt_listen(),
+            institution: None,
+            client_id: None,
+            batch_window_secs: default_batch_window(),
+            rules_file: default_rules_file(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The embedded broker's default address (MQTT 3.1.1; MQTT 5 on the next port).
+pub fn default_mqtt_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 1883))
+}
+
+fn default_batch_window() -> u64 {
+    60
+}
+
+/// The file `medmesh init` writes the default alert rules to.
+pub const RULES_FILE: &str = "alert-rules.toml";
+
+fn default_rules_file() -> PathBuf {
+    PathBuf::from(RULES_FILE)
 }
 
 /// A `[[webhooks]]` entry: an endpoint that receives the node's events as Standard
@@ -168,6 +246,13 @@ impl Config {
                 path.display()
             );
         }
+        let window = config.mqtt.batch_window_secs;
+        if !(1..=3600).contains(&window) {
+            bail!(
+                "{}: mqtt.batch_window_secs = {window} must be 1 to 3600",
+                path.display()
+            );
+        }
         let mut names = BTreeSet::new();
         for hook in &config.webhooks {
             medmesh_service::webhooks::check_webhook_settings(
@@ -292,6 +377,21 @@ anchor_every_entries = {default_every}
 # url = "https://hooks.example.org/medmesh"
 # secret_file = "webhooks/ops.secret"
 # kinds = ["key_released", "key_denied", "break_glass_opened", "break_glass_closed"]
+
+[mqtt]
+# Medical devices publish signed readings to an MQTT broker; the node stores them
+# encrypted and raises alerts (docs/devices.md). Without `broker` the node runs an
+# embedded broker on embedded_listen (MQTT 3.1.1; MQTT 5 on the next port).
+enabled = true
+# broker = "mqtts://broker.example.org:8883"
+# username = "medmesh-node"
+# password_file = "mqtt.password"
+# ca_file = "mqtt-ca.pem"
+embedded_listen = "127.0.0.1:1883"
+# institution = "st-mary"   # topics medmesh/{{institution}}/devices/{{device}}/obs
+batch_window_secs = 60
+# The alert rules (thresholds, durations, hysteresis, NEWS2); re-read when changed.
+rules_file = "{RULES_FILE}"
 "#
         )
     }

@@ -9,6 +9,8 @@ mod chain;
 mod commands;
 mod config;
 mod datadir;
+mod devices;
+mod mqtt;
 mod network;
 mod passphrase;
 mod progress;
@@ -90,6 +92,10 @@ enum Command {
     /// API tokens for the HTTP API (while the node is stopped; or use /v1/admin/tokens).
     #[command(subcommand)]
     Token(commands::TokenCommand),
+    /// Medical devices whose signed readings the MQTT bridge takes (while the node is
+    /// stopped; or use /v1/devices).
+    #[command(subcommand)]
+    Device(devices::DeviceCommand),
     /// What a grantee does: create and publish a grantee identity, get a record of
     /// another institution (its key from the owner's node over libp2p).
     #[command(subcommand)]
@@ -124,6 +130,7 @@ fn main() -> ExitCode {
         Command::Token(cmd) => commands::token(&cli.data_dir, cmd),
         Command::Access(cmd) => access::run(&cli.data_dir, &passphrase, cmd),
         Command::Chain(cmd) => chain::run(&cli.data_dir, cmd),
+        Command::Device(cmd) => devices::run(&cli.data_dir, &passphrase, cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

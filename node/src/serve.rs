@@ -56,6 +56,8 @@ pub struct NodeArgs {
     /// Run without the peer-to-peer network (records stay on this node).
     #[arg(long)]
     no_network: bool,
+    #[command(flatten)]
+    mqtt: crate::mqtt::MqttArgs,
     /// Institution name, used only when the data dir is created on first run.
     #[arg(long, default_value = "medmesh institution")]
     institution: String,
@@ -92,6 +94,7 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
     let node = Node::open(data_dir)?;
     let listen = args.listen.unwrap_or(node.config.api.listen);
     check_listen(listen, args.allow_public)?;
+    args.mqtt.check(&node.config, args.allow_public)?;
 
     let keys = node.unlock_keys(&passphrase)?;
     drop(passphrase);
@@ -178,6 +181,15 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
             services.announce_stored();
             Some(network)
         };
+        let mqtt = if args.mqtt.enabled(&node.config) {
+            Some(
+                args.mqtt
+                    .start(&services, &node.config, data_dir, &peer_id.to_string())
+                    .await?,
+            )
+        } else {
+            None
+        };
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen} (is another node running?)"))?;
@@ -197,6 +209,21 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
             None => println!("  p2p:          off (--no-network)"),
         }
         println!("  HTTP API:     http://{listen}  (docs: http://{listen}/docs)");
+        match &mqtt {
+            Some(started) => {
+                if let Some(embedded) = &started.embedded {
+                    println!(
+                        "  MQTT broker:  embedded, mqtt://{} (3.1.1) and mqtt://{} (5)",
+                        embedded.v4_addr(),
+                        embedded.v5_addr()
+                    );
+                } else {
+                    println!("  MQTT broker:  {}", started.bridge.broker());
+                }
+                println!("  devices:      publish to {}", started.topic);
+            }
+            None => println!("  MQTT:         off"),
+        }
         if webhooks.endpoints() > 0 {
             println!("  webhooks:     {} endpoint(s)", webhooks.endpoints());
         }

@@ -35,6 +35,9 @@ impl Node {
             .env("MEDMESH_PASSPHRASE", PASSPHRASE)
             .env_remove("MEDMESH_PASSPHRASE_FILE")
             .env_remove("RUST_LOG")
+            // Nodes of parallel tests would compete for the embedded broker's port;
+            // the MQTT tests (tests/mqtt.rs) start theirs on ports of their own.
+            .env("MEDMESH_NO_MQTT", "true")
             .stdin(Stdio::null());
         cmd
     }

@@ -13,6 +13,7 @@ mod network;
 mod problem;
 mod records;
 mod system;
+mod telemetry;
 
 pub use access::{
     ChallengeQuery, ChallengeResponse, ConsentLinkRequest, ConsentLinkResponse, KeyRequestBody,
@@ -31,3 +32,4 @@ pub use network::{
 pub use problem::Problem;
 pub use records::{RecordEntry, RecordInfo, RecordPage, Removed};
 pub use system::{CheckResult, CreatedToken, GcResult, Health, TokenRequest, TokenView};
+pub use telemetry::{AlertView, DeviceInfo, DeviceRequest, ReadingView, TelemetryStatus};

@@ -121,6 +121,7 @@ fn direct_ingest(
         patient: None,
         chunk_size: DEFAULT_CHUNK_SIZE,
         actor: "bench".into(),
+        idempotency_key: None,
     };
     let cert = keys.certificate().unwrap();
     let start = Instant::now();

@@ -168,6 +168,9 @@ impl From<ServiceError> for ApiError {
                 _ => Self::bad_gateway(e.to_string()),
             },
             ServiceError::Busy(_) => Self::unavailable("busy", e.to_string()),
+            ServiceError::NoTelemetry => Self::unavailable("no-telemetry", e.to_string()),
+            ServiceError::NotFound(_) => Self::not_found(e.to_string()),
+            ServiceError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             ServiceError::Internal(what) => Self::internal(what, "see the node's log"),
             ServiceError::Task { what, .. } => Self::internal(what, e),
         }
@@ -183,9 +186,9 @@ impl From<CoreError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::UnknownRecord(_) | StoreError::UnknownToken(_) => {
-                Self::not_found(e.to_string())
-            }
+            StoreError::UnknownRecord(_)
+            | StoreError::UnknownToken(_)
+            | StoreError::UnknownDevice(_) => Self::not_found(e.to_string()),
             StoreError::InvalidInput(_) | StoreError::Core(_) => Self::bad_request(e.to_string()),
             StoreError::Locked(_) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "store-busy", e.to_string())

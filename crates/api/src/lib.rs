@@ -43,7 +43,7 @@ pub use medmesh_api_types::*;
 pub use openapi::document_json;
 pub use state::{ApiConfig, AppState};
 
-use routes::{access, audit, events, grants, records, system};
+use routes::{access, audit, events, grants, records, system, telemetry};
 
 /// The whole API as an axum router.
 pub fn router(state: AppState) -> Router {
@@ -103,6 +103,15 @@ pub fn router(state: AppState) -> Router {
             bounded(get(system::list_tokens)).merge(post(system::create_token)),
         )
         .route("/v1/admin/tokens/{id}", delete(system::revoke_token))
+        .route(
+            "/v1/devices",
+            bounded(get(telemetry::list)).merge(post(telemetry::register)),
+        )
+        .route("/v1/devices/{id}", delete(telemetry::revoke))
+        .route("/v1/readings", bounded(get(telemetry::readings)))
+        .route("/v1/alerts", bounded(get(telemetry::alerts)))
+        .route("/v1/alerts/{id}/ack", post(telemetry::acknowledge))
+        .route("/v1/telemetry", bounded(get(telemetry::status)))
         .fallback(|| async {
             ApiError::not_found("no such endpoint; the API is described at /openapi.json and /docs")
         })

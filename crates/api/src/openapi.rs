@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{access, audit, auth, events, grants, network, records, system};
+use crate::routes::{access, audit, auth, events, grants, network, records, system, telemetry};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -46,6 +46,13 @@ use crate::routes::{access, audit, auth, events, grants, network, records, syste
         network::fetch,
         network::replication,
         network::replicate,
+        telemetry::register,
+        telemetry::list,
+        telemetry::revoke,
+        telemetry::readings,
+        telemetry::alerts,
+        telemetry::acknowledge,
+        telemetry::status,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -59,6 +66,7 @@ use crate::routes::{access, audit, auth, events, grants, network, records, syste
         (name = "admin", description = "Operator administration (admin tokens)"),
         (name = "network", description = "Peers, fetching records from them, replicas"),
         (name = "system", description = "Health and metrics"),
+        (name = "devices", description = "Medical devices, their readings (MQTT telemetry) and clinical alerts"),
     )
 )]
 struct ApiDoc;

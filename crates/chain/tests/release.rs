@@ -49,6 +49,7 @@ async fn setup_with_keys_of(backend: Backend, decrypting: usize) -> Setup {
         patient: None,
         chunk_size: DEFAULT_CHUNK_SIZE,
         actor: "test".into(),
+        idempotency_key: None,
     };
     let record = store
         .put_record(
@@ -268,6 +269,7 @@ async fn unlinked_records_have_no_consent_to_check() {
             patient: None,
             chunk_size: DEFAULT_CHUNK_SIZE,
             actor: "test".into(),
+            idempotency_key: None,
         };
         let unlinked = s
             .store

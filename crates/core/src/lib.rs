@@ -7,6 +7,7 @@
 pub mod bounded;
 mod cid_util;
 mod content_type;
+pub mod device_message;
 mod error;
 mod manifest;
 pub mod news2;

@@ -45,6 +45,9 @@ pub enum CryptoError {
     /// A certificate lacks what medmesh needs or cannot be parsed.
     #[error("certificate problem: {0}")]
     Certificate(String),
+    /// A device public key is unusable.
+    #[error("device key: {0}")]
+    DeviceKey(String),
     /// The OS random number generator failed.
     #[error("the system random number generator failed")]
     Random,

@@ -11,12 +11,14 @@
 //! - [`IndexKey`]: seals the local index's metadata and keys its lookup hashes, so the
 //!   index on disk names no patient.
 //! - [`keystore`]: the on-disk home of those keys, secrets protected by a passphrase.
+//! - [`device_key`]: the Falcon-512 (or Ed25519) keys medical devices sign readings with.
 //! - [`eth`]: Ethereum wallet signatures (EIP-191 `personal_sign`) of patients and
 //!   researchers.
 //!
 //! Bulk data never goes through OpenPGP (about 0.1 GB/s): OpenPGP wraps keys, `ring`
 //! encrypts data.
 
+pub mod device_key;
 pub mod envelope;
 mod error;
 pub mod eth;
@@ -25,6 +27,7 @@ pub mod keys;
 pub mod keystore;
 mod padding;
 
+pub use device_key::{DeviceAlgorithm, DevicePublicKey, DeviceSigner};
 pub use envelope::{DataKey, RecordCipher};
 pub use error::CryptoError;
 pub use index_key::IndexKey;

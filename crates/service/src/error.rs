@@ -85,6 +85,15 @@ pub enum ServiceError {
     /// The node runs without the peer-to-peer network.
     #[error("this node runs without the peer-to-peer network (started with --no-network)")]
     NoNetwork,
+    /// The node runs without device telemetry (no MQTT bridge).
+    #[error("this node does not take device telemetry (it runs without the MQTT bridge)")]
+    NoTelemetry,
+    /// What the caller named does not exist here (a device, an alert).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the object's state (an alert acknowledged already).
+    #[error("{0}")]
+    Conflict(String),
     /// The node is at a limit (concurrent reads, ingests); retrying later works.
     #[error("{0}")]
     Busy(String),

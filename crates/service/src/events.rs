@@ -27,7 +27,7 @@ pub enum Audience {
 }
 
 /// Something that happened on the node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum NodeEvent {
     /// A record was ingested here.
@@ -151,6 +151,32 @@ pub enum NodeEvent {
         /// Its PeerId.
         peer: String,
     },
+    /// A clinical alert changed: raised, changed (its severity or score moved),
+    /// escalated (left unacknowledged too long), acknowledged or cleared. Names the
+    /// device, never the patient.
+    Alert {
+        /// `raised`, `changed`, `escalated`, `acknowledged`, `cleared` (the readings
+        /// recovered), `cleared-rule-removed` (a rules reload removed its rule) or
+        /// `cleared-untracked` (too many series were tracked; it was the least recent).
+        change: String,
+        /// The alert id.
+        alert: String,
+        /// The rule that raised it (`news2` for the early-warning score).
+        rule: String,
+        /// `info`, `urgent` or `emergency`.
+        severity: String,
+        /// The device whose reading raised it.
+        device: String,
+        /// The vital sign (none for NEWS2).
+        vital: Option<String>,
+        /// The value of the reading that raised it (canonical unit; for a rate rule
+        /// the rate per minute), or the NEWS2 total.
+        value: f64,
+        /// When that reading was measured (RFC 3339).
+        measured: String,
+        /// A sentence for people.
+        message: String,
+    },
 }
 
 impl NodeEvent {
@@ -171,6 +197,7 @@ impl NodeEvent {
         "replication_changed",
         "peer_connected",
         "peer_disconnected",
+        "alert",
     ];
 
     /// This event's kind: its serialized `type`, without serializing it.
@@ -190,6 +217,7 @@ impl NodeEvent {
             NodeEvent::ReplicationChanged { .. } => "replication_changed",
             NodeEvent::PeerConnected { .. } => "peer_connected",
             NodeEvent::PeerDisconnected { .. } => "peer_disconnected",
+            NodeEvent::Alert { .. } => "alert",
         }
     }
 }
@@ -307,6 +335,17 @@ mod tests {
             },
             NodeEvent::PeerConnected { peer: s("p") },
             NodeEvent::PeerDisconnected { peer: s("p") },
+            NodeEvent::Alert {
+                change: s("raised"),
+                alert: s("alert-1"),
+                rule: s("spo2-low"),
+                severity: s("urgent"),
+                device: s("d"),
+                vital: Some(s("spo2")),
+                value: 88.0,
+                measured: s("2026-01-01T00:00:00Z"),
+                message: s("m"),
+            },
         ]
     }
 

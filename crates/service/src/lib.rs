@@ -12,6 +12,7 @@
 //! stall the executor by calling it.
 
 mod access;
+pub mod alerts;
 mod announce;
 mod chain_life;
 mod denials;
@@ -23,6 +24,7 @@ mod network;
 mod notify;
 mod records;
 mod services;
+pub mod telemetry;
 pub mod webhooks;
 
 pub use access::{ConsentLinkView, GrantFilter};
@@ -40,6 +42,10 @@ pub use network::{NetworkView, ReplicationView};
 pub use notify::{Delivery, EventStream};
 pub use records::{Ingest, OpenedRecord, Progress, RecordSummary};
 pub use services::{ChainServices, NodeServices, ServiceSettings};
+pub use telemetry::{
+    DeviceReading, DeviceRegistration, DeviceView, FlushReport, Outcome, Rejection, Telemetry,
+    TelemetrySettings, TelemetryStats,
+};
 pub use webhooks::{spawn_webhooks, WebhookEndpoint, WebhookSecret, Webhooks};
 
 // A poisoned lock only means another thread panicked while holding it; the data are

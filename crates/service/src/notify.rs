@@ -26,7 +26,7 @@ const LINK_CACHE: usize = 512;
 const OPEN_EMERGENCIES: usize = 256;
 
 /// What a subscription delivers next.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Delivery {
     /// An event the audience may see, of a kind it asked for.
     Event {

@@ -71,8 +71,21 @@ impl NodeServices {
     /// [`ingest`](Self::ingest), calling `progress` with the plaintext bytes read so far.
     pub async fn ingest_with_progress(
         &self,
+        input: Box<dyn Read + Send>,
+        request: Ingest,
+        progress: Progress,
+    ) -> Result<RecordSummary, ServiceError> {
+        self.ingest_keyed(input, request, None, progress).await
+    }
+
+    /// [`ingest_with_progress`](Self::ingest_with_progress), idempotent under
+    /// `idempotency_key` when one is given (see `PutRequest::idempotency_key`): a
+    /// repeated put answers the first record.
+    pub(crate) async fn ingest_keyed(
+        &self,
         mut input: Box<dyn Read + Send>,
         request: Ingest,
+        idempotency_key: Option<String>,
         progress: Progress,
     ) -> Result<RecordSummary, ServiceError> {
         let keys = self.keys()?.clone();
@@ -89,6 +102,7 @@ impl NodeServices {
             patient: request.patient,
             chunk_size: self.settings.chunk_size,
             actor: request.actor,
+            idempotency_key,
         };
         let (id, meta) = blocking("record ingest", move || {
             let id = store.put_record(

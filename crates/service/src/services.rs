@@ -70,6 +70,8 @@ pub struct NodeServices {
     /// What the registration and anchoring task saw, once started
     /// (`NodeServices::start_chain_life`).
     pub(crate) chain_life: OnceLock<crate::chain_life::SharedView>,
+    /// Device telemetry, once started (`NodeServices::start_telemetry`).
+    pub(crate) telemetry: OnceLock<Arc<crate::telemetry::Telemetry>>,
 }
 
 impl NodeServices {
@@ -99,6 +101,7 @@ impl NodeServices {
             chain: OnceLock::new(),
             network: OnceLock::new(),
             chain_life: OnceLock::new(),
+            telemetry: OnceLock::new(),
         }
     }
 

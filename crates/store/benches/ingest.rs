@@ -63,6 +63,7 @@ fn main() {
                 patient: None,
                 chunk_size: DEFAULT_CHUNK_SIZE,
                 actor: "bench".into(),
+                idempotency_key: None,
             };
             let start = Instant::now();
             let id = store

@@ -51,6 +51,7 @@ fn main() {
             patient: Some(PatientRef::new(&format!("MRN-{:04}", i % PATIENTS)).unwrap()),
             chunk_size: MIN_CHUNK_SIZE,
             actor: "bench".into(),
+            idempotency_key: None,
         };
         store
             .put_record(

@@ -68,6 +68,13 @@ pub enum AuditAction {
     /// A key request was forwarded to the record owner's node over libp2p (detail: the
     /// owner, grantee, purpose and what the owner answered).
     KeyRequestForwarded,
+    /// A medical device was registered (detail: type, key algorithm and fingerprint).
+    DeviceRegister,
+    /// A device was revoked: its messages are refused from now on.
+    DeviceRevoke,
+    /// A clinical alert was raised, escalated, acknowledged or cleared (detail: the
+    /// rule, severity, value and what happened).
+    Alert,
 }
 
 /// What a caller asks to log.

@@ -26,6 +26,9 @@ pub enum StoreError {
     /// No API token with this id.
     #[error("no token with id {0} (see `medmesh token list`)")]
     UnknownToken(String),
+    /// No device with this id is registered.
+    #[error("no device {0} is registered (see `medmesh device list`)")]
+    UnknownDevice(String),
     /// A block the record needs is not stored here.
     #[error("block {cid} is missing from the store{}", .record.as_ref().map(|r| format!(" (needed by record {r})")).unwrap_or_default())]
     MissingBlock {

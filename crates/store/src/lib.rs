@@ -8,12 +8,15 @@
 //! - [`Store`] ties them together: ingest streams a record through encryption into
 //!   blocks, then commits its index entries and audit entry in one transaction.
 //! - Every table of the index is declared in one module, `tables`.
+//! - Registered medical devices ([`DeviceRecord`]) and the telemetry write-ahead log
+//!   (`Store::wal_append`: readings durable before they are acknowledged).
 //! - The webhook outbox ([`OutboxEntry`]) keeps messages for delivery across crashes.
 //! - The store directory is private to the node's user (directories 0700, files 0600;
 //!   [`secure_permissions`] repairs looser modes at every open).
 
 mod audit;
 mod blocks;
+mod devices;
 mod durable;
 mod error;
 mod index;
@@ -25,16 +28,18 @@ mod records;
 mod replicas;
 mod tables;
 mod tokens;
+mod wal;
 
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{OnceLock, RwLock};
+use std::sync::{Mutex, OnceLock, RwLock};
 
 use medmesh_crypto::IndexKey;
 use redb::{Database, ReadableDatabase};
 
 pub use audit::{AuditAction, AuditBreak, AuditEntry, AuditEvent, AuditSummary, GENESIS};
 pub use blocks::{BlockScan, Blockstore};
+pub use devices::{check_device_name, DeviceProgress, DeviceRecord, MAX_DEVICE_ID, REPLAY_WINDOW};
 pub use durable::atomic_write;
 pub use error::StoreError;
 pub use links::ConsentLink;
@@ -46,6 +51,7 @@ pub use records::{
 };
 pub use replicas::{HeldRecord, Replication};
 pub use tokens::{ApiToken, TokenScope};
+pub use wal::{WalReplay, MAX_WAL_ENTRY, WAL_DIR};
 
 /// A node's local store: blocks on disk plus the index.
 pub struct Store {
@@ -61,6 +67,8 @@ pub struct Store {
     leases: leases::Leases,
     /// Seals the index's metadata and keys its lookups; set by [`Store::unlock_index`].
     index_key: OnceLock<IndexKey>,
+    /// The telemetry write-ahead log, once opened ([`Store::wal_open`]).
+    wal: Mutex<Option<wal::WalState>>,
 }
 
 impl Store {
@@ -108,6 +116,7 @@ impl Store {
             repaired_permissions,
             leases: leases::Leases::default(),
             index_key: OnceLock::new(),
+            wal: Mutex::new(None),
         })
     }
 
@@ -200,4 +209,10 @@ impl Store {
         let txn = self.db.begin_read()?;
         audit::page(&txn.open_table(tables::AUDIT)?, from, limit)
     }
+}
+
+// A poisoned lock only means another thread panicked while holding it; the state
+// behind it (a file handle and counters) stays usable.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -24,7 +24,9 @@ use time::OffsetDateTime;
 use crate::audit::{self, AuditAction, AuditEvent};
 use crate::blocks::file_age;
 use crate::index;
-use crate::tables::{AUDIT, BY_OWNER, BY_PATIENT, BY_TIME, BY_TYPE, HELD, RECORDS, REFS};
+use crate::tables::{
+    AUDIT, BY_OWNER, BY_PATIENT, BY_TIME, BY_TYPE, HELD, INGEST_KEYS, RECORDS, REFS,
+};
 use crate::{Store, StoreError};
 
 #[cfg(test)]
@@ -55,6 +57,11 @@ pub struct PutRequest {
     pub chunk_size: u32,
     /// Who is writing, for the audit log.
     pub actor: String,
+    /// Makes the write idempotent: a second put with the same key stores nothing and
+    /// returns the first record's id (a writer that crashed between storing a record and
+    /// remembering it, such as the telemetry batcher, repeats the put safely). The key
+    /// is kept in clear: it must not reveal anything about a patient.
+    pub idempotency_key: Option<String>,
 }
 
 /// Filters for [`Store::list`] and [`Store::scan_records`]; empty fields match
@@ -233,6 +240,9 @@ impl Store {
             )));
         }
         let index_key = self.index_key()?;
+        if let Some(existing) = self.idempotent_record(request.idempotency_key.as_deref())? {
+            return Ok(existing);
+        }
         let _guard = self.gc_guard.read().unwrap_or_else(|e| e.into_inner());
         let key = DataKey::generate()?;
         let envelope = RecordCipher::new_header(request.chunk_size)?;
@@ -270,6 +280,20 @@ impl Store {
         let mut blocks = manifest.body.chunks.clone();
         blocks.push(*id.cid());
         let txn = self.db.begin_write()?;
+        if let Some(key) = &request.idempotency_key {
+            let mut keys = txn.open_table(INGEST_KEYS)?;
+            let earlier = keys.get(key.as_str())?.map(|v| v.value().to_string());
+            if let Some(earlier) = earlier {
+                // A concurrent put with the same key committed first: this one's blocks
+                // are orphans the sweep deletes.
+                drop(keys);
+                txn.abort()?;
+                return earlier.parse().map_err(|_| {
+                    StoreError::Corrupt(format!("ingest key {key} names no record id"))
+                });
+            }
+            keys.insert(key.as_str(), id.to_string().as_str())?;
+        }
         index::insert_record(&txn, index_key, &id, &meta, &blocks)?;
         audit::append(
             &mut txn.open_table(AUDIT)?,
@@ -287,6 +311,23 @@ impl Store {
         txn.commit()?;
         tracing::info!(record = %id, size, chunks = manifest.body.chunks.len(), "record stored");
         Ok(id)
+    }
+
+    /// The record an earlier put with idempotency key `key` stored, if any.
+    fn idempotent_record(&self, key: Option<&str>) -> Result<Option<RecordId>, StoreError> {
+        let Some(key) = key else {
+            return Ok(None);
+        };
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(INGEST_KEYS)?;
+        let Some(id) = table.get(key)? else {
+            return Ok(None);
+        };
+        let id = id
+            .value()
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("ingest key {key} names no record id")))?;
+        Ok(Some(id))
     }
 
     /// Reads `input` in chunks and seals, hashes and writes them on worker threads.

@@ -43,6 +43,14 @@ pub(crate) const REPLICATION: TableDefinition<&str, &[u8]> = TableDefinition::ne
 /// Sequence number → a webhook message waiting for delivery (`OutboxEntry` as JSON:
 /// its stable id, endpoint, body, attempts, next attempt).
 pub(crate) const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("webhook_outbox");
+/// Idempotency key of a put → the record id it stored (`PutRequest::idempotency_key`).
+pub(crate) const INGEST_KEYS: TableDefinition<&str, &str> = TableDefinition::new("ingest_keys");
+/// Device id → the registered device (`DeviceRecord` as JSON, sealed under the index key:
+/// it names the patient the device measures).
+pub(crate) const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("devices");
+/// The telemetry write-ahead log's progress: `checkpoint` (every entry up to this
+/// sequence number is in records) and `flushing` (a flush in progress up to it), u64 BE.
+pub(crate) const TELEMETRY: TableDefinition<&str, u64> = TableDefinition::new("telemetry");
 
 /// Creates every table so readers never meet a missing one.
 pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
@@ -58,5 +66,8 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(REPLICATION)?;
     txn.open_table(HELD)?;
     txn.open_table(OUTBOX)?;
+    txn.open_table(INGEST_KEYS)?;
+    txn.open_table(DEVICES)?;
+    txn.open_table(TELEMETRY)?;
     Ok(())
 }

@@ -10,6 +10,8 @@ use medmesh_crypto::{DataKey, IndexKey, Passphrase, SecretKeys};
 pub mod chain;
 #[cfg(feature = "net")]
 pub mod hostile;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 #[cfg(feature = "net")]
 pub mod net;
 #[cfg(feature = "node")]

@@ -317,6 +317,7 @@ pub fn put_records_as(
         patient: None,
         chunk_size,
         actor: "test".into(),
+        idempotency_key: None,
     };
     (0..count)
         .map(|i| {

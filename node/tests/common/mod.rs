@@ -24,6 +24,10 @@ pub struct Proc {
     pub log: Option<PathBuf>,
     /// How it reaches a chain (`--chain-rpc …`); empty: `--no-chain`.
     pub chain_args: Vec<String>,
+    /// Whether it runs the MQTT bridge (as `[mqtt]` of its medmesh.toml says); else
+    /// `--no-mqtt`, so nodes started side by side do not compete for the embedded
+    /// broker's port.
+    pub mqtt: bool,
 }
 
 pub fn medmesh(dir: &Path) -> Command {
@@ -84,6 +88,7 @@ impl Proc {
             child: None,
             log: logged.then(|| base.join(format!("{name}.log"))),
             chain_args,
+            mqtt: false,
         };
         let peers: Vec<String> = peers.iter().map(|p| p.addr()).collect();
         node.run(&peers);
@@ -111,6 +116,9 @@ impl Proc {
         ]);
         for p in peers {
             cmd.args(["--peer", p]);
+        }
+        if !self.mqtt {
+            cmd.arg("--no-mqtt");
         }
         let stderr = match &self.log {
             Some(path) => {
@@ -219,6 +227,45 @@ impl Proc {
             child: None,
             log: Some(base.join(format!("{name}.log"))),
             chain_args: Vec::new(),
+            mqtt: false,
+        };
+        node.run(&[]);
+        node
+    }
+
+    /// A new node without chain or peers, logged, whose MQTT bridge reads from the
+    /// broker at `broker` (`mqtt://…`) and batches readings into records every second
+    /// (so kills also land in the middle of batches).
+    pub fn start_with_mqtt(base: &Path, name: &str, broker: &str) -> Self {
+        let dir = base.join(name);
+        let out = medmesh(&dir)
+            .args(["init", "--institution", "Test Hospital"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let config = dir.join("medmesh.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let text = text
+            .replace(
+                "# broker = \"mqtts://broker.example.org:8883\"",
+                &format!("broker = \"{broker}\""),
+            )
+            .replace("batch_window_secs = 60", "batch_window_secs = 1");
+        std::fs::write(&config, text).unwrap();
+        let mut node = Proc {
+            dir,
+            api: free_port(),
+            p2p: free_port(),
+            token: String::new(),
+            peer_id: String::new(),
+            child: None,
+            log: Some(base.join(format!("{name}.log"))),
+            chain_args: Vec::new(),
+            mqtt: true,
         };
         node.run(&[]);
         node

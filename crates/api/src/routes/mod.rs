@@ -8,6 +8,7 @@ pub mod grants;
 pub mod network;
 pub mod records;
 pub mod system;
+pub mod telemetry;
 
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;

@@ -66,7 +66,7 @@ const UNINFORMATIVE_TYPES: [&str; 2] = [
     "application/x-www-form-urlencoded",
 ];
 
-fn parse_time(name: &str, v: Option<&str>) -> Result<Option<OffsetDateTime>, ApiError> {
+pub(crate) fn parse_time(name: &str, v: Option<&str>) -> Result<Option<OffsetDateTime>, ApiError> {
     v.map(|v| {
         OffsetDateTime::parse(v, &Rfc3339).map_err(|_| {
             ApiError::bad_request(format!(

@@ -48,6 +48,7 @@ pub fn request(content_type: &str, chunk_size: u32) -> PutRequest {
         patient: None,
         chunk_size,
         actor: "test".into(),
+        idempotency_key: None,
     }
 }
 
