@@ -47,7 +47,7 @@ impl MqttArgs {
     }
 
     /// Checks what can be checked before the node starts anything.
-    pub fn check(&self, config: &Config, allow_public: bool) -> Result<()> {
+    pub fn check(&self, config: &Config) -> Result<()> {
         if !self.enabled(config) {
             return Ok(());
         }
@@ -58,7 +58,7 @@ impl MqttArgs {
             None => {
                 let listen = self.mqtt_listen.unwrap_or(config.mqtt.embedded_listen);
                 anyhow::ensure!(
-                    listen.ip().is_loopback() || allow_public,
+                    listen.ip().is_loopback(),
                     "the embedded MQTT broker has no TLS and no authentication: it listens \
                      on loopback only ({listen} is not); configure a real broker with --mqtt-broker"
                 );
@@ -86,7 +86,7 @@ impl MqttArgs {
         let rules = data_dir.join(&mqtt.rules_file);
         let settings = TelemetrySettings {
             window: Duration::from_secs(mqtt.batch_window_secs),
-            rules_file: rules.exists().then_some(rules),
+            rules_file: Some(rules),
             ..TelemetrySettings::default()
         };
         services

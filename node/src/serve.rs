@@ -94,7 +94,7 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, args: NodeArgs) -> Result
     let node = Node::open(data_dir)?;
     let listen = args.listen.unwrap_or(node.config.api.listen);
     check_listen(listen, args.allow_public)?;
-    args.mqtt.check(&node.config, args.allow_public)?;
+    args.mqtt.check(&node.config)?;
 
     let keys = node.unlock_keys(&passphrase)?;
     drop(passphrase);

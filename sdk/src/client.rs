@@ -6,12 +6,12 @@ use alloy_signer::Signer;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use medmesh_api_types::{
-    AuditPage, AuditVerification, ChainInfo, ChallengeResponse, CheckResult, ConsentLinkRequest,
-    ConsentLinkResponse, CreatedToken, DialRequest, Dialed, FetchReport, FetchRequest, GcResult,
-    GrantEntry, Health, KeyRequestBody, KeyResponse, NetworkStatus, NonceResponse, Problem,
-    RecordEntry, RecordInfo, RecordPage, RelayResponse, Removed, ReplicationRequest,
-    ReplicationStatus, SessionResponse, SignInRequest, SignedGrant, SignedRevocation, TokenRequest,
-    TokenView, Transfer, WhoAmI,
+    AlertView, AuditPage, AuditVerification, ChainInfo, ChallengeResponse, CheckResult,
+    ConsentLinkRequest, ConsentLinkResponse, CreatedToken, DeviceInfo, DeviceRequest, DialRequest,
+    Dialed, FetchReport, FetchRequest, GcResult, GrantEntry, Health, KeyRequestBody, KeyResponse,
+    NetworkStatus, NonceResponse, Problem, ReadingView, RecordEntry, RecordInfo, RecordPage,
+    RelayResponse, Removed, ReplicationRequest, ReplicationStatus, SessionResponse, SignInRequest,
+    SignedGrant, SignedRevocation, TelemetryStatus, TokenRequest, TokenView, Transfer, WhoAmI,
 };
 use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
@@ -347,6 +347,51 @@ impl Client {
     pub async fn revoke_token(&self, id: &str) -> Result<(), Error> {
         Self::send(self.request(Method::DELETE, &format!("/v1/admin/tokens/{id}"))).await?;
         Ok(())
+    }
+
+    /// `POST /v1/devices`: registers a medical device (admin token).
+    pub async fn register_device(&self, device: &DeviceRequest) -> Result<DeviceInfo, Error> {
+        Self::json(self.request(Method::POST, "/v1/devices").json(device)).await
+    }
+
+    /// `GET /v1/devices`.
+    pub async fn devices(&self) -> Result<Vec<DeviceInfo>, Error> {
+        Self::json(self.request(Method::GET, "/v1/devices")).await
+    }
+
+    /// `DELETE /v1/devices/{id}`: revokes a device.
+    pub async fn revoke_device(&self, id: &str) -> Result<DeviceInfo, Error> {
+        Self::json(self.request(Method::DELETE, &format!("/v1/devices/{id}"))).await
+    }
+
+    /// `GET /v1/readings`: a patient's readings measured in `[from, to)` (RFC 3339).
+    pub async fn readings(
+        &self,
+        patient: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<Vec<ReadingView>, Error> {
+        Self::json(self.request(Method::GET, "/v1/readings").query(&[
+            ("patient", patient),
+            ("from", from),
+            ("to", to),
+        ]))
+        .await
+    }
+
+    /// `GET /v1/alerts`: the alerts open now.
+    pub async fn alerts(&self) -> Result<Vec<AlertView>, Error> {
+        Self::json(self.request(Method::GET, "/v1/alerts")).await
+    }
+
+    /// `POST /v1/alerts/{id}/ack`.
+    pub async fn acknowledge_alert(&self, id: &str) -> Result<AlertView, Error> {
+        Self::json(self.request(Method::POST, &format!("/v1/alerts/{id}/ack"))).await
+    }
+
+    /// `GET /v1/telemetry`: the MQTT bridge's link and counters.
+    pub async fn telemetry(&self) -> Result<TelemetryStatus, Error> {
+        Self::json(self.request(Method::GET, "/v1/telemetry")).await
     }
 
     /// `PUT /v1/records/{id}/consent-link`: links a record to the patient wallet that

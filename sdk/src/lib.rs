@@ -24,9 +24,10 @@ pub mod wallet;
 pub use client::{Client, SearchQuery, UploadOptions};
 pub use error::Error;
 pub use medmesh_api_types::{
-    AuditAnchorInfo, AuditAnchoring, AuditEntryView, AuditPage, AuditVerification, ChainInfo,
-    CheckResult, ConsentLinkResponse, CreatedToken, Dialed, FetchReport, FetchRequest, GcResult,
-    GrantEntry, Health, KeyResponse, NetworkStatus, NodeRegistration, NonceResponse, PeerInfo,
-    Problem, RecordEntry, RecordInfo, RecordPage, RelayResponse, Removed, ReplicaOutcome,
-    ReplicationStatus, SessionResponse, SignedGrant, SignedRevocation, TokenView, Transfer, WhoAmI,
+    AlertView, AuditAnchorInfo, AuditAnchoring, AuditEntryView, AuditPage, AuditVerification,
+    ChainInfo, CheckResult, ConsentLinkResponse, CreatedToken, DeviceInfo, DeviceRequest, Dialed,
+    FetchReport, FetchRequest, GcResult, GrantEntry, Health, KeyResponse, NetworkStatus,
+    NodeRegistration, NonceResponse, PeerInfo, Problem, ReadingView, RecordEntry, RecordInfo,
+    RecordPage, RelayResponse, Removed, ReplicaOutcome, ReplicationStatus, SessionResponse,
+    SignedGrant, SignedRevocation, TelemetryStatus, TokenView, Transfer, WhoAmI,
 };

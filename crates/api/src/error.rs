@@ -190,6 +190,7 @@ impl From<StoreError> for ApiError {
             | StoreError::UnknownToken(_)
             | StoreError::UnknownDevice(_) => Self::not_found(e.to_string()),
             StoreError::InvalidInput(_) | StoreError::Core(_) => Self::bad_request(e.to_string()),
+            StoreError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             StoreError::Locked(_) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "store-busy", e.to_string())
             }

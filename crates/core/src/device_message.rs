@@ -10,8 +10,9 @@
 //!  "sig": "3q2+7w==", "firmware": "2.3.1", "ack": true}
 //! ```
 //!
-//! - `counter`: 1 or more, larger in every message the device sends. A counter not above
-//!   the last one accepted from the device is a replay and is refused.
+//! - `counter`: 1 or more, new for every message the device sends (rising; the node
+//!   takes each counter once, and late ones only within a window below the highest it
+//!   accepted: see `docs/devices.md`).
 //! - `body`: the readings, a SenML pack or a FHIR resource (below).
 //! - `sig`: the device's signature over the signed bytes (below), standard base64 with
 //!   padding, 1 to [`MAX_SIGNATURE_BYTES`] bytes once decoded.
@@ -114,9 +115,9 @@ pub struct Envelope<'a> {
     pub body: &'a [u8],
     /// The signature, decoded from base64.
     pub signature: Vec<u8>,
-    /// The firmware version the device reports, if it does (not signed).
+    /// The firmware version the device reports, if it does (signed).
     pub firmware: Option<String>,
-    /// Whether the device asks for an acknowledgement (not signed).
+    /// Whether the device asks for an acknowledgement (signed).
     pub wants_ack: bool,
 }
 

@@ -9,13 +9,16 @@ use std::time::{Duration, Instant};
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 
-/// Largest message the embedded broker takes (a device message is at most 256 KiB).
-const MAX_PAYLOAD: usize = 300 * 1024;
+/// Largest packet the embedded broker takes: a device message (256 KiB) and its topic.
+/// Below what the node reads (`bridge::MAX_PACKET`), so whatever the broker passes on,
+/// the node can read and, if too large, refuse itself.
+const MAX_PAYLOAD: usize = medmesh_core::device_message::MAX_MESSAGE_BYTES + 4096;
 
 /// A running embedded broker. It stops with the process (rumqttd has no shutdown).
 #[derive(Debug)]
 pub struct EmbeddedBroker {
-    addr: SocketAddr,
+    v4: SocketAddr,
+    v5: SocketAddr,
 }
 
 impl EmbeddedBroker {
@@ -27,7 +30,23 @@ impl EmbeddedBroker {
             "the embedded MQTT broker listens on loopback only (it has no TLS and no \
              authentication); point the node at a real broker with --mqtt-broker instead"
         );
-        let v5 = SocketAddr::new(addr.ip(), addr.port().checked_add(1).unwrap_or(0));
+        let v5_port = addr
+            .port()
+            .checked_add(1)
+            .filter(|_| addr.port() != 0)
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the embedded MQTT broker needs two ports, {addr} and the next one: name a port from 1 to 65534"
+                )
+            })?;
+        let v5 = SocketAddr::new(addr.ip(), v5_port);
+        // rumqttd only logs a failed bind, and a check that connects would be fooled by
+        // whoever holds the port: make sure both are free first.
+        for listen in [addr, v5] {
+            std::net::TcpListener::bind(listen).map_err(|e| {
+                anyhow::anyhow!("the embedded MQTT broker cannot listen on {listen}: {e}")
+            })?;
+        }
         let connections = ConnectionSettings {
             connection_timeout_ms: 5_000,
             max_payload_size: MAX_PAYLOAD,
@@ -77,16 +96,16 @@ impl EmbeddedBroker {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        Ok(Self { addr: v5 })
+        Ok(Self { v4: addr, v5 })
     }
 
     /// Where it speaks MQTT 5 (what the node connects to).
     pub fn v5_addr(&self) -> SocketAddr {
-        self.addr
+        self.v5
     }
 
     /// Where it speaks MQTT 3.1.1 (for older devices).
     pub fn v4_addr(&self) -> SocketAddr {
-        SocketAddr::new(self.addr.ip(), self.addr.port() - 1)
+        self.v4
     }
 }

@@ -97,7 +97,7 @@ impl Store {
         {
             let mut devices = txn.open_table(DEVICES)?;
             if devices.get(device.id.as_str())?.is_some() {
-                return Err(StoreError::InvalidInput(format!(
+                return Err(StoreError::Conflict(format!(
                     "device {} is registered already (ids are never reused, not even after a revocation)",
                     device.id
                 )));

@@ -40,6 +40,10 @@ pub enum StoreError {
     /// A block's bytes do not match its CID, or a record does not decode.
     #[error("store is corrupt: {0}")]
     Corrupt(String),
+    /// What the caller asks would replace something that must stay (a device id in
+    /// use); nothing was written.
+    #[error("{0}")]
+    Conflict(String),
     /// Input was refused before anything was written.
     #[error("invalid input: {0}")]
     InvalidInput(String),

@@ -283,6 +283,10 @@ impl Store {
         if let Some(key) = &request.idempotency_key {
             let mut keys = txn.open_table(INGEST_KEYS)?;
             let earlier = keys.get(key.as_str())?.map(|v| v.value().to_string());
+            let earlier = match earlier {
+                Some(e) if txn.open_table(RECORDS)?.get(e.as_str())?.is_some() => Some(e),
+                _ => None,
+            };
             if let Some(earlier) = earlier {
                 // A concurrent put with the same key committed first: this one's blocks
                 // are orphans the sweep deletes.
@@ -323,6 +327,10 @@ impl Store {
         let Some(id) = table.get(key)? else {
             return Ok(None);
         };
+        // A record removed since is not there to answer: the put stores it again.
+        if txn.open_table(RECORDS)?.get(id.value())?.is_none() {
+            return Ok(None);
+        }
         let id = id
             .value()
             .parse()

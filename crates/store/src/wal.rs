@@ -59,6 +59,8 @@ pub(crate) struct WalState {
     /// Entries in the current file.
     file_entries: u64,
     next_seq: u64,
+    /// A failed append could not be cut back: nothing more is appended.
+    poisoned: bool,
 }
 
 fn segment_path(dir: &Path, first: u64) -> PathBuf {
@@ -146,7 +148,7 @@ impl Store {
             let mut count = 0u64;
             while at < bytes.len() {
                 match read_frame(key, &bytes[at..]) {
-                    Some((seq, entry, used)) => {
+                    Ok((seq, entry, used)) => {
                         if seq > checkpoint {
                             replay.entries.push((seq, entry));
                         }
@@ -154,7 +156,8 @@ impl Store {
                         at += used;
                         count += 1;
                     }
-                    None if is_last => {
+                    // Torn: at the end of the last file, nothing readable after it.
+                    Err(_) if is_last && !any_frame_after(key, &bytes[at..]) => {
                         // A torn append: never acknowledged, cut it off.
                         replay.torn_bytes = (bytes.len() - at) as u64;
                         let file = OpenOptions::new()
@@ -167,9 +170,10 @@ impl Store {
                         tracing::warn!(file = %path.display(), bytes = replay.torn_bytes, "cut off a torn telemetry log entry");
                         break;
                     }
-                    None => {
+                    Err(_) => {
                         return Err(StoreError::Corrupt(format!(
-                            "telemetry log file {} is damaged at byte {at}",
+                            "telemetry log file {} is damaged at byte {at} (a frame that does not \
+                             authenticate, followed by frames that do)",
                             path.display()
                         )))
                     }
@@ -193,6 +197,7 @@ impl Store {
             file_first,
             file_entries,
             next_seq,
+            poisoned: false,
         });
         Ok(replay)
     }
@@ -221,12 +226,26 @@ impl Store {
             buf.extend_from_slice(&seq.to_be_bytes());
             buf.extend_from_slice(&sealed);
         }
+        if wal.poisoned {
+            return Err(StoreError::Corrupt(
+                "the telemetry log could not be repaired after a failed write; restart the node"
+                    .into(),
+            ));
+        }
+        let before = wal
+            .file
+            .metadata()
+            .map_err(StoreError::io("reading the telemetry log's size"))?
+            .len();
         let write = wal.file.write_all(&buf).and_then(|()| wal.file.sync_data());
         if let Err(e) = write {
-            // What was written may be torn: cut the file back so a later append does not
-            // follow garbage (the next open would cut it there anyway).
-            let len = wal.file.metadata().map(|m| m.len()).unwrap_or(0);
-            let _ = wal.file.set_len(len.saturating_sub(buf.len() as u64));
+            // What was written may be torn: cut the file back to where this append began,
+            // so a later append does not follow garbage. If even that fails, no append is
+            // taken until the log is reopened (the next start cuts the torn tail).
+            let repaired = wal.file.set_len(before).and_then(|()| wal.file.sync_data());
+            if repaired.is_err() {
+                wal.poisoned = true;
+            }
             return Err(StoreError::Io {
                 context: "appending to the telemetry log".into(),
                 source: e,
@@ -242,20 +261,21 @@ impl Store {
         crate::lock(&self.wal).as_ref().map(|w| w.next_seq)
     }
 
-    /// Starts a flush of every entry appended so far: records `flushing = S` (S, the
-    /// last sequence number, is returned) and starts a new file, so the flushed ones can
-    /// be deleted whole. `None` when nothing was appended since the checkpoint.
-    pub fn wal_begin_flush(&self, checkpoint: u64) -> Result<Option<u64>, StoreError> {
+    /// Starts a flush of the entries up to `through` (the caller holds them all, and
+    /// nothing was appended after them that it does not hold): records `flushing =
+    /// through` and starts a new file, so the flushed ones can be deleted whole once no
+    /// later entry shares their file. `false` when there is nothing to flush (`through`
+    /// at or before `checkpoint`, or beyond what was appended).
+    pub fn wal_begin_flush(&self, checkpoint: u64, through: u64) -> Result<bool, StoreError> {
         let mut slot = crate::lock(&self.wal);
         let wal = slot.as_mut().ok_or_else(|| {
             StoreError::InvalidInput("the telemetry log is not open (Store::wal_open)".into())
         })?;
-        let last = wal.next_seq - 1;
-        if last <= checkpoint {
-            return Ok(None);
+        if through <= checkpoint || through >= wal.next_seq {
+            return Ok(false);
         }
         let txn = self.db.begin_write()?;
-        txn.open_table(TELEMETRY)?.insert("flushing", last)?;
+        txn.open_table(TELEMETRY)?.insert("flushing", through)?;
         txn.commit()?;
         if wal.file_entries > 0 {
             let path = segment_path(&wal.dir, wal.next_seq);
@@ -264,16 +284,18 @@ impl Store {
             wal.file_entries = 0;
             sync_dir(&wal.dir)?;
         }
-        Ok(Some(last))
+        Ok(true)
     }
 
     /// Ends the flush up to `through`: in one transaction the checkpoint moves there,
-    /// `flushing` is cleared and the devices' progress noted; then the files holding
+    /// `flushing` is cleared, the devices' progress noted and the flush's idempotency
+    /// keys (`ingest_keys`, needed only to repeat it) forgotten; then the files holding
     /// only flushed entries are deleted.
     pub fn wal_checkpoint(
         &self,
         through: u64,
         devices: &[DeviceProgress],
+        ingest_keys: &[String],
     ) -> Result<(), StoreError> {
         let key = self.index_key()?;
         let txn = self.db.begin_write()?;
@@ -281,6 +303,10 @@ impl Store {
             let mut table = txn.open_table(TELEMETRY)?;
             table.insert("checkpoint", through)?;
             table.remove("flushing")?;
+            let mut keys = txn.open_table(crate::tables::INGEST_KEYS)?;
+            for k in ingest_keys {
+                keys.remove(k.as_str())?;
+            }
         }
         Store::note_devices(&txn, key, devices)?;
         txn.commit()?;
@@ -311,14 +337,32 @@ impl Store {
     }
 }
 
-/// One frame at the start of `bytes`: `(seq, entry, bytes used)`, or `None` if it is
-/// incomplete or does not authenticate.
-fn read_frame(key: &medmesh_crypto::IndexKey, bytes: &[u8]) -> Option<(u64, Vec<u8>, usize)> {
-    let (len, rest) = bytes.split_first_chunk::<4>()?;
+/// Why no frame could be read.
+#[derive(Debug)]
+enum Frame {
+    /// The bytes end before the frame does (a torn append).
+    Incomplete,
+    /// A complete frame that does not authenticate.
+    Bad,
+}
+
+/// One frame at the start of `bytes`: `(seq, entry, bytes used)`.
+fn read_frame(
+    key: &medmesh_crypto::IndexKey,
+    bytes: &[u8],
+) -> Result<(u64, Vec<u8>, usize), Frame> {
+    let (len, rest) = bytes.split_first_chunk::<4>().ok_or(Frame::Incomplete)?;
     let len = u32::from_be_bytes(*len) as usize;
-    let (seq, rest) = rest.split_first_chunk::<8>()?;
+    let (seq, rest) = rest.split_first_chunk::<8>().ok_or(Frame::Incomplete)?;
     let seq = u64::from_be_bytes(*seq);
-    let sealed = rest.get(..len)?;
-    let entry = key.open(&context(seq), sealed).ok()?;
-    Some((seq, entry, FRAME_HEADER + len))
+    let sealed = rest.get(..len).ok_or(Frame::Incomplete)?;
+    let entry = key.open(&context(seq), sealed).map_err(|_| Frame::Bad)?;
+    Ok((seq, entry, FRAME_HEADER + len))
+}
+
+/// Whether a frame that authenticates starts anywhere after the first byte of `bytes`:
+/// a bad frame at the very end is a torn append (its sectors never reached the disk),
+/// one followed by good frames is damage.
+fn any_frame_after(key: &medmesh_crypto::IndexKey, bytes: &[u8]) -> bool {
+    (1..bytes.len()).any(|at| read_frame(key, &bytes[at..]).is_ok())
 }

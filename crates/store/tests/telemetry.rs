@@ -155,12 +155,11 @@ fn a_checkpoint_drops_flushed_entries_and_notes_device_counters() {
     f.store.register_device(&device("m-1"), "test").unwrap();
     f.store.wal_open().unwrap();
     f.store.wal_append(&[b"a".to_vec(), b"b".to_vec()]).unwrap();
-    let through = f
-        .store
-        .wal_begin_flush(0)
-        .unwrap()
-        .expect("entries to flush");
-    assert_eq!(through, 2);
+    assert!(
+        !f.store.wal_begin_flush(0, 3).unwrap(),
+        "3 was not appended"
+    );
+    assert!(f.store.wal_begin_flush(0, 2).unwrap());
     // Arrives while the flush runs: not covered by it.
     f.store.wal_append(&[b"c".to_vec()]).unwrap();
 
@@ -180,6 +179,7 @@ fn a_checkpoint_drops_flushed_entries_and_notes_device_counters() {
                 recent: vec![(40, "d40".into()), (41, "d41".into())],
                 firmware: Some("1.2.3".into()),
             }],
+            &[],
         )
         .unwrap();
     let files = std::fs::read_dir(dir.path().join(WAL_DIR)).unwrap().count();
@@ -202,6 +202,7 @@ fn a_checkpoint_drops_flushed_entries_and_notes_device_counters() {
                 recent: vec![(7, "d7".into())],
                 firmware: None,
             }],
+            &[],
         )
         .unwrap();
     let d = store.device("m-1").unwrap().unwrap();
@@ -222,6 +223,7 @@ fn a_checkpoint_drops_flushed_entries_and_notes_device_counters() {
                 recent: vec![(41 + medmesh_store::REPLAY_WINDOW, "dn".into())],
                 firmware: None,
             }],
+            &[],
         )
         .unwrap();
     let d = store.device("m-1").unwrap().unwrap();
@@ -238,7 +240,7 @@ fn a_checkpoint_drops_flushed_entries_and_notes_device_counters() {
     let left: Vec<_> = replay.entries.iter().map(|(s, _)| *s).collect();
     assert_eq!(left, [3]);
     assert_eq!(store.wal_append(&[b"d".to_vec()]).unwrap(), 4);
-    assert_eq!(store.wal_begin_flush(4).unwrap(), None, "nothing after 4");
+    assert!(!store.wal_begin_flush(4, 4).unwrap(), "nothing after 4");
 }
 
 #[test]
@@ -247,8 +249,52 @@ fn a_put_repeated_under_its_idempotency_key_stores_one_record() {
     let mut request = request(ContentType::FHIR_JSON, DEFAULT_CHUNK_SIZE);
     request.idempotency_key = Some("telemetry:7:abc".into());
     let first = f.put_with(b"{\"resourceType\":\"Bundle\"}", request.clone());
-    let second = f.put_with(b"{\"resourceType\":\"Bundle\",\"other\":1}", request);
+    let second = f.put_with(
+        b"{\"resourceType\":\"Bundle\",\"other\":1}",
+        request.clone(),
+    );
     assert_eq!(first, second);
     assert_eq!(f.store.record_count().unwrap(), 1);
     assert_eq!(f.read(&first).unwrap(), b"{\"resourceType\":\"Bundle\"}");
+
+    // A key whose record was removed answers nothing: the put stores the record again.
+    f.store.remove_record(&first, "test").unwrap();
+    let again = f.put_with(b"{\"resourceType\":\"Bundle\"}", request.clone());
+    assert_ne!(again, first);
+    assert_eq!(f.store.record_count().unwrap(), 1);
+    // A checkpoint forgets the keys of its flush.
+    f.store.wal_open().unwrap();
+    f.store.wal_append(&[b"x".to_vec()]).unwrap();
+    f.store
+        .wal_checkpoint(1, &[], &["telemetry:7:abc".to_string()])
+        .unwrap();
+    let fresh = f.put_with(b"{\"resourceType\":\"Bundle\"}", request);
+    assert_ne!(fresh, again);
+    assert_eq!(f.store.record_count().unwrap(), 2);
+}
+
+#[test]
+fn a_damaged_frame_followed_by_good_ones_is_damage_not_a_torn_tail() {
+    let f = fixture();
+    f.store.wal_open().unwrap();
+    f.store
+        .wal_append(&[b"one".to_vec(), b"two".to_vec(), b"three".to_vec()])
+        .unwrap();
+    let (dir, store) = reopen(f);
+    let file = std::fs::read_dir(dir.path().join(WAL_DIR))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[20] ^= 0xff; // inside the first frame's sealed entry
+    std::fs::write(&file, &bytes).unwrap();
+    let err = store.wal_open().unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        bytes,
+        "acknowledged frames are never cut off"
+    );
 }

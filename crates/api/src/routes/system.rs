@@ -86,6 +86,62 @@ pub async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse,
             ),
         ]);
     }
+    if let Ok(telemetry) = services.telemetry() {
+        let t = telemetry.stats();
+        let rejected: u64 = t.rejected.values().sum();
+        gauges.extend([
+            (
+                "medmesh_telemetry_queue_depth",
+                "Device messages waiting to be checked (backpressure holds the broker back when it fills).",
+                t.queue_depth as f64,
+            ),
+            (
+                "medmesh_telemetry_queue_lag_seconds",
+                "Seconds the oldest waiting device message has waited.",
+                t.queue_lag_seconds,
+            ),
+            (
+                "medmesh_telemetry_messages_stored",
+                "Device messages made durable since start.",
+                t.messages_stored as f64,
+            ),
+            (
+                "medmesh_telemetry_readings_stored",
+                "Readings made durable since start.",
+                t.readings_stored as f64,
+            ),
+            (
+                "medmesh_telemetry_messages_rejected",
+                "Device messages refused since start (reasons: GET /v1/telemetry).",
+                rejected as f64,
+            ),
+            (
+                "medmesh_telemetry_duplicates",
+                "Redelivered device messages recognised since start (stored once).",
+                t.duplicates as f64,
+            ),
+            (
+                "medmesh_telemetry_pending_readings",
+                "Readings durable in the log, not yet batched into records.",
+                t.pending_readings as f64,
+            ),
+            (
+                "medmesh_telemetry_alerts_open",
+                "Clinical alerts open.",
+                t.alerts_open as f64,
+            ),
+            (
+                "medmesh_mqtt_connected",
+                "1 while the MQTT bridge is connected to its broker.",
+                f64::from(u8::from(t.connected)),
+            ),
+            (
+                "medmesh_mqtt_sessions_lost",
+                "Times the broker had lost the node's MQTT session.",
+                t.session_losses as f64,
+            ),
+        ]);
+    }
     let text = state.inner.metrics.render(&gauges);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }

@@ -73,7 +73,8 @@ fn alert_view(a: Alert) -> AlertView {
     request_body = DeviceRequest,
     responses(
         (status = 201, body = DeviceInfo),
-        (status = 400, description = "Bad id, type, patient or key; or the id is taken", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Bad id, type, patient or key", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The id is taken (ids are never reused)", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Token lacks `admin`", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
@@ -263,7 +264,7 @@ pub async fn alerts(
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Token lacks `write`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such open alert", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Acknowledged already", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Acknowledged already, or cleared", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "No telemetry on this node", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))

@@ -208,9 +208,20 @@ pub struct AlertEngine {
 }
 
 impl AlertEngine {
-    /// An engine with these rules and no state.
+    /// An engine with these rules and no state; its alert ids are keyed by a random key.
     pub fn new(rules: AlertRules) -> Self {
-        Self::with_capacity(rules, MAX_SERIES)
+        let mut key = [0u8; 32];
+        // Without the OS generator the ids are still unique, only guessable.
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key);
+        Self::with_id_key(rules, key)
+    }
+
+    /// An engine whose alert ids are keyed by `key` (the same readings then give the same
+    /// ids: for tests).
+    pub fn with_id_key(rules: AlertRules, key: [u8; 32]) -> Self {
+        let mut engine = Self::with_capacity(rules, MAX_SERIES);
+        engine.book.id_key = key;
+        engine
     }
 
     /// An engine keeping at most `max_series` series and NEWS2 patients.
@@ -836,6 +847,9 @@ struct Book {
     /// Ids of `cleared`, oldest first.
     cleared_order: VecDeque<String>,
     counter: u64,
+    /// Keys the id hash: ids are published (MQTT, SSE, webhooks, the audit log) and must
+    /// not let anyone confirm a guessed patient reference.
+    id_key: [u8; 32],
 }
 
 impl Book {
@@ -852,12 +866,14 @@ impl Book {
         alert
     }
 
-    /// `alert-` and the first 8 bytes of SHA-256 over patient, device, rule, time and a
-    /// counter: deterministic, and unique in the engine (checked).
+    /// `alert-` and the first 8 bytes of SHA-256 over the engine's id key, patient,
+    /// device, rule, time and a counter: unique in the engine (checked), and telling
+    /// nothing of the patient without the key.
     fn new_id(&mut self, alert: &Alert) -> String {
         loop {
             self.counter = self.counter.wrapping_add(1);
             let mut context = digest::Context::new(&digest::SHA256);
+            context.update(&self.id_key);
             for part in [&alert.patient, &alert.device, &alert.rule] {
                 context.update(&(part.len() as u64).to_be_bytes());
                 context.update(part.as_bytes());
@@ -1604,7 +1620,7 @@ mod tests {
     #[test]
     fn alert_ids_are_deterministic_and_unique() {
         let run = || {
-            let mut e = AlertEngine::new(AlertRules::default());
+            let mut e = AlertEngine::with_id_key(AlertRules::default(), [7; 32]);
             feed(&mut e, &BED, VitalKind::Spo2, 88.0, 0, 30);
             feed(&mut e, &BED, VitalKind::HeartRate, 140.0, 0, 30);
             e.open_alerts()
@@ -1613,6 +1629,10 @@ mod tests {
         assert_eq!(first.len(), 2);
         assert_ne!(first[0].id, first[1].id);
         assert_eq!(first, run());
+        // Another key, other ids: they say nothing of the patient without it.
+        let mut e = AlertEngine::new(AlertRules::default());
+        feed(&mut e, &BED, VitalKind::Spo2, 88.0, 0, 30);
+        assert_ne!(e.open_alerts()[0].id, first[0].id);
     }
 
     #[test]

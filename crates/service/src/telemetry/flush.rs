@@ -52,6 +52,12 @@ impl Pending {
             .collect()
     }
 
+    /// The last sequence number held. The pipeline adds entries in sequence order, each
+    /// group before the next is appended, so every durable entry up to it is here.
+    fn last_seq(&self) -> Option<u64> {
+        self.entries.last_key_value().map(|(seq, _)| *seq)
+    }
+
     fn remove_through(&mut self, last: u64) {
         let kept = self.entries.split_off(&(last + 1));
         let removed = std::mem::replace(&mut self.entries, kept);
@@ -143,15 +149,20 @@ pub(crate) async fn flush(shared: &Arc<Shared>) -> Result<FlushReport, ServiceEr
     if let Some(through) = state.unfinished {
         report = flush_through(shared, &mut state, through).await?;
     }
-    let store = shared.services.store().clone();
-    let checkpoint = state.checkpoint;
-    let Some(through) = blocking("telemetry flush", move || {
-        Ok(store.wal_begin_flush(checkpoint)?)
-    })
-    .await?
-    else {
+    // What the pending set holds, not what the log holds: an entry appended a moment
+    // ago may not be in the set yet, and must not be checkpointed without its record.
+    let Some(through) = lock(&shared.pending).last_seq() else {
         return Ok(report);
     };
+    let store = shared.services.store().clone();
+    let checkpoint = state.checkpoint;
+    let begun = blocking("telemetry flush", move || {
+        Ok(store.wal_begin_flush(checkpoint, through)?)
+    })
+    .await?;
+    if !begun {
+        return Ok(report);
+    }
     state.unfinished = Some(through);
     let next = flush_through(shared, &mut state, through).await?;
     Ok(FlushReport {
@@ -215,11 +226,14 @@ async fn flush_through(
         messages: entries.len(),
         ..FlushReport::default()
     };
+    let mut keys = Vec::new();
     for (tag, (patient, readings)) in by_patient {
         if readings.is_empty() {
             continue;
         }
         report.readings += readings.len();
+        let key = format!("telemetry:{through}:{tag}");
+        keys.push(key.clone());
         let body = serde_json::to_vec(&bundle::to_bundle(&patient, &readings))
             .expect("a bundle serializes");
         shared
@@ -231,7 +245,7 @@ async fn flush_through(
                     patient: Some(patient),
                     actor: "telemetry".into(),
                 },
-                Some(format!("telemetry:{through}:{tag}")),
+                Some(key),
                 Arc::new(|_| {}),
             )
             .await?;
@@ -240,7 +254,7 @@ async fn flush_through(
     let store = shared.services.store().clone();
     let progress: Vec<_> = progress.into_values().collect();
     blocking("telemetry checkpoint", move || {
-        Ok(store.wal_checkpoint(through, &progress)?)
+        Ok(store.wal_checkpoint(through, &progress, &keys)?)
     })
     .await?;
     lock(&shared.pending).remove_through(through);
@@ -271,45 +285,9 @@ pub(crate) async fn readings(
     let slack = settings.time_window.max_age
         + time::Duration::try_from(settings.window * 2).unwrap_or(time::Duration::hours(1))
         + time::Duration::minutes(1);
-    let query = RecordQuery {
-        patient: Some(patient.clone()),
-        content_type: Some(ContentType::FHIR_JSON.parse()?),
-        since: Some(from),
-        until: Some(to + slack),
-        ..RecordQuery::default()
-    };
-    let found = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = found.clone();
-    shared
-        .services
-        .scan(query, move |summary| {
-            lock(&sink).push(summary.id);
-            std::ops::ControlFlow::Continue(())
-        })
-        .await?;
-    let ids = std::mem::take(&mut *lock(&found));
+    // The pending readings first: a flush that moves them into a record while the
+    // records are read then shows them twice (removed below), never not at all.
     let mut out = Vec::new();
-    for id in ids {
-        let mut opened = shared.services.open_record(id, actor).await?;
-        let mut bytes = Vec::new();
-        while let Some(chunk) = opened.body.recv().await {
-            let chunk = chunk.map_err(|e| {
-                ServiceError::Store(medmesh_store::StoreError::Io {
-                    context: format!("reading telemetry record {id}"),
-                    source: e,
-                })
-            })?;
-            bytes.extend_from_slice(&chunk);
-        }
-        if let Some(readings) = bundle::from_bundle(&bytes) {
-            out.extend(readings.into_iter().filter(in_range));
-        }
-        if out.len() > MAX_READINGS_ANSWERED {
-            return Err(ServiceError::InvalidInput(format!(
-                "more than {MAX_READINGS_ANSWERED} readings in that range; ask for a shorter one"
-            )));
-        }
-    }
     {
         let devices = lock(&shared.devices);
         let pending = lock(&shared.pending);
@@ -332,6 +310,46 @@ pub(crate) async fn readings(
             );
         }
     }
+    // A reading may be timed up to the clock skew ahead of when it arrived.
+    let since = from.checked_sub(settings.time_window.skew).unwrap_or(from);
+    let query = RecordQuery {
+        patient: Some(patient.clone()),
+        content_type: Some(ContentType::FHIR_JSON.parse()?),
+        since: Some(since),
+        until: to.checked_add(slack),
+        ..RecordQuery::default()
+    };
+    let found = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = found.clone();
+    shared
+        .services
+        .scan(query, move |summary| {
+            lock(&sink).push(summary.id);
+            std::ops::ControlFlow::Continue(())
+        })
+        .await?;
+    let ids = std::mem::take(&mut *lock(&found));
+    for id in ids {
+        let mut opened = shared.services.open_record(id, actor).await?;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = opened.body.recv().await {
+            let chunk = chunk.map_err(|e| {
+                ServiceError::Store(medmesh_store::StoreError::Io {
+                    context: format!("reading telemetry record {id}"),
+                    source: e,
+                })
+            })?;
+            bytes.extend_from_slice(&chunk);
+        }
+        if let Some(readings) = bundle::from_bundle(&bytes) {
+            out.extend(readings.into_iter().filter(in_range));
+        }
+        if out.len() > 2 * MAX_READINGS_ANSWERED {
+            return Err(ServiceError::InvalidInput(format!(
+                "more than {MAX_READINGS_ANSWERED} readings in that range; ask for a shorter one"
+            )));
+        }
+    }
     out.sort_by(|a, b| {
         (a.reading.time, &a.device, a.reading.kind).cmp(&(
             b.reading.time,
@@ -341,5 +359,10 @@ pub(crate) async fn readings(
     });
     // A pending entry flushed while the records were read shows twice: keep one.
     out.dedup();
+    if out.len() > MAX_READINGS_ANSWERED {
+        return Err(ServiceError::InvalidInput(format!(
+            "more than {MAX_READINGS_ANSWERED} readings in that range; ask for a shorter one"
+        )));
+    }
     Ok(out)
 }

@@ -61,7 +61,7 @@ pub struct TelemetrySettings {
     /// `submit` wait.
     pub queue: usize,
     /// The alert rules file (TOML, see `alerts::default_toml`); re-read when it
-    /// changes. `None`: the built-in rules.
+    /// changes or appears. `None`, or no such file yet: the built-in rules.
     pub rules_file: Option<PathBuf>,
     /// How often the rules file is looked at, and alerts escalated.
     pub tick: Duration,
@@ -198,8 +198,8 @@ impl NodeServices {
     ) -> Result<Arc<Telemetry>, ServiceError> {
         self.keys()?;
         let rules = match &settings.rules_file {
-            Some(path) => load_rules(path)?,
-            None => AlertRules::default(),
+            Some(path) if path.exists() => load_rules(path)?,
+            _ => AlertRules::default(),
         };
         let store = self.store.clone();
         let (replay, devices) = blocking("telemetry log replay", move || {
@@ -355,6 +355,41 @@ impl Telemetry {
             return Err(ServiceError::Internal("the telemetry pipeline stopped"));
         }
         Ok(outcome)
+    }
+
+    /// [`submit`](Self::submit) without waiting: [`ServiceError::Busy`] when the queue is
+    /// full (for messages nobody acknowledges, such as MQTT QoS 0).
+    pub fn try_submit(
+        &self,
+        device: &str,
+        payload: Bytes,
+    ) -> Result<oneshot::Receiver<Outcome>, ServiceError> {
+        let (reply, outcome) = oneshot::channel();
+        let now = OffsetDateTime::now_utc();
+        let submission = pipeline::Submission {
+            device: device.to_string(),
+            payload,
+            received: now,
+            reply,
+        };
+        if self.shared.queued.fetch_add(1, Ordering::AcqRel) == 0 {
+            let nanos = u64::try_from(now.unix_timestamp_nanos()).unwrap_or(0);
+            self.shared.oldest_queued.store(nanos, Ordering::Release);
+        }
+        match self.queue.try_send(submission) {
+            Ok(()) => Ok(outcome),
+            Err(e) => {
+                self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+                Err(match e {
+                    mpsc::error::TrySendError::Full(_) => {
+                        ServiceError::Busy("the telemetry queue is full".into())
+                    }
+                    mpsc::error::TrySendError::Closed(_) => {
+                        ServiceError::Internal("the telemetry pipeline stopped")
+                    }
+                })
+            }
+        }
     }
 
     /// The counters.

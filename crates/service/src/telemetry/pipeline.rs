@@ -273,6 +273,15 @@ fn order(
                     Some(c.counter),
                 ));
             };
+            // Again here, under the lock: a revocation made while the group was checked
+            // takes effect for every message not yet accepted.
+            if state.record.revoked.is_some() {
+                return Verdict::Reject(reject(
+                    "revoked-device",
+                    format!("device {device} is revoked"),
+                    Some(c.counter),
+                ));
+            }
             let highest = last.get(device).copied().unwrap_or(state.counter);
             let used = state
                 .recent
@@ -535,8 +544,8 @@ pub(crate) async fn announce_alert(shared: &Arc<Shared>, change: &str, alert: &A
                 ("change", change.to_string()),
                 ("rule", alert.rule.clone()),
                 ("severity", severity),
+                // No value: the audit log is not sealed, and a reading is health data.
                 ("device", alert.device.clone()),
-                ("value", alert.value.to_string()),
             ],
         )
         .await;
