@@ -41,6 +41,21 @@ pub fn medmesh(dir: &Path) -> Command {
     cmd
 }
 
+/// `medmesh init` of a node named `name` under `base`; its data dir.
+pub fn init(base: &Path, name: &str) -> PathBuf {
+    let dir = base.join(name);
+    let out = medmesh(&dir)
+        .args(["init", "--institution", "Test Hospital"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
 impl Proc {
     /// A new node (keys of its own) in `base/name`, dialing `peers` at start.
     pub fn start(base: &Path, name: &str, peers: &[&Proc]) -> Self {
@@ -69,16 +84,7 @@ impl Proc {
         logged: bool,
         chain_args: Vec<String>,
     ) -> Self {
-        let dir = base.join(name);
-        let out = medmesh(&dir)
-            .args(["init", "--institution", "Test Hospital"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let dir = init(base, name);
         let mut node = Proc {
             dir,
             api: free_port(),
@@ -207,16 +213,7 @@ impl Proc {
     /// after `configure` edited its fresh data dir (e.g. appended a `[[webhooks]]` table
     /// to `medmesh.toml` and wrote the secret file it names).
     pub fn start_configured(base: &Path, name: &str, configure: impl FnOnce(&Path)) -> Self {
-        let dir = base.join(name);
-        let out = medmesh(&dir)
-            .args(["init", "--institution", "Test Hospital"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let dir = init(base, name);
         configure(&dir);
         let mut node = Proc {
             dir,
@@ -237,16 +234,7 @@ impl Proc {
     /// broker at `broker` (`mqtt://…`) and batches readings into records every second
     /// (so kills also land in the middle of batches).
     pub fn start_with_mqtt(base: &Path, name: &str, broker: &str) -> Self {
-        let dir = base.join(name);
-        let out = medmesh(&dir)
-            .args(["init", "--institution", "Test Hospital"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let dir = init(base, name);
         let config = dir.join("medmesh.toml");
         let text = std::fs::read_to_string(&config).unwrap();
         let text = text

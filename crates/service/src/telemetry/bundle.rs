@@ -5,6 +5,7 @@
 
 use medmesh_core::vitals::{Reading, VitalKind};
 use medmesh_core::PatientRef;
+use serde::Serialize;
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -28,41 +29,138 @@ fn display(kind: VitalKind) -> &'static str {
     }
 }
 
+// The bundle as typed borrowed structs: a batch holds up to a million readings, and
+// building a `serde_json::Value` tree per Observation costs several times more.
+
+#[derive(Serialize)]
+struct Coding<'a> {
+    system: &'a str,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    display: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct Concept<'a> {
+    coding: [Coding<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct Identified<'a> {
+    identifier: Value1<'a>,
+}
+
+#[derive(Serialize)]
+struct Value1<'a> {
+    value: &'a str,
+}
+
+#[derive(Serialize)]
+struct Quantity<'a> {
+    value: f64,
+    unit: &'a str,
+    system: &'a str,
+    code: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Observation<'a> {
+    resource_type: &'a str,
+    status: &'a str,
+    category: [Concept<'a>; 1],
+    code: Concept<'a>,
+    subject: Identified<'a>,
+    device: Identified<'a>,
+    effective_date_time: String,
+    value_quantity: Quantity<'a>,
+}
+
+#[derive(Serialize)]
+struct Entry<'a> {
+    resource: Observation<'a>,
+}
+
+#[derive(Serialize)]
+struct Meta<'a> {
+    tag: [Coding<'a>; 1],
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Bundle<'a> {
+    resource_type: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    meta: Meta<'a>,
+    timestamp: String,
+    entry: Vec<Entry<'a>>,
+}
+
 /// One Observation of `patient` for `r`.
-fn observation(patient: &PatientRef, r: &DeviceReading) -> Value {
+fn observation<'a>(patient: &'a PatientRef, r: &'a DeviceReading) -> Observation<'a> {
     let kind = r.reading.kind;
-    json!({
-        "resourceType": "Observation",
-        "status": "final",
-        "category": [{"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-            "code": "vital-signs"
-        }]}],
-        "code": {"coding": [{"system": "http://loinc.org", "code": kind.loinc(), "display": display(kind)}]},
-        "subject": {"identifier": {"value": patient.as_str()}},
-        "device": {"identifier": {"value": r.device}},
-        "effectiveDateTime": rfc3339(r.reading.time),
-        "valueQuantity": {
-            "value": r.reading.value,
-            "unit": kind.unit(),
-            "system": "http://unitsofmeasure.org",
-            "code": kind.unit()
-        }
-    })
+    Observation {
+        resource_type: "Observation",
+        status: "final",
+        category: [Concept {
+            coding: [Coding {
+                system: "http://terminology.hl7.org/CodeSystem/observation-category",
+                code: "vital-signs",
+                display: None,
+            }],
+        }],
+        code: Concept {
+            coding: [Coding {
+                system: "http://loinc.org",
+                code: kind.loinc(),
+                display: Some(display(kind)),
+            }],
+        },
+        subject: Identified {
+            identifier: Value1 {
+                value: patient.as_str(),
+            },
+        },
+        device: Identified {
+            identifier: Value1 { value: &r.device },
+        },
+        effective_date_time: rfc3339(r.reading.time),
+        value_quantity: Quantity {
+            value: r.reading.value,
+            unit: kind.unit(),
+            system: "http://unitsofmeasure.org",
+            code: kind.unit(),
+        },
+    }
+}
+
+/// The bundle of `readings` of `patient`, as JSON bytes.
+pub fn to_bundle_bytes(patient: &PatientRef, readings: &[DeviceReading]) -> Vec<u8> {
+    let bundle = Bundle {
+        resource_type: "Bundle",
+        kind: "collection",
+        meta: Meta {
+            tag: [Coding {
+                system: TAG_SYSTEM,
+                code: "vital-signs",
+                display: None,
+            }],
+        },
+        timestamp: rfc3339(OffsetDateTime::now_utc()),
+        entry: readings
+            .iter()
+            .map(|r| Entry {
+                resource: observation(patient, r),
+            })
+            .collect(),
+    };
+    serde_json::to_vec(&bundle).expect("a bundle serializes")
 }
 
 /// The bundle of `readings` of `patient`.
 pub fn to_bundle(patient: &PatientRef, readings: &[DeviceReading]) -> Value {
-    json!({
-        "resourceType": "Bundle",
-        "type": "collection",
-        "meta": {"tag": [{"system": TAG_SYSTEM, "code": "vital-signs"}]},
-        "timestamp": rfc3339(OffsetDateTime::now_utc()),
-        "entry": readings
-            .iter()
-            .map(|r| json!({"resource": observation(patient, r)}))
-            .collect::<Vec<_>>(),
-    })
+    serde_json::from_slice(&to_bundle_bytes(patient, readings)).expect("a bundle parses back")
 }
 
 /// The readings of a bundle [`to_bundle`] made; `None` if `bytes` is not one (another
@@ -139,7 +237,11 @@ mod tests {
                 },
             },
         ];
-        let bytes = serde_json::to_vec(&to_bundle(&patient, &readings)).unwrap();
+        let bytes = to_bundle_bytes(&patient, &readings);
+        assert_eq!(
+            to_bundle(&patient, &readings)["entry"][1]["resource"]["code"]["coding"][0]["code"],
+            "8310-5"
+        );
         assert_eq!(from_bundle(&bytes).unwrap(), readings);
         assert!(from_bundle(br#"{"resourceType":"Bundle","entry":[]}"#).is_none());
         assert!(from_bundle(b"not json").is_none());

@@ -234,8 +234,12 @@ async fn flush_through(
         report.readings += readings.len();
         let key = format!("telemetry:{through}:{tag}");
         keys.push(key.clone());
-        let body = serde_json::to_vec(&bundle::to_bundle(&patient, &readings))
-            .expect("a bundle serializes");
+        // Off the executor: a patient's batch can hold hundreds of thousands of readings.
+        let (patient, body) = blocking("telemetry batch", move || {
+            let body = bundle::to_bundle_bytes(&patient, &readings);
+            Ok((patient, body))
+        })
+        .await?;
         shared
             .services
             .ingest_keyed(

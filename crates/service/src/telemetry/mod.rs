@@ -71,7 +71,9 @@ impl Default for TelemetrySettings {
     fn default() -> Self {
         Self {
             window: Duration::from_secs(60),
-            max_pending_readings: 20_000,
+            // About 40 MB of readings; a batch costs a key wrap and a signature per
+            // patient, so batches of a few seconds would cost more than the readings.
+            max_pending_readings: 1_000_000,
             time_window: TimeWindow::default(),
             queue: 8192,
             rules_file: None,
@@ -338,18 +340,7 @@ impl Telemetry {
         device: &str,
         payload: Bytes,
     ) -> Result<oneshot::Receiver<Outcome>, ServiceError> {
-        let (reply, outcome) = oneshot::channel();
-        let now = OffsetDateTime::now_utc();
-        let submission = pipeline::Submission {
-            device: device.to_string(),
-            payload,
-            received: now,
-            reply,
-        };
-        if self.shared.queued.fetch_add(1, Ordering::AcqRel) == 0 {
-            let nanos = u64::try_from(now.unix_timestamp_nanos()).unwrap_or(0);
-            self.shared.oldest_queued.store(nanos, Ordering::Release);
-        }
+        let (submission, outcome) = self.queued_submission(device, payload);
         if self.queue.send(submission).await.is_err() {
             self.shared.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(ServiceError::Internal("the telemetry pipeline stopped"));
@@ -364,18 +355,7 @@ impl Telemetry {
         device: &str,
         payload: Bytes,
     ) -> Result<oneshot::Receiver<Outcome>, ServiceError> {
-        let (reply, outcome) = oneshot::channel();
-        let now = OffsetDateTime::now_utc();
-        let submission = pipeline::Submission {
-            device: device.to_string(),
-            payload,
-            received: now,
-            reply,
-        };
-        if self.shared.queued.fetch_add(1, Ordering::AcqRel) == 0 {
-            let nanos = u64::try_from(now.unix_timestamp_nanos()).unwrap_or(0);
-            self.shared.oldest_queued.store(nanos, Ordering::Release);
-        }
+        let (submission, outcome) = self.queued_submission(device, payload);
         match self.queue.try_send(submission) {
             Ok(()) => Ok(outcome),
             Err(e) => {
@@ -390,6 +370,28 @@ impl Telemetry {
                 })
             }
         }
+    }
+
+    /// A submission received now, counted as queued (the caller uncounts it if it
+    /// cannot be queued).
+    fn queued_submission(
+        &self,
+        device: &str,
+        payload: Bytes,
+    ) -> (pipeline::Submission, oneshot::Receiver<Outcome>) {
+        let (reply, outcome) = oneshot::channel();
+        let now = OffsetDateTime::now_utc();
+        if self.shared.queued.fetch_add(1, Ordering::AcqRel) == 0 {
+            let nanos = u64::try_from(now.unix_timestamp_nanos()).unwrap_or(0);
+            self.shared.oldest_queued.store(nanos, Ordering::Release);
+        }
+        let submission = pipeline::Submission {
+            device: device.to_string(),
+            payload,
+            received: now,
+            reply,
+        };
+        (submission, outcome)
     }
 
     /// The counters.
@@ -453,7 +455,7 @@ impl Telemetry {
                 AckError::Unknown { .. } => ServiceError::NotFound(e.to_string()),
                 other => ServiceError::Conflict(other.to_string()),
             })?;
-        pipeline::announce_alert(&self.shared, "acknowledged", &alert, actor).await;
+        pipeline::announce(&self.shared, &[("acknowledged", alert.clone())], actor);
         Ok(alert)
     }
 }
@@ -484,9 +486,7 @@ async fn tick(shared: Arc<Shared>) {
         }
         let now = OffsetDateTime::now_utc();
         let escalated = lock(&shared.alerts).tick(now);
-        for change in escalated {
-            pipeline::announce_change(&shared, change).await;
-        }
+        pipeline::announce_changes(&shared, escalated);
         let Some(path) = shared.settings.rules_file.clone() else {
             continue;
         };
@@ -499,9 +499,7 @@ async fn tick(shared: Arc<Shared>) {
             Ok(rules) => {
                 let cleared = lock(&shared.alerts).replace_rules(rules);
                 tracing::info!(file = %path.display(), "alert rules reloaded");
-                for change in cleared {
-                    pipeline::announce_change(&shared, change).await;
-                }
+                pipeline::announce_changes(&shared, cleared);
             }
             Err(e) => {
                 tracing::error!(error = %e, "alert rules not reloaded; the previous ones stay in force")

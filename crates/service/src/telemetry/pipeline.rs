@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use medmesh_core::device_message::{self, MessageError};
 use medmesh_core::vitals::{self, Reading};
-use medmesh_store::{AuditAction, DeviceRecord, REPLAY_WINDOW};
+use medmesh_store::{AuditAction, AuditEvent, DeviceRecord, REPLAY_WINDOW};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
@@ -390,6 +390,31 @@ async fn process(shared: &Arc<Shared>, group: Vec<Submission>) {
         return;
     };
     let verdicts = order(&lock(&shared.devices), &group, checked);
+    // Alerts before the log append: a clinician needs them now. Were the append to fail,
+    // the readings would come again and be seen as not newer, raising nothing twice.
+    let changes = {
+        let devices = lock(&shared.devices);
+        let mut alerts = lock(&shared.alerts);
+        let mut changes = Vec::new();
+        for verdict in &verdicts {
+            let Verdict::Accept(entry, _) = verdict else {
+                continue;
+            };
+            let Some(device) = devices.get(&entry.device) else {
+                continue;
+            };
+            let subject = Subject {
+                device: &entry.device,
+                device_type: &device.record.device_type,
+                patient: device.record.patient.as_str(),
+            };
+            for reading in &entry.readings {
+                changes.extend(alerts.observe(&subject, reading));
+            }
+        }
+        changes
+    };
+    announce_changes(shared, changes);
     let encoded: Vec<Vec<u8>> = verdicts
         .iter()
         .filter_map(|v| match v {
@@ -465,22 +490,11 @@ async fn process(shared: &Arc<Shared>, group: Vec<Submission>) {
     if durable.is_empty() {
         return;
     }
-    let mut changes = Vec::new();
     {
         let mut devices = lock(&shared.devices);
-        let mut alerts = lock(&shared.alerts);
         for (_, entry) in &durable {
-            let Some(device) = devices.get_mut(&entry.device) else {
-                continue;
-            };
-            device.accept(entry);
-            let subject = Subject {
-                device: &entry.device,
-                device_type: &device.record.device_type,
-                patient: device.record.patient.as_str(),
-            };
-            for reading in &entry.readings {
-                changes.extend(alerts.observe(&subject, reading));
+            if let Some(device) = devices.get_mut(&entry.device) {
+                device.accept(entry);
             }
         }
     }
@@ -488,67 +502,69 @@ async fn process(shared: &Arc<Shared>, group: Vec<Submission>) {
     if early {
         shared.flush_wanted.notify_one();
     }
-    for change in changes {
-        announce_change(shared, change).await;
-    }
 }
 
-/// Publishes an alert change on the bus and in the audit log.
-pub(crate) async fn announce_change(shared: &Arc<Shared>, change: AlertChange) {
-    match change {
-        AlertChange::Raised(alert) => announce_alert(shared, "raised", &alert, "telemetry").await,
-        AlertChange::Changed(alert) => announce_alert(shared, "changed", &alert, "telemetry").await,
-        AlertChange::Escalated(alert) => {
-            announce_alert(shared, "escalated", &alert, "telemetry").await
-        }
-        AlertChange::Cleared { alert, reason, .. } => {
-            let change = match reason {
-                ClearReason::Recovered => "cleared",
-                ClearReason::RuleRemoved => "cleared-rule-removed",
-                ClearReason::Evicted => "cleared-untracked",
-            };
-            announce_alert(shared, change, &alert, "telemetry").await
-        }
-    }
+/// Publishes alert changes on the bus at once and writes them to the audit log in one
+/// transaction, in the background (a clinician must not wait on an fsync).
+pub(crate) fn announce_changes(shared: &Arc<Shared>, changes: Vec<AlertChange>) {
+    let named: Vec<(&'static str, Alert)> = changes
+        .into_iter()
+        .map(|change| match change {
+            AlertChange::Raised(alert) => ("raised", alert),
+            AlertChange::Changed(alert) => ("changed", alert),
+            AlertChange::Escalated(alert) => ("escalated", alert),
+            AlertChange::Cleared { alert, reason, .. } => (
+                match reason {
+                    ClearReason::Recovered => "cleared",
+                    ClearReason::RuleRemoved => "cleared-rule-removed",
+                    ClearReason::Evicted => "cleared-untracked",
+                },
+                alert,
+            ),
+        })
+        .collect();
+    announce(shared, &named, "telemetry");
 }
 
-/// One alert change: on the event bus (names the device, never the patient) and in the
-/// audit log.
-pub(crate) async fn announce_alert(shared: &Arc<Shared>, change: &str, alert: &Alert, actor: &str) {
-    let severity = serde_json::to_value(alert.severity)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
-    let measured = alert
-        .raised_at
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    shared.services.events().publish(NodeEvent::Alert {
-        change: change.to_string(),
-        alert: alert.id.clone(),
-        rule: alert.rule.clone(),
-        severity: severity.clone(),
-        device: alert.device.clone(),
-        vital: alert.kind.map(|k| k.name().to_string()),
-        value: alert.value,
-        measured,
-        message: alert.message.clone(),
-    });
-    shared
-        .services
-        .audit(
-            AuditAction::Alert,
-            actor,
-            &alert.id,
-            vec![
-                ("change", change.to_string()),
-                ("rule", alert.rule.clone()),
-                ("severity", severity),
-                // No value: the audit log is not sealed, and a reading is health data.
-                ("device", alert.device.clone()),
-            ],
-        )
-        .await;
+/// Alert changes `(change, alert)` by `actor`: on the event bus now (the device, never
+/// the patient), and in the audit log in the background, in one transaction.
+pub(crate) fn announce(shared: &Arc<Shared>, changes: &[(&str, Alert)], actor: &str) {
+    if changes.is_empty() {
+        return;
+    }
+    let mut audit = Vec::with_capacity(changes.len());
+    for (change, alert) in changes {
+        let severity = alert.severity.name().to_string();
+        let measured = alert
+            .raised_at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        shared.services.events().publish(NodeEvent::Alert {
+            change: change.to_string(),
+            alert: alert.id.clone(),
+            rule: alert.rule.clone(),
+            severity: severity.clone(),
+            device: alert.device.clone(),
+            vital: alert.kind.map(|k| k.name().to_string()),
+            value: alert.value,
+            measured,
+            message: alert.message.clone(),
+        });
+        audit.push(AuditEvent {
+            action: AuditAction::Alert,
+            actor: actor.to_string(),
+            subject: alert.id.clone(),
+            // No value: the audit log is not sealed, and a reading is health data.
+            detail: BTreeMap::from([
+                ("change".to_string(), change.to_string()),
+                ("rule".to_string(), alert.rule.clone()),
+                ("severity".to_string(), severity),
+                ("device".to_string(), alert.device.clone()),
+            ]),
+        });
+    }
+    let store = shared.services.store().clone();
+    tokio::spawn(async move { crate::services::append_audit(&store, audit).await });
 }
 
 /// Decodes a log entry (the pipeline wrote it).
