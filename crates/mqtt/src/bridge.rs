@@ -277,7 +277,11 @@ pub fn spawn_bridge(
         link,
         unacked_rx,
     ));
-    tokio::spawn(publish_alerts(services, client, settings.topics.clone()));
+    tokio::spawn(publish_alerts(
+        services.telemetry()?.clone(),
+        client,
+        settings.topics.clone(),
+    ));
     Ok(BridgeHandle {
         counters,
         broker: settings.broker.to_string(),
@@ -555,10 +559,12 @@ async fn ack(
     }
 }
 
-/// Publishes every alert of the event bus on its device's alert topic (QoS 1).
-async fn publish_alerts(services: Arc<NodeServices>, client: AsyncClient, topics: Topics) {
+/// Publishes every alert on its device's alert topic (QoS 1).
+async fn publish_alerts(telemetry: Arc<Telemetry>, client: AsyncClient, topics: Topics) {
     use tokio::sync::broadcast::error::RecvError;
-    let mut events = services.events().subscribe();
+    // The telemetry's own alert feed, far deeper than the event bus: a burst of alerts
+    // (a ward deteriorating at once) is not skipped while the broker takes them.
+    let mut events = telemetry.alert_feed();
     loop {
         let event = match events.recv().await {
             Ok(event) => event,

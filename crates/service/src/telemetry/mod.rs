@@ -82,6 +82,9 @@ impl Default for TelemetrySettings {
     }
 }
 
+/// Alert events buffered for each transport that publishes them.
+const ALERT_FEED: usize = 65_536;
+
 /// A device as registration gives it.
 #[derive(Debug, Clone)]
 pub struct DeviceRegistration {
@@ -186,6 +189,8 @@ pub(crate) struct Shared {
     /// Unix nanoseconds at which the oldest queued message was submitted (0: none).
     pub(crate) oldest_queued: AtomicU64,
     pub(crate) flush_wanted: Notify,
+    /// Alert events, for transports that publish them (deeper than the event bus).
+    pub(crate) alert_feed: tokio::sync::broadcast::Sender<crate::events::NodeEvent>,
     /// Serialises flushes (the timer, an early flush, `flush_now`).
     pub(crate) flushing: tokio::sync::Mutex<flush::FlushState>,
 }
@@ -224,6 +229,7 @@ impl NodeServices {
             queued: AtomicU64::new(0),
             oldest_queued: AtomicU64::new(0),
             flush_wanted: Notify::new(),
+            alert_feed: tokio::sync::broadcast::channel(ALERT_FEED).0,
             flushing: tokio::sync::Mutex::new(flush::FlushState::default()),
         });
         let replayed = flush::restore(&shared, replay)?;
@@ -392,6 +398,12 @@ impl Telemetry {
             reply,
         };
         (submission, outcome)
+    }
+
+    /// Every alert event from now on (what the event bus carries as `alert`, with a
+    /// buffer deep enough for a burst).
+    pub fn alert_feed(&self) -> tokio::sync::broadcast::Receiver<crate::events::NodeEvent> {
+        self.shared.alert_feed.subscribe()
     }
 
     /// The counters.

@@ -539,7 +539,7 @@ pub(crate) fn announce(shared: &Arc<Shared>, changes: &[(&str, Alert)], actor: &
             .raised_at
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
-        shared.services.events().publish(NodeEvent::Alert {
+        let event = NodeEvent::Alert {
             change: change.to_string(),
             alert: alert.id.clone(),
             rule: alert.rule.clone(),
@@ -549,7 +549,9 @@ pub(crate) fn announce(shared: &Arc<Shared>, changes: &[(&str, Alert)], actor: &
             value: alert.value,
             measured,
             message: alert.message.clone(),
-        });
+        };
+        let _ = shared.alert_feed.send(event.clone());
+        shared.services.events().publish(event);
         audit.push(AuditEvent {
             action: AuditAction::Alert,
             actor: actor.to_string(),
