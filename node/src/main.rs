@@ -159,8 +159,10 @@ fn init_tracing(verbose: u8) {
         1 => "info",
         _ => "debug",
     };
+    // The embedded broker (rumqttd) logs every client that disconnects as an error:
+    // silent unless RUST_LOG asks for it (the node reports the broker's own failures).
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},rumqttd=off")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

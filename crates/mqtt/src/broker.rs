@@ -21,6 +21,42 @@ pub struct EmbeddedBroker {
     v5: SocketAddr,
 }
 
+/// Whether an MQTT broker at `addr` accepts a CONNECT of protocol `level` (4: 3.1.1, 5:
+/// MQTT 5): it sends one, waits for the CONNACK, and disconnects cleanly.
+fn answers_connect(addr: SocketAddr, level: u8) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    let id = b"medmesh-probe";
+    let mut variable = vec![0, 4, b'M', b'Q', b'T', b'T', level, 0x02, 0, 10];
+    if level == 5 {
+        variable.push(0); // no properties
+    }
+    let remaining = variable.len() + 2 + id.len();
+    let mut packet = vec![0x10, remaining as u8];
+    packet.extend_from_slice(&variable);
+    packet.extend_from_slice(&[0, id.len() as u8]);
+    packet.extend_from_slice(id);
+    let mut connack = [0u8; 2];
+    let answered = stream.write_all(&packet).is_ok()
+        && stream.read_exact(&mut connack).is_ok()
+        && connack[0] == 0x20;
+    // DISCONNECT (MQTT 5's carries a reason: 0, normal).
+    let disconnect: &[u8] = if level == 5 {
+        &[0xe0, 1, 0]
+    } else {
+        &[0xe0, 0]
+    };
+    let _ = stream.write_all(disconnect);
+    // Wait for the broker to close first, so it sees a clean end, not a reset.
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let mut rest = [0u8; 64];
+    while matches!(stream.read(&mut rest), Ok(n) if n > 0) {}
+    answered
+}
+
 impl EmbeddedBroker {
     /// Starts a broker speaking MQTT 5 and 3.1.1 on `addr` (one listener each: 3.1.1 on
     /// `addr`, MQTT 5 on the port after it) and waits until it accepts connections.
@@ -85,13 +121,14 @@ impl EmbeddedBroker {
                     tracing::error!(error = %e, "the embedded MQTT broker stopped");
                 }
             })?;
-        // rumqttd reports a failed bind only in its log: wait for the listeners.
+        // rumqttd binds in the background: wait until each listener answers a real
+        // CONNECT (a bare TCP probe would make it log an error per attempt).
         let deadline = Instant::now() + Duration::from_secs(10);
-        for listen in [addr, v5] {
-            while TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_err() {
+        for (listen, level) in [(addr, 4), (v5, 5)] {
+            while !answers_connect(listen, level) {
                 anyhow::ensure!(
                     Instant::now() < deadline,
-                    "the embedded MQTT broker did not start listening on {listen} (is the port in use?)"
+                    "the embedded MQTT broker did not start listening on {listen}"
                 );
                 std::thread::sleep(Duration::from_millis(20));
             }
