@@ -57,6 +57,21 @@ pub fn init(base: &Path, name: &str) -> PathBuf {
 }
 
 impl Proc {
+    /// A node on fresh free ports for the data dir `dir`, not started yet.
+    fn stopped(dir: PathBuf, log: Option<PathBuf>, chain_args: Vec<String>, mqtt: bool) -> Self {
+        Proc {
+            dir,
+            api: free_port(),
+            p2p: free_port(),
+            token: String::new(),
+            peer_id: String::new(),
+            child: None,
+            log,
+            chain_args,
+            mqtt,
+        }
+    }
+
     /// A new node (keys of its own) in `base/name`, dialing `peers` at start.
     pub fn start(base: &Path, name: &str, peers: &[&Proc]) -> Self {
         Self::start_inner(base, name, peers, false, Vec::new())
@@ -85,17 +100,8 @@ impl Proc {
         chain_args: Vec<String>,
     ) -> Self {
         let dir = init(base, name);
-        let mut node = Proc {
-            dir,
-            api: free_port(),
-            p2p: free_port(),
-            token: String::new(),
-            peer_id: String::new(),
-            child: None,
-            log: logged.then(|| base.join(format!("{name}.log"))),
-            chain_args,
-            mqtt: false,
-        };
+        let log = logged.then(|| base.join(format!("{name}.log")));
+        let mut node = Proc::stopped(dir, log, chain_args, false);
         let peers: Vec<String> = peers.iter().map(|p| p.addr()).collect();
         node.run(&peers);
         node
@@ -215,17 +221,8 @@ impl Proc {
     pub fn start_configured(base: &Path, name: &str, configure: impl FnOnce(&Path)) -> Self {
         let dir = init(base, name);
         configure(&dir);
-        let mut node = Proc {
-            dir,
-            api: free_port(),
-            p2p: free_port(),
-            token: String::new(),
-            peer_id: String::new(),
-            child: None,
-            log: Some(base.join(format!("{name}.log"))),
-            chain_args: Vec::new(),
-            mqtt: false,
-        };
+        let log = Some(base.join(format!("{name}.log")));
+        let mut node = Proc::stopped(dir, log, Vec::new(), false);
         node.run(&[]);
         node
     }
@@ -244,17 +241,8 @@ impl Proc {
             )
             .replace("batch_window_secs = 60", "batch_window_secs = 1");
         std::fs::write(&config, text).unwrap();
-        let mut node = Proc {
-            dir,
-            api: free_port(),
-            p2p: free_port(),
-            token: String::new(),
-            peer_id: String::new(),
-            child: None,
-            log: Some(base.join(format!("{name}.log"))),
-            chain_args: Vec::new(),
-            mqtt: true,
-        };
+        let log = Some(base.join(format!("{name}.log")));
+        let mut node = Proc::stopped(dir, log, Vec::new(), true);
         node.run(&[]);
         node
     }

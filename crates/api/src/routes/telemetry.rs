@@ -40,10 +40,7 @@ fn device_info(d: DeviceView) -> DeviceInfo {
 }
 
 fn alert_view(a: Alert) -> AlertView {
-    let severity = serde_json::to_value(a.severity)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default();
+    let severity = a.severity.name().to_string();
     let (acknowledged_by, acknowledged_at) = match a.acknowledged {
         Some((by, at)) => (Some(by), Some(rfc3339(at))),
         None => (None, None),
