@@ -1,0 +1,598 @@
+//! The search for the optimal full-domain generalization.
+//!
+//! A transformation gives each quasi-identifier a level of its hierarchy; together they
+//! form a lattice, ordered by "generalizes every column at least as far". The table is
+//! first reduced to its distinct quasi-identifier tuples at level 0 (the bottom
+//! partition); every other transformation's equivalence classes are unions of those, and
+//! of the classes of any transformation below it. So a transformation is evaluated by
+//! merging the classes of an already evaluated one directly below it (ARX's "roll-up"),
+//! never by reading the rows again.
+//!
+//! The lattice is walked bottom-up, one level-sum at a time. A transformation is skipped
+//! without evaluation when a lower bound of its loss is no better than the best valid one
+//! found. The bounds are exact consequences of the metric's definition:
+//! - monotonic entropy is a sum of per-column terms, known before any evaluation;
+//! - non-monotonic entropy is never below the monotonic one;
+//! - DM* only grows when classes merge, so a transformation's DM* bounds every
+//!   generalization of it; DM is never below DM*;
+//! - a generalization never has more classes, which bounds AECS from below.
+//!
+//! Validity (suppressed rows within the limit) is not assumed monotonic: with
+//! suppression, an l-diverse or t-close class merged with a failing one can fail. The
+//! search therefore never infers validity, and finds the same optimum ARX's exhaustive
+//! definition does: the least loss over every valid transformation.
+
+use rustc_hash::FxHashMap;
+
+use crate::{
+    error::AnonError,
+    hierarchy::EncodedHierarchy,
+    metric::{self, Metric},
+    model::{Check, SensitiveDomain},
+};
+
+/// Largest lattice searched (transformations).
+pub const MAX_LATTICE: u128 = 1 << 24;
+
+/// A histogram of sensitive codes per class: class `c` owns
+/// `entries[offsets[c]..offsets[c + 1]]`, sorted by code.
+#[derive(Debug, Clone, Default)]
+struct Histograms {
+    offsets: Vec<u32>,
+    entries: Vec<(u32, u64)>,
+}
+
+impl Histograms {
+    fn of(&self, class: usize) -> &[(u32, u64)] {
+        &self.entries[self.offsets[class] as usize..self.offsets[class + 1] as usize]
+    }
+}
+
+/// Equivalence classes of one transformation.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Partition {
+    /// A bottom class of each class (its level-0 codes generalize to the class's tuple).
+    rep: Vec<u32>,
+    /// Rows per class.
+    count: Vec<u64>,
+    /// Per sensitive column.
+    histograms: Vec<Histograms>,
+    /// For each class of the partition this one was built from, its class here.
+    parent_to_class: Vec<u32>,
+}
+
+impl Partition {
+    pub fn len(&self) -> usize {
+        self.count.len()
+    }
+
+    /// Rows per class.
+    pub fn counts(&self) -> &[u64] {
+        &self.count
+    }
+
+    /// For each class of the partition this one was rolled up from, its class here.
+    pub fn parents(&self) -> &[u32] {
+        &self.parent_to_class
+    }
+}
+
+/// What evaluating a transformation found.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Evaluation {
+    pub suppressed_rows: u64,
+    pub suppressed_classes: u64,
+    pub kept_classes: u64,
+    pub valid: bool,
+    /// Σ n² over all classes.
+    pub dm_star: f64,
+    /// Σ n² over kept classes + N · suppressed rows.
+    pub dm: f64,
+    /// The suppressed classes (complete unless the checks stopped early).
+    pub suppressed: Vec<u32>,
+}
+
+/// The problem, encoded once.
+pub(crate) struct Engine {
+    pub rows: u64,
+    pub hierarchies: Vec<EncodedHierarchy>,
+    pub heights: Vec<usize>,
+    /// Level-0 codes of each bottom class, `columns` per class.
+    bottom_codes: Vec<u32>,
+    pub bottom: Partition,
+    pub checks: Vec<Check>,
+    pub domains: Vec<SensitiveDomain>,
+    pub limit_rows: u64,
+    pub metric: Metric,
+    /// Untruncated monotonic entropy per column per level.
+    entropy: Vec<Vec<f64>>,
+    /// True when only k-anonymity is checked: histograms are not needed.
+    needs_histograms: bool,
+}
+
+/// The result of a search.
+#[derive(Debug, Clone)]
+pub(crate) struct Found {
+    pub levels: Vec<usize>,
+    pub loss: f64,
+    pub partition: Partition,
+    pub evaluation: Evaluation,
+}
+
+/// Statistics of a search.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SearchStats {
+    pub nodes_total: u64,
+    pub nodes_checked: u64,
+}
+
+impl Engine {
+    /// `qi_codes[j]` are the level-0 codes of quasi-identifier `j` per row;
+    /// `sensitive_codes[s]` those of sensitive column `s`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        qi_codes: &[&[u32]],
+        hierarchies: Vec<EncodedHierarchy>,
+        qi_frequencies: &[Vec<u64>],
+        sensitive_codes: &[&[u32]],
+        domains: Vec<SensitiveDomain>,
+        checks: Vec<Check>,
+        limit_rows: u64,
+        metric: Metric,
+    ) -> Result<(Self, Vec<u32>), AnonError> {
+        let heights: Vec<usize> = hierarchies.iter().map(|h| h.height()).collect();
+        let nodes: u128 = heights.iter().map(|&h| h as u128).product();
+        if nodes > MAX_LATTICE {
+            return Err(AnonError::LatticeTooLarge {
+                nodes,
+                limit: MAX_LATTICE,
+            });
+        }
+        let rows = qi_codes.first().map_or(0, |c| c.len());
+        let columns = qi_codes.len();
+        // Bottom classes: intern the tuples column by column.
+        let mut row_class = vec![0u32; rows];
+        let mut classes = 1usize;
+        for codes in qi_codes {
+            let mut ids: FxHashMap<u64, u32> = FxHashMap::default();
+            for (row, &code) in codes.iter().enumerate() {
+                let key = (row_class[row] as u64) << 32 | code as u64;
+                let next = ids.len() as u32;
+                row_class[row] = *ids.entry(key).or_insert(next);
+            }
+            classes = ids.len();
+        }
+        if columns == 0 {
+            classes = usize::from(rows > 0);
+        }
+        let mut count = vec![0u64; classes];
+        let mut rep_row = vec![u32::MAX; classes];
+        for (row, &class) in row_class.iter().enumerate() {
+            count[class as usize] += 1;
+            if rep_row[class as usize] == u32::MAX {
+                rep_row[class as usize] = row as u32;
+            }
+        }
+        let mut bottom_codes = Vec::with_capacity(classes * columns);
+        for &row in &rep_row {
+            for codes in qi_codes {
+                bottom_codes.push(codes[row as usize]);
+            }
+        }
+        let needs_histograms = checks.iter().any(|c| !matches!(c, Check::K(_)));
+        let histograms = if needs_histograms {
+            sensitive_codes
+                .iter()
+                .map(|codes| {
+                    let mut pairs: Vec<(u32, u32)> = row_class
+                        .iter()
+                        .zip(codes.iter())
+                        .map(|(&class, &code)| (class, code))
+                        .collect();
+                    pairs.sort_unstable();
+                    let mut h = Histograms {
+                        offsets: Vec::with_capacity(classes + 1),
+                        entries: Vec::new(),
+                    };
+                    let mut at = 0;
+                    for class in 0..classes as u32 {
+                        h.offsets.push(h.entries.len() as u32);
+                        while at < pairs.len() && pairs[at].0 == class {
+                            let code = pairs[at].1;
+                            let mut f = 0;
+                            while at < pairs.len() && pairs[at] == (class, code) {
+                                f += 1;
+                                at += 1;
+                            }
+                            h.entries.push((code, f));
+                        }
+                    }
+                    h.offsets.push(h.entries.len() as u32);
+                    h
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let entropy = hierarchies
+            .iter()
+            .zip(qi_frequencies)
+            .map(|(h, f)| metric::entropy_per_level(f, &h.levels))
+            .collect();
+        let bottom = Partition {
+            rep: (0..classes as u32).collect(),
+            count,
+            histograms,
+            parent_to_class: Vec::new(),
+        };
+        Ok((
+            Self {
+                rows: rows as u64,
+                hierarchies,
+                heights,
+                bottom_codes,
+                bottom,
+                checks,
+                domains,
+                limit_rows,
+                metric,
+                entropy,
+                needs_histograms,
+            },
+            row_class,
+        ))
+    }
+
+    fn columns(&self) -> usize {
+        self.heights.len()
+    }
+
+    /// The generalized code of bottom class `rep` in column `j` at `level`.
+    fn code(&self, rep: u32, j: usize, level: usize) -> u32 {
+        let code0 = self.bottom_codes[rep as usize * self.columns() + j];
+        self.hierarchies[j].levels[level].map[code0 as usize]
+    }
+
+    /// Merges the classes of `from` (a transformation at or below `levels`) into the
+    /// classes of `levels`.
+    pub fn roll_up(&self, from: &Partition, levels: &[usize]) -> Partition {
+        let columns = self.columns();
+        let radix: Vec<u64> = (0..columns)
+            .map(|j| self.hierarchies[j].levels[levels[j]].labels.len() as u64)
+            .collect();
+        let fits = radix
+            .iter()
+            .try_fold(1u64, |acc, &r| acc.checked_mul(r.max(1)))
+            .is_some();
+        let mut ids: FxHashMap<u64, u32> = FxHashMap::default();
+        ids.reserve(from.len() / 2);
+        let mut parent_to_class = Vec::with_capacity(from.len());
+        let mut rep = Vec::new();
+        let mut count: Vec<u64> = Vec::new();
+        if fits {
+            for (class, &r) in from.rep.iter().enumerate() {
+                let mut key = 0u64;
+                for j in 0..columns {
+                    key = key * radix[j] + self.code(r, j, levels[j]) as u64;
+                }
+                let next = ids.len() as u32;
+                let id = *ids.entry(key).or_insert(next);
+                if id == next {
+                    rep.push(r);
+                    count.push(0);
+                }
+                count[id as usize] += from.count[class];
+                parent_to_class.push(id);
+            }
+        } else {
+            // Too many combinations for one u64: intern column by column.
+            let mut partial: Vec<u32> = vec![0; from.len()];
+            for j in 0..columns {
+                ids.clear();
+                for (class, &r) in from.rep.iter().enumerate() {
+                    let key = (partial[class] as u64) << 32 | self.code(r, j, levels[j]) as u64;
+                    let next = ids.len() as u32;
+                    partial[class] = *ids.entry(key).or_insert(next);
+                }
+            }
+            let classes = if columns == 0 { 1 } else { ids.len() };
+            rep = vec![u32::MAX; classes];
+            count = vec![0; classes];
+            for (class, &id) in partial.iter().enumerate() {
+                if rep[id as usize] == u32::MAX {
+                    rep[id as usize] = from.rep[class];
+                }
+                count[id as usize] += from.count[class];
+            }
+            parent_to_class = partial;
+        }
+        let histograms = if self.needs_histograms {
+            from.histograms
+                .iter()
+                .map(|h| merge_histograms(h, &parent_to_class, count.len()))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Partition {
+            rep,
+            count,
+            histograms,
+            parent_to_class,
+        }
+    }
+
+    /// Checks every class; stops early once the limit is exceeded unless `complete`.
+    pub fn evaluate(&self, partition: &Partition, complete: bool) -> Evaluation {
+        let n = self.rows as f64;
+        let mut e = Evaluation {
+            valid: true,
+            ..Evaluation::default()
+        };
+        let mut scratch = Vec::new();
+        let mut histograms: Vec<&[(u32, u64)]> = Vec::with_capacity(partition.histograms.len());
+        for class in 0..partition.len() {
+            let size = partition.count[class];
+            histograms.clear();
+            histograms.extend(partition.histograms.iter().map(|h| h.of(class)));
+            let passes = self
+                .checks
+                .iter()
+                .all(|check| check.passes(size, &histograms, &self.domains, &mut scratch));
+            let f = size as f64;
+            e.dm_star += f * f;
+            if passes {
+                e.kept_classes += 1;
+                e.dm += f * f;
+            } else {
+                e.suppressed_classes += 1;
+                e.suppressed_rows += size;
+                e.dm += n * f;
+                e.suppressed.push(class as u32);
+                if e.suppressed_rows > self.limit_rows {
+                    e.valid = false;
+                    if !complete {
+                        return e;
+                    }
+                }
+            }
+        }
+        e
+    }
+
+    /// The metric's value of a valid transformation.
+    pub fn loss(&self, levels: &[usize], partition: &Partition, e: &Evaluation) -> f64 {
+        match self.metric {
+            Metric::EntropyMonotonic => self.monotonic_entropy(levels),
+            Metric::Entropy => {
+                if e.suppressed_rows == 0 {
+                    return self.monotonic_entropy(levels);
+                }
+                // Per column, the generalized values of the suppressed rows.
+                let mut total = 0.0;
+                for (j, &level) in levels.iter().enumerate() {
+                    let width = self.hierarchies[j].levels[level].labels.len();
+                    let mut counts = vec![0u64; width];
+                    let mut order: Vec<u32> = Vec::new();
+                    for &class in &e.suppressed {
+                        let code = self.code(partition.rep[class as usize], j, level) as usize;
+                        if counts[code] == 0 {
+                            order.push(code as u32);
+                        }
+                        counts[code] += partition.count[class as usize];
+                    }
+                    let extra = metric::suppressed_entropy(
+                        order.iter().map(|&c| counts[c as usize]),
+                        e.suppressed_rows,
+                    );
+                    total += metric::truncate10(self.entropy[j][level] + extra);
+                }
+                total
+            }
+            Metric::Discernibility => e.dm,
+            Metric::DiscernibilityStar => e.dm_star,
+            Metric::AverageClassSize => {
+                let classes = e.kept_classes + u64::from(e.suppressed_rows > 0);
+                self.rows as f64 / classes.max(1) as f64
+            }
+        }
+    }
+
+    /// Σ over columns of the truncated monotonic entropy.
+    pub fn monotonic_entropy(&self, levels: &[usize]) -> f64 {
+        levels
+            .iter()
+            .enumerate()
+            .map(|(j, &level)| metric::truncate10(self.entropy[j][level]))
+            .fold(0.0, |acc, x| acc + x)
+    }
+
+    /// The best valid transformation, if any.
+    pub fn search(&self) -> (Option<Found>, SearchStats) {
+        let lattice = Lattice::new(&self.heights);
+        let total = lattice.len();
+        let mut stats = SearchStats {
+            nodes_total: total as u64,
+            nodes_checked: 0,
+        };
+        // Facts each node inherits from the transformations below it.
+        let mut dm_star_floor = vec![0f64; total];
+        let mut classes_ceiling = vec![u64::MAX; total];
+        let mut best: Option<(f64, usize)> = None;
+        // Partitions of the previous and current level-sum, for roll-ups.
+        let mut previous: FxHashMap<usize, Partition> = FxHashMap::default();
+        let mut current: FxHashMap<usize, Partition> = FxHashMap::default();
+        let mut cached_cells = 0usize;
+        const CACHE_CELLS: usize = 64 << 20;
+        let mut levels = vec![0usize; self.columns()];
+        for layer in lattice.layers() {
+            std::mem::swap(&mut previous, &mut current);
+            current.clear();
+            cached_cells = previous.values().map(Partition::len).sum();
+            for &node in layer {
+                lattice.levels(node, &mut levels);
+                let bound = match self.metric {
+                    Metric::EntropyMonotonic | Metric::Entropy => self.monotonic_entropy(&levels),
+                    Metric::Discernibility | Metric::DiscernibilityStar => dm_star_floor[node],
+                    Metric::AverageClassSize => {
+                        self.rows as f64 / classes_ceiling[node].saturating_add(1) as f64
+                    }
+                };
+                let skip = matches!(best, Some((loss, _)) if bound >= loss);
+                if !skip {
+                    stats.nodes_checked += 1;
+                    let partition = {
+                        let from = lattice
+                            .specializations(node)
+                            .filter_map(|s| previous.get(&s))
+                            .min_by_key(|p| p.len())
+                            .unwrap_or(&self.bottom);
+                        self.roll_up(from, &levels)
+                    };
+                    let evaluation = self.evaluate(&partition, false);
+                    dm_star_floor[node] =
+                        dm_star_floor[node].max(evaluation.dm_star_if_complete(&partition));
+                    classes_ceiling[node] = classes_ceiling[node].min(partition.len() as u64);
+                    if evaluation.valid {
+                        let loss = self.loss(&levels, &partition, &evaluation);
+                        if best.is_none_or(|(b, _)| loss < b) {
+                            best = Some((loss, node));
+                        }
+                    }
+                    if cached_cells + partition.len() <= CACHE_CELLS {
+                        cached_cells += partition.len();
+                        current.insert(node, partition);
+                    }
+                }
+                for g in lattice.generalizations(node) {
+                    dm_star_floor[g] = dm_star_floor[g].max(dm_star_floor[node]);
+                    classes_ceiling[g] = classes_ceiling[g].min(classes_ceiling[node]);
+                }
+            }
+        }
+        let found = best.map(|(loss, node)| {
+            let mut levels = vec![0; self.columns()];
+            lattice.levels(node, &mut levels);
+            let partition = self.roll_up(&self.bottom, &levels);
+            let evaluation = self.evaluate(&partition, true);
+            Found {
+                levels,
+                loss,
+                partition,
+                evaluation,
+            }
+        });
+        (found, stats)
+    }
+}
+
+impl Evaluation {
+    /// DM* of the partition, computed in full even when the checks stopped early.
+    fn dm_star_if_complete(&self, partition: &Partition) -> f64 {
+        if self.valid {
+            self.dm_star
+        } else {
+            partition
+                .count
+                .iter()
+                .map(|&c| (c as f64) * (c as f64))
+                .sum()
+        }
+    }
+}
+
+/// Builds the histograms of merged classes.
+fn merge_histograms(from: &Histograms, parent_to_class: &[u32], classes: usize) -> Histograms {
+    let mut triples: Vec<(u32, u32, u64)> = Vec::with_capacity(from.entries.len());
+    for (parent, &class) in parent_to_class.iter().enumerate() {
+        for &(code, f) in from.of(parent) {
+            triples.push((class, code, f));
+        }
+    }
+    triples.sort_unstable_by_key(|&(class, code, _)| (class, code));
+    let mut h = Histograms {
+        offsets: Vec::with_capacity(classes + 1),
+        entries: Vec::with_capacity(triples.len()),
+    };
+    let mut at = 0;
+    for class in 0..classes as u32 {
+        h.offsets.push(h.entries.len() as u32);
+        while at < triples.len() && triples[at].0 == class {
+            let code = triples[at].1;
+            let mut f = 0;
+            while at < triples.len() && triples[at].0 == class && triples[at].1 == code {
+                f += triples[at].2;
+                at += 1;
+            }
+            h.entries.push((code, f));
+        }
+    }
+    h.offsets.push(h.entries.len() as u32);
+    h
+}
+
+/// The lattice of transformations, nodes numbered in mixed radix (first column most
+/// significant).
+pub(crate) struct Lattice {
+    heights: Vec<usize>,
+    strides: Vec<usize>,
+    by_layer: Vec<Vec<usize>>,
+}
+
+impl Lattice {
+    pub fn new(heights: &[usize]) -> Self {
+        let mut strides = vec![1; heights.len()];
+        for j in (0..heights.len().saturating_sub(1)).rev() {
+            strides[j] = strides[j + 1] * heights[j + 1];
+        }
+        let total: usize = heights.iter().product();
+        let top: usize = heights.iter().map(|h| h - 1).sum();
+        let mut by_layer = vec![Vec::new(); top + 1];
+        let mut levels = vec![0; heights.len()];
+        let mut lattice = Self {
+            heights: heights.to_vec(),
+            strides,
+            by_layer: Vec::new(),
+        };
+        for node in 0..total {
+            lattice.levels(node, &mut levels);
+            by_layer[levels.iter().sum::<usize>()].push(node);
+        }
+        lattice.by_layer = by_layer;
+        lattice
+    }
+
+    pub fn len(&self) -> usize {
+        self.heights.iter().product()
+    }
+
+    pub fn layers(&self) -> impl Iterator<Item = &Vec<usize>> {
+        self.by_layer.iter()
+    }
+
+    pub fn levels(&self, node: usize, levels: &mut [usize]) {
+        for (j, level) in levels.iter_mut().enumerate() {
+            *level = node / self.strides[j] % self.heights[j];
+        }
+    }
+
+    pub fn node(&self, levels: &[usize]) -> usize {
+        levels.iter().zip(&self.strides).map(|(l, s)| l * s).sum()
+    }
+
+    /// The transformations one level lower in one column.
+    pub fn specializations(&self, node: usize) -> impl Iterator<Item = usize> + '_ {
+        (0..self.heights.len()).filter_map(move |j| {
+            let level = node / self.strides[j] % self.heights[j];
+            (level > 0).then(|| node - self.strides[j])
+        })
+    }
+
+    /// The transformations one level higher in one column.
+    pub fn generalizations(&self, node: usize) -> impl Iterator<Item = usize> + '_ {
+        (0..self.heights.len()).filter_map(move |j| {
+            let level = node / self.strides[j] % self.heights[j];
+            (level + 1 < self.heights[j]).then(|| node + self.strides[j])
+        })
+    }
+}
