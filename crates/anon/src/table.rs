@@ -127,18 +127,31 @@ impl Table {
     /// Reads a CSV file with a header line. `delimiter` is usually `b','` or `b';'`.
     /// Values are trimmed of surrounding spaces (the UCI Adult file has `, ` separators).
     pub fn from_csv(reader: impl Read, delimiter: u8) -> Result<Self, AnonError> {
+        Self::from_csv_with_names(reader, delimiter, None)
+    }
+
+    /// Reads a CSV file; with `names`, the file has no header line and these are the
+    /// columns.
+    pub fn from_csv_with_names(
+        reader: impl Read,
+        delimiter: u8,
+        names: Option<&[String]>,
+    ) -> Result<Self, AnonError> {
         let mut csv = csv::ReaderBuilder::new()
             .delimiter(delimiter)
-            .has_headers(true)
+            .has_headers(names.is_none())
             .trim(csv::Trim::All)
             .flexible(true)
             .from_reader(reader);
-        let header: Vec<String> = csv
-            .headers()
-            .map_err(|source| AnonError::Csv { line: 1, source })?
-            .iter()
-            .map(str::to_owned)
-            .collect();
+        let header: Vec<String> = match names {
+            Some(names) => names.to_vec(),
+            None => csv
+                .headers()
+                .map_err(|source| AnonError::Csv { line: 1, source })?
+                .iter()
+                .map(str::to_owned)
+                .collect(),
+        };
         let mut table = Self::with_columns(&header)?;
         let mut record = csv::StringRecord::new();
         loop {
@@ -246,6 +259,19 @@ impl Table {
             column.push(&mapped[code as usize]);
         }
         self.columns[index] = column;
+    }
+
+    /// Keeps the rows whose `keep` entry is true.
+    pub fn retain_rows(&mut self, keep: &[bool]) {
+        for column in &mut self.columns {
+            let mut kept = Column::default();
+            for (row, &code) in column.codes.iter().enumerate() {
+                if keep[row] {
+                    kept.push(&column.dictionary[code as usize]);
+                }
+            }
+            *column = kept;
+        }
     }
 
     /// Removes a column.
