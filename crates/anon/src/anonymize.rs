@@ -30,7 +30,7 @@ pub struct Config {
 }
 
 /// The optimal transformation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Solution {
     /// Per quasi-identifier (in the config's order), the level chosen.
     pub levels: Vec<usize>,

@@ -108,7 +108,9 @@ impl Hierarchy {
 
     /// Numeric bands: level `i` groups values into intervals of `widths[i - 1]`
     /// (`lo-hi`, both ends included, aligned at 0), then [`TOP`]. Each width must be a
-    /// multiple of the one before, so that bands nest. Values must be integers.
+    /// multiple of the one before, so that bands nest. Values must be integers, or one
+    /// of Safe Harbor's open categories (`90+`, `<=1936`), which stay themselves up to
+    /// the top.
     pub fn intervals<'a>(
         column: &str,
         values: impl IntoIterator<Item = &'a str>,
@@ -152,17 +154,38 @@ impl Hierarchy {
     }
 
     /// Dates (`YYYY-MM-DD`, optionally followed by a time): the date, `YYYY-MM`,
-    /// `YYYY`, the decade (`1980-1989`), then [`TOP`].
+    /// `YYYY`, the decade (`1980-1989`), then [`TOP`]. When every value is a year (as
+    /// Safe Harbor leaves dates) or an open category such as `<=1936`: the year, the
+    /// decade, then [`TOP`].
     pub fn dates<'a>(
         column: &str,
         values: impl IntoIterator<Item = &'a str>,
     ) -> Result<Self, AnonError> {
-        let mut rows = Vec::new();
+        let mut distinct: Vec<&str> = Vec::new();
         let mut seen = FxHashMap::default();
         for value in values {
-            if seen.insert(value.to_owned(), ()).is_some() {
-                continue;
+            if seen.insert(value, ()).is_none() {
+                distinct.push(value);
             }
+        }
+        let is_year = |v: &str| v.len() == 4 && v.bytes().all(|b| b.is_ascii_digit());
+        if distinct.iter().all(|v| is_year(v) || is_open_category(v)) {
+            let rows = distinct
+                .into_iter()
+                .map(|value| {
+                    let decade = if is_year(value) {
+                        let year: u32 = value.parse().expect("four digits");
+                        format!("{}-{}", year / 10 * 10, year / 10 * 10 + 9)
+                    } else {
+                        value.to_owned()
+                    };
+                    vec![value.to_owned(), decade, TOP.to_owned()]
+                })
+                .collect();
+            return Self::from_rows(column, rows);
+        }
+        let mut rows = Vec::new();
+        for value in distinct {
             let bad = || AnonError::Hierarchy {
                 column: column.to_owned(),
                 line: 0,
@@ -282,6 +305,13 @@ impl Hierarchy {
             .collect();
         Ok(EncodedHierarchy { levels })
     }
+}
+
+/// Safe Harbor's open-ended categories: `90+` (ages over 89), `<=1936` (birth years
+/// of people over 89).
+fn is_open_category(value: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    value.strip_suffix('+').is_some_and(digits) || value.strip_prefix("<=").is_some_and(digits)
 }
 
 /// A hierarchy applied to one column's dictionary.

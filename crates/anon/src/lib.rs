@@ -7,8 +7,16 @@
 //! - [`PrivacyModel`]s (k-anonymity, l-diversity, t-closeness) and [`Metric`]s, as ARX
 //!   defines them; [`Anonymizer`] finds the optimal full-domain generalization over the
 //!   lattice of levels — the same optimum ARX finds — and writes the released table.
+//! - [`safe_harbor`]: HIPAA Safe Harbor de-identification, with a report per column.
+//! - [`extract`]: a table from FHIR R4, HL7 v2 or CSV records by a declared mapping.
+//! - [`policy`]: the policy file that ties it together ([`policy::release`]).
+//! - [`dp`]: differentially private counts with exact discrete samplers and a budget.
 
 mod anonymize;
+pub mod dp;
+pub mod extract;
+pub mod policy;
+pub mod safe_harbor;
 mod error;
 mod hierarchy;
 mod metric;
@@ -22,3 +30,6 @@ pub use hierarchy::{EncodedHierarchy, Hierarchy, Level, TOP};
 pub use metric::Metric;
 pub use model::PrivacyModel;
 pub use table::{Column, Table};
+pub use extract::{csv_table, fhir_table, hl7_table, Mapping, MappingColumn};
+pub use policy::{Policy, Release};
+pub use safe_harbor::{ColumnKind, ColumnRule, SafeHarborPolicy, SafeHarborReport};

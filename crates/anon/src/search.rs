@@ -256,6 +256,31 @@ impl Engine {
     /// Merges the classes of `from` (a transformation at or below `levels`) into the
     /// classes of `levels`.
     pub fn roll_up(&self, from: &Partition, levels: &[usize]) -> Partition {
+        self.roll_up_bounded(from, levels, usize::MAX)
+            .expect("an unbounded roll-up completes")
+    }
+
+    /// The most classes a valid transformation can have: at most N / k classes reach k
+    /// rows (k the largest of the k-anonymity models), and every other class costs at
+    /// least one suppressed row.
+    fn class_limit(&self) -> usize {
+        match self.checks.iter().filter_map(|c| match c {
+            Check::K(k) => Some(*k),
+            _ => None,
+        }).max() {
+            Some(k) => (self.rows / k + self.limit_rows).try_into().unwrap_or(usize::MAX),
+            None => usize::MAX,
+        }
+    }
+
+    /// [`roll_up`](Self::roll_up), giving up (`None`) once the classes exceed
+    /// `max_classes`: the transformation is then invalid whatever the rest holds.
+    pub fn roll_up_bounded(
+        &self,
+        from: &Partition,
+        levels: &[usize],
+        max_classes: usize,
+    ) -> Option<Partition> {
         let columns = self.columns();
         let radix: Vec<u64> = (0..columns)
             .map(|j| self.hierarchies[j].levels[levels[j]].labels.len() as u64)
@@ -265,7 +290,7 @@ impl Engine {
             .try_fold(1u64, |acc, &r| acc.checked_mul(r.max(1)))
             .is_some();
         let mut ids: FxHashMap<u64, u32> = FxHashMap::default();
-        ids.reserve(from.len() / 2);
+        ids.reserve(from.len().min(max_classes.saturating_add(1)));
         let mut parent_to_class = Vec::with_capacity(from.len());
         let mut rep = Vec::new();
         let mut count: Vec<u64> = Vec::new();
@@ -282,6 +307,9 @@ impl Engine {
                 let next = ids.len() as u32;
                 let id = *ids.entry(key).or_insert(next);
                 if id == next {
+                    if rep.len() == max_classes {
+                        return None;
+                    }
                     rep.push(r);
                     count.push(0);
                 }
@@ -301,6 +329,9 @@ impl Engine {
                 }
             }
             let classes = if columns == 0 { 1 } else { ids.len() };
+            if classes > max_classes {
+                return None;
+            }
             rep = vec![u32::MAX; classes];
             count = vec![0; classes];
             for (class, &id) in partial.iter().enumerate() {
@@ -319,12 +350,12 @@ impl Engine {
         } else {
             Vec::new()
         };
-        Partition {
+        Some(Partition {
             rep,
             count,
             histograms,
             parent_to_class,
-        }
+        })
     }
 
     /// Checks every class; stops early once the limit is exceeded unless `complete`.
@@ -491,7 +522,9 @@ struct Search<'e> {
 
 impl Search<'_> {
     /// Evaluates `node`, rolling up from the smallest cached partition below it.
-    fn evaluate(&mut self, levels: &[usize]) -> (Partition, Evaluation) {
+    /// Evaluates `node`; `None` when it has too many classes to be valid (then it was
+    /// not rolled up in full).
+    fn evaluate(&mut self, levels: &[usize]) -> Option<(Partition, Evaluation)> {
         let from = self
             .cache
             .iter()
@@ -500,9 +533,11 @@ impl Search<'_> {
             .min_by_key(|p| p.len())
             .unwrap_or(&self.engine.bottom);
         self.stats.nodes_checked += 1;
-        let partition = self.engine.roll_up(from, levels);
+        let partition = self
+            .engine
+            .roll_up_bounded(from, levels, self.engine.class_limit())?;
         let evaluation = self.engine.evaluate(&partition, false);
-        (partition, evaluation)
+        Some((partition, evaluation))
     }
 
     fn remember(&mut self, node: usize, levels: &[usize], partition: Partition) {
@@ -517,8 +552,19 @@ impl Search<'_> {
         }
     }
 
+    /// Keeps the better of the best so far and `node`; on a tie, the less generalized.
     fn offer(&mut self, node: usize, loss: f64) {
-        if self.best.is_none_or(|(b, _)| loss < b) {
+        let height = |node: usize| {
+            let mut levels = vec![0; self.engine.columns()];
+            self.lattice.levels(node, &mut levels);
+            levels.iter().sum::<usize>()
+        };
+        let better = match self.best {
+            None => true,
+            Some((best, _)) if loss < best => true,
+            Some((best, current)) => loss == best && height(node) < height(current),
+        };
+        if better {
             self.best = Some((loss, node));
         }
     }
@@ -631,7 +677,7 @@ impl Search<'_> {
                     let evaluation = engine.evaluate(&partition, false);
                     (partition, evaluation)
                 }
-                None => self.evaluate(&levels),
+                None => self.evaluate(&levels).expect("a valid transformation rolls up"),
             };
             let loss = engine.loss(&levels, &partition, &evaluation);
             self.offer(node, loss);
@@ -687,17 +733,25 @@ impl Search<'_> {
             } else if tags.is_valid(&chain_levels) {
                 true
             } else {
-                let (partition, evaluation) = self.evaluate(&chain_levels);
-                if evaluation.valid {
-                    tags.add_valid(&chain_levels);
-                    // Its generalizations will be skipped as no better: it competes.
-                    let loss = self.engine.loss(&chain_levels, &partition, &evaluation);
-                    self.offer(member, loss);
-                } else {
-                    tags.add_invalid(&chain_levels);
+                match self.evaluate(&chain_levels) {
+                    Some((partition, evaluation)) => {
+                        if evaluation.valid {
+                            tags.add_valid(&chain_levels);
+                            // Its generalizations will be skipped as no better: it
+                            // competes itself.
+                            let loss = self.engine.loss(&chain_levels, &partition, &evaluation);
+                            self.offer(member, loss);
+                        } else {
+                            tags.add_invalid(&chain_levels);
+                        }
+                        self.remember(member, &chain_levels, partition);
+                        evaluation.valid
+                    }
+                    None => {
+                        tags.add_invalid(&chain_levels);
+                        false
+                    }
                 }
-                self.remember(member, &chain_levels, partition);
-                evaluation.valid
             };
             if valid {
                 high = mid;

@@ -1,0 +1,531 @@
+//! The anonymization policy: one TOML file that says what every column is, how each
+//! quasi-identifier generalizes, which privacy models must hold, and what may be lost.
+//!
+//! ```toml
+//! [input]
+//! delimiter = ","            # CSV only; default ","
+//! header = false             # the UCI Adult file has none: then name the columns
+//! names = ["age", "workclass", "fnlwgt", "education", …]
+//! missing = "?"              # the marker of a missing value
+//! missing_rows = "drop"      # drop (default) or keep rows with a missing
+//!                            # quasi-identifier or sensitive value
+//!
+//! [[columns]]
+//! name = "ssn"
+//! role = "identifier"        # identifier | quasi-identifier | sensitive | insensitive
+//! kind = "ssn"               # what Safe Harbor sees (see `safe_harbor::ColumnKind`)
+//!
+//! [[columns]]
+//! name = "age"
+//! role = "quasi-identifier"
+//! kind = "age"
+//! bands = [5, 10, 20]        # or hierarchy = "age.csv" (ARX's format, relative to
+//!                            # this file), or builder = "zip" | "date" | "flat"
+//!
+//! [[columns]]
+//! name = "diagnosis"
+//! role = "sensitive"
+//!
+//! [privacy]
+//! models = ["k=5", "entropy-l=3(diagnosis)"]
+//! suppression_limit = 0.04   # share of rows that may be suppressed
+//! metric = "entropy"         # entropy | entropy-monotonic | dm | dm-star | aecs
+//! ```
+//!
+//! Identifiers never reach the released table: Safe Harbor removes them, or replaces
+//! them with keyed pseudonyms when `pseudonymize = true`. Every column of the input
+//! must be declared, so that nothing is released by omission.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    anonymize::{Anonymizer, Config, Solution},
+    error::AnonError,
+    hierarchy::Hierarchy,
+    metric::Metric,
+    model::PrivacyModel,
+    safe_harbor::{self, ColumnKind, ColumnRule, SafeHarborPolicy, SafeHarborReport},
+    table::Table,
+};
+
+/// A policy as written in its TOML file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// How to read the input.
+    #[serde(default)]
+    pub input: InputOptions,
+    /// Every column of the input.
+    pub columns: Vec<ColumnPolicy>,
+    /// The privacy models, suppression limit and metric.
+    pub privacy: PrivacyPolicy,
+    /// Safe Harbor's options.
+    #[serde(default)]
+    pub safe_harbor: SafeHarborOptions,
+    /// How records become the table (for `--from-records`; see [`crate::extract`]).
+    #[serde(default)]
+    pub mapping: Option<crate::extract::Mapping>,
+    /// Where relative hierarchy paths start (the policy file's folder).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// How to read the input table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputOptions {
+    /// CSV separator (one character).
+    #[serde(default = "comma")]
+    pub delimiter: char,
+    /// Whether the CSV file starts with a header line.
+    #[serde(default = "yes")]
+    pub header: bool,
+    /// Column names when there is no header.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// The marker of a missing value (e.g. `?`); the empty string is always missing.
+    #[serde(default)]
+    pub missing: Option<String>,
+    /// What to do with rows missing a quasi-identifier or sensitive value.
+    #[serde(default)]
+    pub missing_rows: MissingRows,
+}
+
+impl Default for InputOptions {
+    fn default() -> Self {
+        Self {
+            delimiter: ',',
+            header: true,
+            names: Vec::new(),
+            missing: None,
+            missing_rows: MissingRows::Drop,
+        }
+    }
+}
+
+fn comma() -> char {
+    ','
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Rows with a missing quasi-identifier or sensitive value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MissingRows {
+    /// Left out of the release (counted in the report).
+    #[default]
+    Drop,
+    /// Kept; the missing marker must then be in the column's hierarchy.
+    Keep,
+}
+
+/// What a column is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Identifies a person on its own: removed or pseudonymized.
+    Identifier,
+    /// Identifies in combination: generalized.
+    QuasiIdentifier,
+    /// The attribute privacy models protect: kept as it is.
+    Sensitive,
+    /// Neither: kept as it is.
+    Insensitive,
+}
+
+/// One column of the policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnPolicy {
+    /// The column's name in the input.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// What Safe Harbor sees in it (`plain` when not given; `other-unique-id` for an
+    /// identifier).
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// An ARX hierarchy file (relative to the policy file).
+    #[serde(default)]
+    pub hierarchy: Option<PathBuf>,
+    /// Numeric bands, each width a multiple of the one before.
+    #[serde(default)]
+    pub bands: Option<Vec<u64>>,
+    /// A built hierarchy: `zip`, `date` or `flat`.
+    #[serde(default)]
+    pub builder: Option<String>,
+    /// Replace an identifier by a keyed pseudonym instead of removing it.
+    #[serde(default)]
+    pub pseudonymize: bool,
+    /// Keep a free-text column (redacted of what looks like an identifier).
+    #[serde(default)]
+    pub keep_free_text: bool,
+}
+
+/// The privacy requirements.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyPolicy {
+    /// Models that must all hold (`k=5`, `entropy-l=3(diagnosis)`, …).
+    pub models: Vec<String>,
+    /// Share of rows that may be suppressed.
+    #[serde(default)]
+    pub suppression_limit: f64,
+    /// The metric minimized.
+    #[serde(default = "default_metric")]
+    pub metric: String,
+}
+
+fn default_metric() -> String {
+    Metric::Entropy.name().to_owned()
+}
+
+/// Safe Harbor's options.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafeHarborOptions {
+    /// The year ages are computed against for birth dates (ages over 89 are grouped).
+    #[serde(default)]
+    pub reference_year: Option<i32>,
+}
+
+impl Policy {
+    /// Parses a policy; relative hierarchy paths start at `base_dir`.
+    pub fn from_toml(text: &str, base_dir: &Path) -> Result<Self, AnonError> {
+        let mut policy: Policy = toml::from_str(text).map_err(AnonError::PolicyToml)?;
+        policy.base_dir = base_dir.to_path_buf();
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    /// Reads a policy file.
+    pub fn from_file(path: &Path) -> Result<Self, AnonError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AnonError::Io {
+            what: format!("reading the policy {}", path.display()),
+            source,
+        })?;
+        Self::from_toml(&text, path.parent().unwrap_or(Path::new(".")))
+    }
+
+    fn validate(&self) -> Result<(), AnonError> {
+        let policy = |msg: String| Err(AnonError::Policy(msg));
+        if !self.input.header && self.input.names.is_empty() {
+            return policy("input.header = false needs input.names".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for column in &self.columns {
+            if !seen.insert(column.name.as_str()) {
+                return policy(format!("column `{}` is declared twice", column.name));
+            }
+            let sources = [
+                column.hierarchy.is_some(),
+                column.bands.is_some(),
+                column.builder.is_some(),
+            ]
+            .iter()
+            .filter(|b| **b)
+            .count();
+            if column.role == Role::QuasiIdentifier && sources == 0 {
+                return policy(format!(
+                    "quasi-identifier `{}` needs a hierarchy: hierarchy = \"FILE\", bands = [..] \
+                     or builder = \"zip\" | \"date\" | \"flat\"",
+                    column.name
+                ));
+            }
+            if sources > 1 {
+                return policy(format!(
+                    "column `{}`: give one of hierarchy, bands or builder",
+                    column.name
+                ));
+            }
+            if let Some(kind) = &column.kind {
+                ColumnKind::parse(kind).map_err(|e| {
+                    AnonError::Policy(format!("column `{}`: {e}", column.name))
+                })?;
+            }
+        }
+        if !seen.iter().any(|_| true) {
+            return policy("declare the columns".into());
+        }
+        if !self
+            .columns
+            .iter()
+            .any(|c| c.role == Role::QuasiIdentifier)
+        {
+            return policy("declare at least one quasi-identifier".into());
+        }
+        for model in &self.privacy.models {
+            PrivacyModel::parse(model)?;
+        }
+        Metric::parse(&self.privacy.metric)?;
+        Ok(())
+    }
+
+    /// Reads a CSV input as the policy's `[input]` says.
+    pub fn read_csv(&self, reader: impl std::io::Read) -> Result<Table, AnonError> {
+        let delimiter = u8::try_from(self.input.delimiter).map_err(|_| {
+            AnonError::Policy("input.delimiter must be one ASCII character".into())
+        })?;
+        let names = (!self.input.header).then_some(self.input.names.as_slice());
+        Table::from_csv_with_names(reader, delimiter, names)
+    }
+}
+
+/// What anonymizing under a policy produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct Release {
+    /// The released table (absent when no transformation meets the models).
+    #[serde(skip)]
+    pub table: Option<Table>,
+    /// What Safe Harbor did to every column.
+    pub safe_harbor: SafeHarborReport,
+    /// Rows left out for a missing value.
+    pub dropped_rows: u64,
+    /// Rows anonymized.
+    pub rows: u64,
+    /// The quasi-identifiers, in the order of `levels`.
+    pub quasi_identifiers: Vec<String>,
+    /// The hierarchies' heights (levels including 0).
+    pub heights: Vec<usize>,
+    /// The models, as parsed.
+    pub models: Vec<String>,
+    /// The metric.
+    pub metric: String,
+    /// The absolute suppression limit (rows).
+    pub suppression_limit_rows: u64,
+    /// The optimum, if any transformation meets the models.
+    pub solution: Option<Solution>,
+    /// Transformations in the lattice.
+    pub nodes_total: u64,
+    /// Transformations evaluated.
+    pub nodes_checked: u64,
+    /// Time the search took.
+    #[serde(serialize_with = "millis")]
+    pub search_time: Duration,
+}
+
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+/// Applies Safe Harbor and finds the optimal anonymization of `table` under `policy`.
+/// `secret` keys the pseudonyms (one per dataset).
+pub fn release(mut table: Table, policy: &Policy, secret: [u8; 32]) -> Result<Release, AnonError> {
+    // Every input column declared, every declared column present.
+    for name in table.names() {
+        if !policy.columns.iter().any(|c| &c.name == name) {
+            return Err(AnonError::Policy(format!(
+                "column `{name}` of the input is not declared in the policy (declare it, e.g. \
+                 role = \"insensitive\", so that nothing is released by omission)"
+            )));
+        }
+    }
+    for column in &policy.columns {
+        table.position(&column.name)?;
+    }
+    // Rows missing a quasi-identifier or sensitive value.
+    let guarded: Vec<usize> = policy
+        .columns
+        .iter()
+        .filter(|c| matches!(c.role, Role::QuasiIdentifier | Role::Sensitive))
+        .map(|c| table.position(&c.name))
+        .collect::<Result<_, _>>()?;
+    let is_missing = |value: &str| value.is_empty() || policy.input.missing.as_deref() == Some(value);
+    let mut dropped_rows = 0;
+    if policy.input.missing_rows == MissingRows::Drop {
+        let keep: Vec<bool> = (0..table.len())
+            .map(|row| {
+                !guarded
+                    .iter()
+                    .any(|&p| is_missing(table.column_at(p).value(row)))
+            })
+            .collect();
+        dropped_rows = keep.iter().filter(|k| !**k).count() as u64;
+        if dropped_rows > 0 {
+            table.retain_rows(&keep);
+        }
+    }
+    // Safe Harbor.
+    let rules = policy
+        .columns
+        .iter()
+        .map(|c| {
+            let kind = match (&c.kind, c.role) {
+                (Some(kind), _) => ColumnKind::parse(kind)?,
+                (None, Role::Identifier) => ColumnKind::OtherUniqueId,
+                (None, _) => ColumnKind::Plain,
+            };
+            if c.role == Role::Identifier && kind == ColumnKind::Plain {
+                return Err(AnonError::Policy(format!(
+                    "identifier `{}` cannot be of kind plain",
+                    c.name
+                )));
+            }
+            Ok(ColumnRule {
+                column: c.name.clone(),
+                kind,
+                pseudonymize: c.pseudonymize,
+                keep_free_text: c.keep_free_text,
+            })
+        })
+        .collect::<Result<Vec<_>, AnonError>>()?;
+    let (table, safe_harbor) = safe_harbor::apply(
+        &table,
+        &SafeHarborPolicy {
+            columns: rules,
+            secret,
+            reference_year: policy.safe_harbor.reference_year,
+        },
+    )?;
+    // Hierarchies, built on the de-identified values.
+    let build = |column: &ColumnPolicy| -> Result<Option<Hierarchy>, AnonError> {
+        let values = || table.column(&column.name).map(|c| c.dictionary().iter().map(String::as_str));
+        Ok(Some(if let Some(path) = &column.hierarchy {
+            let path = policy.base_dir.join(path);
+            let text = std::fs::read_to_string(&path).map_err(|source| AnonError::Io {
+                what: format!("reading the hierarchy {}", path.display()),
+                source,
+            })?;
+            Hierarchy::from_arx_csv(&column.name, &text, ';')?
+        } else if let Some(bands) = &column.bands {
+            Hierarchy::intervals(&column.name, values()?, bands)?
+        } else {
+            match column.builder.as_deref() {
+                Some("zip") => Hierarchy::zip_codes(&column.name, values()?)?,
+                Some("date") => Hierarchy::dates(&column.name, values()?)?,
+                Some("flat") => Hierarchy::flat(&column.name, values()?),
+                Some(other) => {
+                    return Err(AnonError::Policy(format!(
+                        "column `{}`: unknown builder `{other}` (zip, date, flat)",
+                        column.name
+                    )))
+                }
+                None => return Ok(None),
+            }
+        }))
+    };
+    let mut quasi_identifiers = Vec::new();
+    let mut sensitive_hierarchies = Vec::new();
+    for column in &policy.columns {
+        match column.role {
+            Role::QuasiIdentifier => {
+                if table.position(&column.name).is_err() {
+                    return Err(AnonError::Policy(format!(
+                        "quasi-identifier `{}` is removed by Safe Harbor (kind {}); declare it \
+                         an identifier or change its kind",
+                        column.name,
+                        column.kind.as_deref().unwrap_or("plain")
+                    )));
+                }
+                quasi_identifiers.push(build(column)?.expect("validated: QIs have one"));
+            }
+            Role::Sensitive => {
+                if let Some(h) = build(column)? {
+                    sensitive_hierarchies.push(h);
+                }
+            }
+            _ => {}
+        }
+    }
+    let models = policy
+        .privacy
+        .models
+        .iter()
+        .map(|m| PrivacyModel::parse(m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let metric = Metric::parse(&policy.privacy.metric)?;
+    let config = Config {
+        quasi_identifiers,
+        models: models.clone(),
+        sensitive_hierarchies,
+        suppression_limit: policy.privacy.suppression_limit,
+        metric,
+    };
+    let names: Vec<String> = config
+        .quasi_identifiers
+        .iter()
+        .map(|h| h.column().to_owned())
+        .collect();
+    let heights = config.quasi_identifiers.iter().map(Hierarchy::height).collect();
+    let rows = table.len() as u64;
+    let limit_rows = (policy.privacy.suppression_limit * rows as f64).floor() as u64;
+    let anonymizer = Anonymizer::new(&table, config)?;
+    let started = Instant::now();
+    let outcome = anonymizer.search();
+    let search_time = started.elapsed();
+    let released = match &outcome.optimum {
+        Some(solution) => Some(anonymizer.release(solution)?),
+        None => None,
+    };
+    Ok(Release {
+        table: released,
+        safe_harbor,
+        dropped_rows,
+        rows,
+        quasi_identifiers: names,
+        heights,
+        models: models.iter().map(ToString::to_string).collect(),
+        metric: metric.name().to_owned(),
+        suppression_limit_rows: limit_rows,
+        solution: outcome.optimum,
+        nodes_total: outcome.nodes_total,
+        nodes_checked: outcome.nodes_checked,
+        search_time,
+    })
+}
+
+impl std::fmt::Display for Release {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "Safe Harbor:")?;
+        write!(f, "{}", self.safe_harbor)?;
+        if self.dropped_rows > 0 {
+            writeln!(f, "rows dropped for a missing value: {}", self.dropped_rows)?;
+        }
+        writeln!(
+            f,
+            "models: {}; metric: {}; up to {} of {} rows may be suppressed",
+            self.models.join(" and "),
+            self.metric,
+            self.suppression_limit_rows,
+            self.rows
+        )?;
+        match &self.solution {
+            None => writeln!(
+                f,
+                "no transformation meets the models within the suppression limit \
+                 ({} of {} checked): relax the models or allow more suppression",
+                self.nodes_checked, self.nodes_total
+            )?,
+            Some(s) => {
+                writeln!(f, "levels:")?;
+                for ((name, level), height) in
+                    self.quasi_identifiers.iter().zip(&s.levels).zip(&self.heights)
+                {
+                    writeln!(f, "  {name:<24} {level} of {}", height - 1)?;
+                }
+                writeln!(f, "suppressed rows: {}", s.suppressed_rows)?;
+                writeln!(f, "{}: {}", self.metric, s.loss)?;
+                let smallest = s.class_sizes.keys().next().copied().unwrap_or(0);
+                writeln!(
+                    f,
+                    "classes: {} (smallest {smallest} rows)",
+                    s.classes
+                )?;
+                writeln!(
+                    f,
+                    "transformations checked: {} of {} in {:.1?}",
+                    self.nodes_checked, self.nodes_total, self.search_time
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
