@@ -9,6 +9,7 @@ mod chain;
 mod commands;
 mod config;
 mod datadir;
+mod dataset;
 mod devices;
 mod mqtt;
 mod network;
@@ -100,6 +101,9 @@ enum Command {
     /// another institution (its key from the owner's node over libp2p).
     #[command(subcommand)]
     Access(access::AccessCommand),
+    /// Research datasets: de-identify and anonymize a table of records.
+    #[command(subcommand)]
+    Dataset(dataset::DatasetCommand),
 }
 
 fn default_data_dir() -> PathBuf {
@@ -131,6 +135,7 @@ fn main() -> ExitCode {
         Command::Access(cmd) => access::run(&cli.data_dir, &passphrase, cmd),
         Command::Chain(cmd) => chain::run(&cli.data_dir, cmd),
         Command::Device(cmd) => devices::run(&cli.data_dir, &passphrase, cmd),
+        Command::Dataset(cmd) => dataset::run(&cli.data_dir, &passphrase, cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,7 +8,10 @@ use std::time::Instant;
 use medmesh_anon::{Anonymizer, Column, Config, Hierarchy, Metric, PrivacyModel, Table};
 
 fn main() {
-    let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let which: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let wants = |name: &str| which.is_empty() || which.iter().any(|w| w == name);
     if wants("adult") {
         adult();
@@ -31,14 +34,22 @@ fn adult() {
     let file = std::fs::File::open(shared("adult/arx/adult.csv")).expect("ARX's adult.csv");
     let table = Table::from_csv(file, b';').unwrap();
     let columns = [
-        "sex", "age", "race", "marital-status", "education", "native-country", "workclass",
-        "occupation", "salary-class",
+        "sex",
+        "age",
+        "race",
+        "marital-status",
+        "education",
+        "native-country",
+        "workclass",
+        "occupation",
+        "salary-class",
     ];
     let hierarchies: Vec<Hierarchy> = columns
         .iter()
         .map(|c| {
-            let text = std::fs::read_to_string(shared(&format!("adult/arx/adult_hierarchy_{c}.csv")))
-                .unwrap();
+            let text =
+                std::fs::read_to_string(shared(&format!("adult/arx/adult_hierarchy_{c}.csv")))
+                    .unwrap();
             Hierarchy::from_arx_csv(c, &text, ';').unwrap()
         })
         .collect();
@@ -99,7 +110,15 @@ fn synthetic(rows: usize) {
     let started = Instant::now();
     let mut rng = Rng(rows as u64);
     let names = [
-        "age", "sex", "zip", "year", "race", "marital", "education", "country", "occupation",
+        "age",
+        "sex",
+        "zip",
+        "year",
+        "race",
+        "marital",
+        "education",
+        "country",
+        "occupation",
         "workclass",
     ];
     let cardinality = [0u64, 2, 300, 26, 5, 6, 16, 40, 14, 8];
@@ -120,7 +139,14 @@ fn synthetic(rows: usize) {
         table.add_column(name, column).unwrap();
     }
     let generated = started.elapsed();
-    let values = |name: &str| table.column(name).unwrap().dictionary().iter().map(String::as_str);
+    let values = |name: &str| {
+        table
+            .column(name)
+            .unwrap()
+            .dictionary()
+            .iter()
+            .map(String::as_str)
+    };
     let hierarchies = vec![
         Hierarchy::intervals("age", values("age"), &[5, 10, 20]).unwrap(),
         Hierarchy::flat("sex", values("sex")),
@@ -147,7 +173,9 @@ fn synthetic(rows: usize) {
     let started = Instant::now();
     let outcome = anonymizer.search();
     let search = started.elapsed();
-    let optimum = outcome.optimum.expect("k=5 with 4 % suppression has an optimum");
+    let optimum = outcome
+        .optimum
+        .expect("k=5 with 4 % suppression has an optimum");
     println!(
         "synthetic {rows} rows x 10 QIs (k=5, 4 %, entropy-monotonic): generated in {:.1} s, \
          prepared in {:.2} s, searched in {:.2} s ({} of {nodes} transformations checked); \

@@ -778,7 +778,11 @@ impl<'q> Plan<'q> {
             let noisy = i128::from(count)
                 .checked_add(self.noise.sample(rng)?)
                 .ok_or_else(overflow)?;
-            let noisy = if query.clamp_at_zero { noisy.max(0) } else { noisy };
+            let noisy = if query.clamp_at_zero {
+                noisy.max(0)
+            } else {
+                noisy
+            };
             groups.push(GroupCount {
                 key: self.key(cell),
                 count: i64::try_from(noisy).map_err(|_| overflow())?,
@@ -1018,7 +1022,10 @@ mod tests {
         let mean_tol = K * (m2 / n).sqrt();
         let var_tol = K * ((m4 - m2 * m2) / n).sqrt();
         let p0_tol = K * (p0 * (1.0 - p0) / n).sqrt();
-        assert!(mean.abs() < mean_tol, "{what}: mean {mean}, tolerance {mean_tol}");
+        assert!(
+            mean.abs() < mean_tol,
+            "{what}: mean {mean}, tolerance {mean_tol}"
+        );
         assert!(
             (var - m2).abs() < var_tol,
             "{what}: variance {var}, expected {m2} ± {var_tol}"
@@ -1038,7 +1045,10 @@ mod tests {
         let var = check_against(&xs, &pmf, 2_000, &format!("Lap_Z({t}/{s})"));
         // The closed forms.
         let closed_var = 2.0 * e / (1.0 - e).powi(2);
-        assert!((var - closed_var).abs() < 1e-9 * closed_var, "{var} vs {closed_var}");
+        assert!(
+            (var - closed_var).abs() < 1e-9 * closed_var,
+            "{var} vs {closed_var}"
+        );
         assert!((pmf(0) - (1.0 - e) / (1.0 + e)).abs() < 1e-15);
     }
 
@@ -1086,7 +1096,10 @@ mod tests {
                 .count() as f64
                 / N as f64;
             let tol = K * (p * (1.0 - p) / N as f64).sqrt();
-            assert!((hits - p).abs() < tol, "γ = {num}/{den}: {hits} vs {p} ± {tol}");
+            assert!(
+                (hits - p).abs() < tol,
+                "γ = {num}/{den}: {hits} vs {p} ± {tol}"
+            );
         }
         assert!((0..1000).all(|_| sample_bernoulli_exp(&mut rng, 0, 5).unwrap()));
         assert!(sample_bernoulli_exp(&mut rng, 1, 0).is_err());
@@ -1154,7 +1167,10 @@ mod tests {
                 let r = gaussian_variance(epsilon, delta).unwrap();
                 let spent = bun_steinke_epsilon(r.numerator, r.denominator, -delta.ln());
                 assert!(spent <= epsilon, "ε = {epsilon}, δ = {delta}: {spent}");
-                assert!(spent > epsilon * (1.0 - 1e-6), "ε = {epsilon}, δ = {delta}: {spent}");
+                assert!(
+                    spent > epsilon * (1.0 - 1e-6),
+                    "ε = {epsilon}, δ = {delta}: {spent}"
+                );
             }
         }
         // ε = 1, δ = 1e-5: √ρ = 1/(√(L+1) + √L) with L = ln 1e5, σ² = 1/(2ρ) ≈ 24.0155.
@@ -1243,7 +1259,10 @@ mod tests {
             true_counts(&t, &filtered(vec![range(Some(30.0), Some(50.0))])),
             [3]
         );
-        assert_eq!(true_counts(&t, &filtered(vec![range(Some(51.0), None)])), [2]);
+        assert_eq!(
+            true_counts(&t, &filtered(vec![range(Some(51.0), None)])),
+            [2]
+        );
         assert_eq!(true_counts(&t, &filtered(vec![range(None, None)])), [6]);
         assert_eq!(
             true_counts(&t, &filtered(vec![eq("sex", "F"), eq("dx", "flu")])),
@@ -1376,8 +1395,14 @@ mod tests {
         let mut budget = Budget::new(2.0, 1e-5).unwrap();
         budget.charge(1.0, 1e-6).unwrap();
         let message = budget.charge(1.0, 1e-5).unwrap_err().to_string();
-        assert!(message.contains("remaining ε = 1, δ = 0.000009"), "{message}");
-        assert!(matches!(budget.charge(f64::NAN, 0.0), Err(AnonError::Dp(_))));
+        assert!(
+            message.contains("remaining ε = 1, δ = 0.000009"),
+            "{message}"
+        );
+        assert!(matches!(
+            budget.charge(f64::NAN, 0.0),
+            Err(AnonError::Dp(_))
+        ));
         assert!(matches!(budget.charge(-1.0, 0.0), Err(AnonError::Dp(_))));
         assert!(Budget::new(f64::INFINITY, 0.0).is_err());
         assert!(Budget::new(1.0, 1.0).is_err());
@@ -1392,7 +1417,9 @@ mod tests {
     fn decimal_budgets_can_be_used_up_and_sums_round_up() {
         let mut budget = Budget::new(1.0, 0.0).unwrap();
         for i in 0..10 {
-            budget.charge(0.1, 0.0).unwrap_or_else(|e| panic!("charge {i}: {e}"));
+            budget
+                .charge(0.1, 0.0)
+                .unwrap_or_else(|e| panic!("charge {i}: {e}"));
         }
         assert!(budget.charge(0.1, 0.0).is_err());
         assert!(budget.charge(1e-9, 0.0).is_err());
@@ -1420,7 +1447,10 @@ mod tests {
         answer_with_budget(&t, &query, &mut budget, &mut rng).unwrap();
         assert_eq!(budget.epsilon_spent, 1.0);
         let refused = answer_with_budget(&t, &query, &mut budget, &mut rng).unwrap_err();
-        assert!(refused.to_string().contains("remaining ε = 0.5"), "{refused}");
+        assert!(
+            refused.to_string().contains("remaining ε = 0.5"),
+            "{refused}"
+        );
         assert_eq!(budget.epsilon_spent, 1.0);
         let invalid = filtered(vec![filter("nope", FilterOp::Equals("x".to_owned()))]);
         assert!(answer_with_budget(&t, &invalid, &mut budget, &mut rng).is_err());

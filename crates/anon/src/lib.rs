@@ -14,22 +14,22 @@
 
 mod anonymize;
 pub mod dp;
-pub mod extract;
-pub mod policy;
-pub mod safe_harbor;
 mod error;
+pub mod extract;
 mod hierarchy;
 mod metric;
 mod model;
+pub mod policy;
+pub mod safe_harbor;
 mod search;
 mod table;
 
 pub use anonymize::{Anonymizer, Config, Outcome, Solution};
 pub use error::AnonError;
+pub use extract::{csv_table, fhir_table, hl7_table, Format, Mapping, MappingColumn};
 pub use hierarchy::{EncodedHierarchy, Hierarchy, Level, TOP};
 pub use metric::Metric;
 pub use model::PrivacyModel;
-pub use table::{Column, Table};
-pub use extract::{csv_table, fhir_table, hl7_table, Mapping, MappingColumn};
 pub use policy::{Policy, Release};
 pub use safe_harbor::{ColumnKind, ColumnRule, SafeHarborPolicy, SafeHarborReport};
+pub use table::{Column, Table};

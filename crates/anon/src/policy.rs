@@ -70,9 +70,14 @@ pub struct Policy {
     /// How records become the table (for `--from-records`; see [`crate::extract`]).
     #[serde(default)]
     pub mapping: Option<crate::extract::Mapping>,
-    /// Where relative hierarchy paths start (the policy file's folder).
+    /// Where relative hierarchy paths start (the policy file's folder); `None` for a
+    /// policy from elsewhere (an API request), whose hierarchy files are refused: it
+    /// gives hierarchies inline ([`Policy::add_hierarchy`]).
     #[serde(skip)]
-    pub base_dir: PathBuf,
+    pub base_dir: Option<PathBuf>,
+    /// Hierarchies given with the policy, by column (ARX's CSV text).
+    #[serde(skip)]
+    pub inline_hierarchies: std::collections::BTreeMap<String, String>,
 }
 
 /// How to read the input table.
@@ -201,9 +206,29 @@ impl Policy {
     /// Parses a policy; relative hierarchy paths start at `base_dir`.
     pub fn from_toml(text: &str, base_dir: &Path) -> Result<Self, AnonError> {
         let mut policy: Policy = toml::from_str(text).map_err(AnonError::PolicyToml)?;
-        policy.base_dir = base_dir.to_path_buf();
+        policy.base_dir = Some(base_dir.to_path_buf());
         policy.validate()?;
         Ok(policy)
+    }
+
+    /// Parses a policy that may not read files (one sent to the node's API): its
+    /// hierarchies come with it, by [`Policy::add_hierarchy`].
+    pub fn from_untrusted_toml(text: &str) -> Result<Self, AnonError> {
+        let policy: Policy = toml::from_str(text).map_err(AnonError::PolicyToml)?;
+        policy.validate()?;
+        Ok(policy)
+    }
+
+    /// Gives the hierarchy of `column` (ARX's CSV text) with the policy; the column's
+    /// `hierarchy` names it (any name) or may be left out.
+    pub fn add_hierarchy(&mut self, column: &str, csv: String) -> Result<(), AnonError> {
+        if !self.columns.iter().any(|c| c.name == column) {
+            return Err(AnonError::Policy(format!(
+                "a hierarchy is given for `{column}`, which the policy does not declare"
+            )));
+        }
+        self.inline_hierarchies.insert(column.to_owned(), csv);
+        Ok(())
     }
 
     /// Reads a policy file.
@@ -233,7 +258,10 @@ impl Policy {
             .iter()
             .filter(|b| **b)
             .count();
-            if column.role == Role::QuasiIdentifier && sources == 0 {
+            if column.role == Role::QuasiIdentifier
+                && sources == 0
+                && !self.inline_hierarchies.contains_key(&column.name)
+            {
                 return policy(format!(
                     "quasi-identifier `{}` needs a hierarchy: hierarchy = \"FILE\", bands = [..] \
                      or builder = \"zip\" | \"date\" | \"flat\"",
@@ -247,19 +275,14 @@ impl Policy {
                 ));
             }
             if let Some(kind) = &column.kind {
-                ColumnKind::parse(kind).map_err(|e| {
-                    AnonError::Policy(format!("column `{}`: {e}", column.name))
-                })?;
+                ColumnKind::parse(kind)
+                    .map_err(|e| AnonError::Policy(format!("column `{}`: {e}", column.name)))?;
             }
         }
         if !seen.iter().any(|_| true) {
             return policy("declare the columns".into());
         }
-        if !self
-            .columns
-            .iter()
-            .any(|c| c.role == Role::QuasiIdentifier)
-        {
+        if !self.columns.iter().any(|c| c.role == Role::QuasiIdentifier) {
             return policy("declare at least one quasi-identifier".into());
         }
         for model in &self.privacy.models {
@@ -271,9 +294,8 @@ impl Policy {
 
     /// Reads a CSV input as the policy's `[input]` says.
     pub fn read_csv(&self, reader: impl std::io::Read) -> Result<Table, AnonError> {
-        let delimiter = u8::try_from(self.input.delimiter).map_err(|_| {
-            AnonError::Policy("input.delimiter must be one ASCII character".into())
-        })?;
+        let delimiter = u8::try_from(self.input.delimiter)
+            .map_err(|_| AnonError::Policy("input.delimiter must be one ASCII character".into()))?;
         let names = (!self.input.header).then_some(self.input.names.as_slice());
         Table::from_csv_with_names(reader, delimiter, names)
     }
@@ -319,7 +341,10 @@ fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 /// Applies Safe Harbor and finds the optimal anonymization of `table` under `policy`.
 /// `secret` keys the pseudonyms (one per dataset).
 pub fn release(mut table: Table, policy: &Policy, secret: [u8; 32]) -> Result<Release, AnonError> {
-    // Every input column declared, every declared column present.
+    // Every declared column present, every input column declared.
+    for column in &policy.columns {
+        table.position(&column.name)?;
+    }
     for name in table.names() {
         if !policy.columns.iter().any(|c| &c.name == name) {
             return Err(AnonError::Policy(format!(
@@ -328,9 +353,6 @@ pub fn release(mut table: Table, policy: &Policy, secret: [u8; 32]) -> Result<Re
             )));
         }
     }
-    for column in &policy.columns {
-        table.position(&column.name)?;
-    }
     // Rows missing a quasi-identifier or sensitive value.
     let guarded: Vec<usize> = policy
         .columns
@@ -338,7 +360,8 @@ pub fn release(mut table: Table, policy: &Policy, secret: [u8; 32]) -> Result<Re
         .filter(|c| matches!(c.role, Role::QuasiIdentifier | Role::Sensitive))
         .map(|c| table.position(&c.name))
         .collect::<Result<_, _>>()?;
-    let is_missing = |value: &str| value.is_empty() || policy.input.missing.as_deref() == Some(value);
+    let is_missing =
+        |value: &str| value.is_empty() || policy.input.missing.as_deref() == Some(value);
     let mut dropped_rows = 0;
     if policy.input.missing_rows == MissingRows::Drop {
         let keep: Vec<bool> = (0..table.len())
@@ -387,30 +410,45 @@ pub fn release(mut table: Table, policy: &Policy, secret: [u8; 32]) -> Result<Re
     )?;
     // Hierarchies, built on the de-identified values.
     let build = |column: &ColumnPolicy| -> Result<Option<Hierarchy>, AnonError> {
-        let values = || table.column(&column.name).map(|c| c.dictionary().iter().map(String::as_str));
-        Ok(Some(if let Some(path) = &column.hierarchy {
-            let path = policy.base_dir.join(path);
-            let text = std::fs::read_to_string(&path).map_err(|source| AnonError::Io {
-                what: format!("reading the hierarchy {}", path.display()),
-                source,
-            })?;
-            Hierarchy::from_arx_csv(&column.name, &text, ';')?
-        } else if let Some(bands) = &column.bands {
-            Hierarchy::intervals(&column.name, values()?, bands)?
-        } else {
-            match column.builder.as_deref() {
-                Some("zip") => Hierarchy::zip_codes(&column.name, values()?)?,
-                Some("date") => Hierarchy::dates(&column.name, values()?)?,
-                Some("flat") => Hierarchy::flat(&column.name, values()?),
-                Some(other) => {
+        let values = || {
+            table
+                .column(&column.name)
+                .map(|c| c.dictionary().iter().map(String::as_str))
+        };
+        Ok(Some(
+            if let Some(text) = policy.inline_hierarchies.get(&column.name) {
+                Hierarchy::from_arx_csv(&column.name, text, ';')?
+            } else if let Some(path) = &column.hierarchy {
+                let Some(base) = &policy.base_dir else {
                     return Err(AnonError::Policy(format!(
-                        "column `{}`: unknown builder `{other}` (zip, date, flat)",
+                        "column `{}`: this policy cannot read hierarchy files; send the \
+                     hierarchy with it",
                         column.name
-                    )))
+                    )));
+                };
+                let path = base.join(path);
+                let text = std::fs::read_to_string(&path).map_err(|source| AnonError::Io {
+                    what: format!("reading the hierarchy {}", path.display()),
+                    source,
+                })?;
+                Hierarchy::from_arx_csv(&column.name, &text, ';')?
+            } else if let Some(bands) = &column.bands {
+                Hierarchy::intervals(&column.name, values()?, bands)?
+            } else {
+                match column.builder.as_deref() {
+                    Some("zip") => Hierarchy::zip_codes(&column.name, values()?)?,
+                    Some("date") => Hierarchy::dates(&column.name, values()?)?,
+                    Some("flat") => Hierarchy::flat(&column.name, values()?),
+                    Some(other) => {
+                        return Err(AnonError::Policy(format!(
+                            "column `{}`: unknown builder `{other}` (zip, date, flat)",
+                            column.name
+                        )))
+                    }
+                    None => return Ok(None),
                 }
-                None => return Ok(None),
-            }
-        }))
+            },
+        ))
     };
     let mut quasi_identifiers = Vec::new();
     let mut sensitive_hierarchies = Vec::new();
@@ -425,7 +463,12 @@ pub fn release(mut table: Table, policy: &Policy, secret: [u8; 32]) -> Result<Re
                         column.kind.as_deref().unwrap_or("plain")
                     )));
                 }
-                quasi_identifiers.push(build(column)?.expect("validated: QIs have one"));
+                quasi_identifiers.push(build(column)?.ok_or_else(|| {
+                    AnonError::Policy(format!(
+                        "quasi-identifier `{}` needs a hierarchy",
+                        column.name
+                    ))
+                })?);
             }
             Role::Sensitive => {
                 if let Some(h) = build(column)? {
@@ -454,7 +497,11 @@ pub fn release(mut table: Table, policy: &Policy, secret: [u8; 32]) -> Result<Re
         .iter()
         .map(|h| h.column().to_owned())
         .collect();
-    let heights = config.quasi_identifiers.iter().map(Hierarchy::height).collect();
+    let heights = config
+        .quasi_identifiers
+        .iter()
+        .map(Hierarchy::height)
+        .collect();
     let rows = table.len() as u64;
     let limit_rows = (policy.privacy.suppression_limit * rows as f64).floor() as u64;
     let anonymizer = Anonymizer::new(&table, config)?;
@@ -506,19 +553,18 @@ impl std::fmt::Display for Release {
             )?,
             Some(s) => {
                 writeln!(f, "levels:")?;
-                for ((name, level), height) in
-                    self.quasi_identifiers.iter().zip(&s.levels).zip(&self.heights)
+                for ((name, level), height) in self
+                    .quasi_identifiers
+                    .iter()
+                    .zip(&s.levels)
+                    .zip(&self.heights)
                 {
                     writeln!(f, "  {name:<24} {level} of {}", height - 1)?;
                 }
                 writeln!(f, "suppressed rows: {}", s.suppressed_rows)?;
                 writeln!(f, "{}: {}", self.metric, s.loss)?;
                 let smallest = s.class_sizes.keys().next().copied().unwrap_or(0);
-                writeln!(
-                    f,
-                    "classes: {} (smallest {smallest} rows)",
-                    s.classes
-                )?;
+                writeln!(f, "classes: {} (smallest {smallest} rows)", s.classes)?;
                 writeln!(
                     f,
                     "transformations checked: {} of {} in {:.1?}",

@@ -264,11 +264,18 @@ impl Engine {
     /// rows (k the largest of the k-anonymity models), and every other class costs at
     /// least one suppressed row.
     fn class_limit(&self) -> usize {
-        match self.checks.iter().filter_map(|c| match c {
-            Check::K(k) => Some(*k),
-            _ => None,
-        }).max() {
-            Some(k) => (self.rows / k + self.limit_rows).try_into().unwrap_or(usize::MAX),
+        match self
+            .checks
+            .iter()
+            .filter_map(|c| match c {
+                Check::K(k) => Some(*k),
+                _ => None,
+            })
+            .max()
+        {
+            Some(k) => (self.rows / k + self.limit_rows)
+                .try_into()
+                .unwrap_or(usize::MAX),
             None => usize::MAX,
         }
     }
@@ -589,9 +596,7 @@ impl Search<'_> {
             for &node in layer {
                 lattice.levels(node, &mut levels);
                 let bound = match engine.metric {
-                    Metric::EntropyMonotonic | Metric::Entropy => {
-                        engine.monotonic_entropy(&levels)
-                    }
+                    Metric::EntropyMonotonic | Metric::Entropy => engine.monotonic_entropy(&levels),
                     Metric::Discernibility | Metric::DiscernibilityStar => dm_star_floor[node],
                     Metric::AverageClassSize => {
                         engine.rows as f64 / classes_ceiling[node].saturating_add(1) as f64
@@ -677,7 +682,9 @@ impl Search<'_> {
                     let evaluation = engine.evaluate(&partition, false);
                     (partition, evaluation)
                 }
-                None => self.evaluate(&levels).expect("a valid transformation rolls up"),
+                None => self
+                    .evaluate(&levels)
+                    .expect("a valid transformation rolls up"),
             };
             let loss = engine.loss(&levels, &partition, &evaluation);
             self.offer(node, loss);

@@ -27,175 +27,7 @@ const IDENTIFIERS: &[&str] = &[
     "-71.06682353144593",
 ];
 
-const POLICY: &str = r#"
-[mapping]
-format = "fhir"
-rows = "Observation"
-[[mapping.columns]]
-name = "observation"
-path = "id"
-[[mapping.columns]]
-name = "patient_id"
-path = "patient.id"
-[[mapping.columns]]
-name = "given"
-path = "patient.name[0].given[0]"
-[[mapping.columns]]
-name = "family"
-path = "patient.name[0].family"
-[[mapping.columns]]
-name = "mothers_maiden_name"
-path = "patient.extension[url=http://hl7.org/fhir/StructureDefinition/patient-mothersMaidenName].valueString"
-[[mapping.columns]]
-name = "birth_place"
-path = "patient.extension[url=http://hl7.org/fhir/StructureDefinition/patient-birthPlace].valueAddress.city"
-[[mapping.columns]]
-name = "street"
-path = "patient.address[0].line[0]"
-[[mapping.columns]]
-name = "city"
-path = "patient.address[0].city"
-[[mapping.columns]]
-name = "state"
-path = "patient.address[0].state"
-[[mapping.columns]]
-name = "zip"
-path = "patient.address[0].postalCode"
-[[mapping.columns]]
-name = "latitude"
-path = "patient.address[0].extension[0].extension[url=latitude].valueDecimal"
-[[mapping.columns]]
-name = "longitude"
-path = "patient.address[0].extension[0].extension[url=longitude].valueDecimal"
-[[mapping.columns]]
-name = "phone"
-path = "patient.telecom[system=phone].value"
-[[mapping.columns]]
-name = "ssn"
-path = "patient.identifier[type.text=Social Security Number].value"
-[[mapping.columns]]
-name = "mrn"
-path = "patient.identifier[type.text=Medical Record Number].value"
-[[mapping.columns]]
-name = "licence"
-path = "patient.identifier[type.text=Driver's License].value"
-[[mapping.columns]]
-name = "passport"
-path = "patient.identifier[type.text=Passport Number].value"
-[[mapping.columns]]
-name = "birth_date"
-path = "patient.birthDate"
-[[mapping.columns]]
-name = "gender"
-path = "patient.gender"
-[[mapping.columns]]
-name = "effective"
-path = "effectiveDateTime"
-[[mapping.columns]]
-name = "code"
-path = "code.coding[0].code"
-[[mapping.columns]]
-name = "value"
-path = "valueQuantity.value"
-
-[safe_harbor]
-reference_year = 2026
-
-[[columns]]
-name = "observation"
-role = "identifier"
-[[columns]]
-name = "patient_id"
-role = "identifier"
-pseudonymize = true
-[[columns]]
-name = "given"
-role = "identifier"
-kind = "name"
-[[columns]]
-name = "family"
-role = "identifier"
-kind = "name"
-[[columns]]
-name = "mothers_maiden_name"
-role = "identifier"
-kind = "name"
-[[columns]]
-name = "birth_place"
-role = "identifier"
-kind = "geographic"
-[[columns]]
-name = "street"
-role = "identifier"
-kind = "street-address"
-[[columns]]
-name = "city"
-role = "identifier"
-kind = "geographic"
-[[columns]]
-name = "state"
-role = "quasi-identifier"
-kind = "state"
-builder = "flat"
-[[columns]]
-name = "zip"
-role = "quasi-identifier"
-kind = "zip"
-builder = "zip"
-[[columns]]
-name = "latitude"
-role = "identifier"
-kind = "geographic"
-[[columns]]
-name = "longitude"
-role = "identifier"
-kind = "geographic"
-[[columns]]
-name = "phone"
-role = "identifier"
-kind = "phone"
-[[columns]]
-name = "ssn"
-role = "identifier"
-kind = "ssn"
-[[columns]]
-name = "mrn"
-role = "identifier"
-kind = "medical-record-number"
-pseudonymize = true
-[[columns]]
-name = "licence"
-role = "identifier"
-kind = "license-number"
-[[columns]]
-name = "passport"
-role = "identifier"
-kind = "other-unique-id"
-[[columns]]
-name = "birth_date"
-role = "quasi-identifier"
-kind = "birth-date"
-builder = "date"
-[[columns]]
-name = "gender"
-role = "quasi-identifier"
-builder = "flat"
-[[columns]]
-name = "effective"
-role = "insensitive"
-kind = "date"
-[[columns]]
-name = "code"
-role = "sensitive"
-[[columns]]
-name = "value"
-role = "insensitive"
-
-[privacy]
-models = ["k=5"]
-suppression_limit = 0.0
-metric = "entropy"
-"#;
+const POLICY: &str = include_str!("../../../docs/anonymization/synthea-observations.toml");
 
 #[test]
 fn safe_harbor_leaves_no_identifier_of_the_synthea_patient() {
@@ -206,7 +38,12 @@ fn safe_harbor_leaves_no_identifier_of_the_synthea_patient() {
     assert_eq!(table.len(), 187, "one row per Observation of the bundle");
     let cells = |t: &medmesh_anon::Table| -> Vec<String> {
         (0..t.len())
-            .flat_map(|row| t.row(row).into_iter().map(str::to_owned).collect::<Vec<_>>())
+            .flat_map(|row| {
+                t.row(row)
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
             .collect()
     };
     let before = cells(&table);
@@ -221,7 +58,10 @@ fn safe_harbor_leaves_no_identifier_of_the_synthea_patient() {
     assert!(times.iter().all(|t| t.len() > 4), "{times:?}");
 
     let release = policy::release(table, &policy, [7; 32]).unwrap();
-    let released = release.table.as_ref().expect("one patient's rows are one class");
+    let released = release
+        .table
+        .as_ref()
+        .expect("one patient's rows are one class");
     let after = cells(released);
     for identifier in IDENTIFIERS.iter().map(|s| s.to_string()).chain(times) {
         assert!(
@@ -232,12 +72,30 @@ fn safe_harbor_leaves_no_identifier_of_the_synthea_patient() {
     // What is left, and what became of it.
     assert_eq!(
         released.names(),
-        ["patient_id", "state", "zip", "mrn", "birth_date", "gender", "effective", "code", "value"]
+        [
+            "patient_id",
+            "state",
+            "zip",
+            "mrn",
+            "birth_date",
+            "gender",
+            "effective",
+            "code",
+            "value"
+        ]
     );
     let zip = released.column("zip").unwrap().dictionary();
-    assert!(zip.iter().all(|z| z == "027" || z.ends_with('*')), "{zip:?}");
+    assert!(
+        zip.iter().all(|z| z == "027" || z.ends_with('*')),
+        "{zip:?}"
+    );
     let birth = released.column("birth_date").unwrap().dictionary();
-    assert!(birth.iter().all(|b| b == "1945" || b == "1940-1949" || b == "*"), "{birth:?}");
+    assert!(
+        birth
+            .iter()
+            .all(|b| b == "1945" || b == "1940-1949" || b == "*"),
+        "{birth:?}"
+    );
     let pseudonyms = released.column("patient_id").unwrap().dictionary();
     assert_eq!(pseudonyms.len(), 1, "one patient, one pseudonym");
     assert_eq!(pseudonyms[0].len(), 32);

@@ -8,6 +8,7 @@
 mod access;
 mod audit;
 mod auth;
+mod datasets;
 mod grants;
 mod network;
 mod problem;
@@ -21,6 +22,10 @@ pub use access::{
 };
 pub use audit::{AuditEntryView, AuditPage, AuditVerification};
 pub use auth::{NonceResponse, SessionResponse, SignInRequest, WhoAmI};
+pub use datasets::{
+    BudgetRequest, BudgetView, CountCell, CountFilter, CountRequest, CountResponse, DatasetPreview,
+    DatasetPreviewRequest, RecordSelection,
+};
 pub use grants::{
     AuditAnchorInfo, AuditAnchoring, ChainInfo, GrantEntry, NodeRegistration, RelayResponse,
     SignedGrant, SignedRevocation,

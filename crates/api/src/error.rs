@@ -3,6 +3,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use medmesh_anon::AnonError;
 pub use medmesh_api_types::Problem;
 use medmesh_chain::{RelayError, ReleaseError};
 use medmesh_core::CoreError;
@@ -171,6 +172,19 @@ impl From<ServiceError> for ApiError {
             ServiceError::NoTelemetry => Self::unavailable("no-telemetry", e.to_string()),
             ServiceError::NotFound(_) => Self::not_found(e.to_string()),
             ServiceError::Conflict(_) => Self::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            ServiceError::Anon(ref anon) => match anon {
+                AnonError::BudgetExceeded { .. } => Self::new(
+                    StatusCode::FORBIDDEN,
+                    "privacy-budget-exceeded",
+                    e.to_string(),
+                ),
+                AnonError::Randomness => Self::internal("sampling noise", e),
+                _ => Self::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "anonymization",
+                    e.to_string(),
+                ),
+            },
             ServiceError::Internal(what) => Self::internal(what, "see the node's log"),
             ServiceError::Task { what, .. } => Self::internal(what, e),
         }

@@ -43,7 +43,7 @@ pub use medmesh_api_types::*;
 pub use openapi::document_json;
 pub use state::{ApiConfig, AppState};
 
-use routes::{access, audit, events, grants, records, system, telemetry};
+use routes::{access, audit, datasets, events, grants, records, system, telemetry};
 
 /// The whole API as an axum router.
 pub fn router(state: AppState) -> Router {
@@ -112,6 +112,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/alerts", bounded(get(telemetry::alerts)))
         .route("/v1/alerts/{id}/ack", post(telemetry::acknowledge))
         .route("/v1/telemetry", bounded(get(telemetry::status)))
+        // A search over a large lattice takes its time: no request time limit.
+        .route("/v1/datasets/preview", post(datasets::preview))
+        .route(
+            "/v1/datasets/{id}/budget",
+            bounded(get(datasets::budget)).merge(put(datasets::set_budget)),
+        )
+        .route("/v1/datasets/{id}/counts", post(datasets::count))
         .fallback(|| async {
             ApiError::not_found("no such endpoint; the API is described at /openapi.json and /docs")
         })

@@ -5,7 +5,9 @@ use std::sync::OnceLock;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{access, audit, auth, events, grants, network, records, system, telemetry};
+use crate::routes::{
+    access, audit, auth, datasets, events, grants, network, records, system, telemetry,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -53,6 +55,10 @@ use crate::routes::{access, audit, auth, events, grants, network, records, syste
         telemetry::alerts,
         telemetry::acknowledge,
         telemetry::status,
+        datasets::preview,
+        datasets::set_budget,
+        datasets::budget,
+        datasets::count,
     ),
     modifiers(&BearerAuth),
     tags(
@@ -67,6 +73,7 @@ use crate::routes::{access, audit, auth, events, grants, network, records, syste
         (name = "network", description = "Peers, fetching records from them, replicas"),
         (name = "system", description = "Health and metrics"),
         (name = "devices", description = "Medical devices, their readings (MQTT telemetry) and clinical alerts"),
+        (name = "datasets", description = "Research datasets: anonymization previews (Safe Harbor, optimal k-anonymity / l-diversity / t-closeness) and differentially private counts within a budget"),
     )
 )]
 struct ApiDoc;

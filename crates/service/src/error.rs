@@ -97,6 +97,10 @@ pub enum ServiceError {
     /// The node is at a limit (concurrent reads, ingests); retrying later works.
     #[error("{0}")]
     Busy(String),
+    /// Anonymization or a differentially private query refused the input (a policy,
+    /// a hierarchy, a model, a query) or the privacy budget.
+    #[error(transparent)]
+    Anon(#[from] medmesh_anon::AnonError),
     /// Something broke on this node that is not the caller's doing.
     #[error("{0} on the node")]
     Internal(&'static str),

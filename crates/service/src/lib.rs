@@ -15,6 +15,7 @@ mod access;
 pub mod alerts;
 mod announce;
 mod chain_life;
+mod datasets;
 mod denials;
 mod error;
 mod events;
@@ -33,6 +34,7 @@ pub use chain_life::{
     AnchorSettings, AnchorView, AnchoringView, ChainLifeSettings, ChainLifeView, NodeIdentity,
     RegistrationView, AUDIT_POLL, REGISTRATION_RETRY,
 };
+pub use datasets::{anonymize_csv, DatasetSource, MAX_DATASET_BYTES};
 pub use denials::DenialLog;
 pub use error::ServiceError;
 pub use events::{Audience, EventBus, NodeEvent};

@@ -75,6 +75,11 @@ pub enum AuditAction {
     /// A clinical alert was raised, escalated, acknowledged or cleared (detail: the
     /// rule, severity, value and what happened).
     Alert,
+    /// A dataset's differential-privacy budget was set (detail: ε and δ totals).
+    DpBudgetSet,
+    /// A differentially private query was answered or refused (detail: its ε and δ,
+    /// the columns it used, the outcome and the remaining budget).
+    DpQuery,
 }
 
 /// What a caller asks to log.

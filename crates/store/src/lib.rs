@@ -10,6 +10,8 @@
 //! - Every table of the index is declared in one module, `tables`.
 //! - Registered medical devices ([`DeviceRecord`]) and the telemetry write-ahead log
 //!   (`Store::wal_append`: readings durable before they are acknowledged).
+//! - Differential-privacy budgets of datasets ([`Store::update_dp_budget`]): each
+//!   query's charge and its audit entry in one transaction.
 //! - The webhook outbox ([`OutboxEntry`]) keeps messages for delivery across crashes.
 //! - The store directory is private to the node's user (directories 0700, files 0600;
 //!   [`secure_permissions`] repairs looser modes at every open).
@@ -17,6 +19,7 @@
 mod audit;
 mod blocks;
 mod devices;
+mod dp_budgets;
 mod durable;
 mod error;
 mod index;
@@ -40,6 +43,7 @@ use redb::{Database, ReadableDatabase};
 pub use audit::{AuditAction, AuditBreak, AuditEntry, AuditEvent, AuditSummary, GENESIS};
 pub use blocks::{BlockScan, Blockstore};
 pub use devices::{check_device_name, DeviceProgress, DeviceRecord, MAX_DEVICE_ID, REPLAY_WINDOW};
+pub use dp_budgets::BudgetUpdate;
 pub use durable::atomic_write;
 pub use error::StoreError;
 pub use links::ConsentLink;

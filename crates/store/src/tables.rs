@@ -51,6 +51,10 @@ pub(crate) const DEVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("d
 /// The telemetry write-ahead log's progress: `checkpoint` (every entry up to this
 /// sequence number is in records) and `flushing` (a flush in progress up to it), u64 BE.
 pub(crate) const TELEMETRY: TableDefinition<&str, u64> = TableDefinition::new("telemetry");
+/// Dataset id (the record id of its table) → its differential-privacy budget (JSON:
+/// the totals and what queries have spent; written in the same transaction as each
+/// query's audit entry).
+pub(crate) const DP_BUDGETS: TableDefinition<&str, &[u8]> = TableDefinition::new("dp_budgets");
 
 /// Creates every table so readers never meet a missing one.
 pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
@@ -69,5 +73,6 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(INGEST_KEYS)?;
     txn.open_table(DEVICES)?;
     txn.open_table(TELEMETRY)?;
+    txn.open_table(DP_BUDGETS)?;
     Ok(())
 }

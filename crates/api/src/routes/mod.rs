@@ -3,6 +3,7 @@
 pub mod access;
 pub mod audit;
 pub mod auth;
+pub mod datasets;
 pub mod events;
 pub mod grants;
 pub mod network;

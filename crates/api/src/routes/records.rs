@@ -77,7 +77,7 @@ pub(crate) fn parse_time(name: &str, v: Option<&str>) -> Result<Option<OffsetDat
     .transpose()
 }
 
-fn parse_id(id: &str) -> Result<RecordId, ApiError> {
+pub(crate) fn parse_id(id: &str) -> Result<RecordId, ApiError> {
     Ok(id.parse::<RecordId>()?)
 }
 
