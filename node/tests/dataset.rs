@@ -130,7 +130,8 @@ fn adult_reaches_k5_and_k10_with_levels_suppression_and_utility() {
 #[test]
 fn bad_policies_are_refused_naming_the_problem() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(String) -> String>, &str)> = vec![
+    type Edit = Box<dyn Fn(String) -> String>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
         (
             "\"k=5\"",
             Box::new(|t: String| t.replace("name = \"race\"", "name = \"ethnicity\"")),

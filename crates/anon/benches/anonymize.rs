@@ -3,6 +3,8 @@
 //! monotonic entropy), and time and peak memory on synthetic tables of 1 000 000 and
 //! 10 000 000 rows (10 quasi-identifiers). Figures go to `docs/benchmarks.md`.
 
+#![allow(missing_docs, clippy::print_stdout)]
+
 use std::time::Instant;
 
 use medmesh_anon::{Anonymizer, Column, Config, Hierarchy, Metric, PrivacyModel, Table};

@@ -1042,7 +1042,7 @@ mod tests {
         let e = (-1.0 / tau).exp();
         let pmf = |z: i128| (1.0 - e) / (1.0 + e) * e.powi(z.unsigned_abs() as i32);
         let xs = samples(N, || sample_discrete_laplace(&mut *rng, t, s).unwrap());
-        let var = check_against(&xs, &pmf, 2_000, &format!("Lap_Z({t}/{s})"));
+        let var = check_against(&xs, pmf, 2_000, &format!("Lap_Z({t}/{s})"));
         // The closed forms.
         let closed_var = 2.0 * e / (1.0 - e).powi(2);
         assert!(

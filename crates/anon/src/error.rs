@@ -209,7 +209,9 @@ pub enum AnonError {
     /// A charge does not fit in what remains of a privacy budget.
     #[error(
         "privacy budget exceeded: the query needs ε = {epsilon}, δ = {delta}; \
-         remaining ε = {remaining_epsilon}, δ = {remaining_delta}"
+         remaining ε = {}, δ = {}",
+        shown(*remaining_epsilon),
+        shown(*remaining_delta)
     )]
     BudgetExceeded {
         /// The ε asked for.
@@ -224,4 +226,10 @@ pub enum AnonError {
     /// The operating system's random number generator failed.
     #[error("the system random number generator failed")]
     Randomness,
+}
+
+/// A budget figure as people read it: twelve significant decimals at most (the
+/// budget's own slack, 1e-12, makes finer digits meaningless).
+fn shown(x: f64) -> f64 {
+    (x * 1e12).round() / 1e12
 }

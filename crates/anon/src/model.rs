@@ -164,8 +164,10 @@ impl PrivacyModel {
         match self {
             Self::KAnonymity { k } if *k == 0 => bad("k must be at least 1"),
             Self::DistinctLDiversity { l, .. } if *l == 0 => bad("l must be at least 1"),
-            Self::EntropyLDiversity { l, .. } if !(*l >= 1.0) => bad("l must be at least 1"),
-            Self::RecursiveClDiversity { c, l, .. } if !(*c > 0.0) || *l < 2 => {
+            Self::EntropyLDiversity { l, .. } if l.is_nan() || *l < 1.0 => {
+                bad("l must be at least 1")
+            }
+            Self::RecursiveClDiversity { c, l, .. } if c.is_nan() || *c <= 0.0 || *l < 2 => {
                 bad("c must be positive and l at least 2")
             }
             Self::EqualDistanceTCloseness { t, .. } | Self::HierarchicalTCloseness { t, .. }

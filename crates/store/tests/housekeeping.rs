@@ -299,3 +299,51 @@ impl std::io::Read for Gated {
         Ok(n)
     }
 }
+
+#[test]
+fn a_privacy_budget_and_its_audit_entry_commit_together_and_survive_reopening() {
+    use medmesh_store::{AuditAction, BudgetUpdate};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    {
+        let store = medmesh_store::Store::open(&path).unwrap();
+        let answered: u32 = store
+            .update_dp_budget("dataset-1", "tester", |current| {
+                assert!(current.is_none());
+                let update = BudgetUpdate {
+                    budget: Some(b"{\"spent\":0.4}".to_vec()),
+                    action: AuditAction::DpQuery,
+                    detail: [("outcome".to_string(), "answered".to_string())].into(),
+                };
+                (update, 42)
+            })
+            .unwrap();
+        assert_eq!(answered, 42);
+        // A refusal writes its audit entry and leaves the budget alone.
+        store
+            .update_dp_budget("dataset-1", "tester", |current| {
+                assert_eq!(current, Some(&b"{\"spent\":0.4}"[..]));
+                let update = BudgetUpdate {
+                    budget: None,
+                    action: AuditAction::DpQuery,
+                    detail: [("outcome".to_string(), "refused".to_string())].into(),
+                };
+                (update, ())
+            })
+            .unwrap();
+    }
+    let store = medmesh_store::Store::open(&path).unwrap();
+    assert_eq!(
+        store.dp_budget("dataset-1").unwrap().as_deref(),
+        Some(&b"{\"spent\":0.4}"[..])
+    );
+    assert_eq!(store.dp_budget("dataset-2").unwrap(), None);
+    let entries = store.audit_page(0, 100).unwrap();
+    let outcomes: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.action == AuditAction::DpQuery)
+        .map(|e| e.detail["outcome"].as_str())
+        .collect();
+    assert_eq!(outcomes, ["answered", "refused"]);
+    assert!(store.audit_verify().unwrap().is_ok());
+}
