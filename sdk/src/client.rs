@@ -6,12 +6,14 @@ use alloy_signer::Signer;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use medmesh_api_types::{
-    AlertView, AuditPage, AuditVerification, ChainInfo, ChallengeResponse, CheckResult,
-    ConsentLinkRequest, ConsentLinkResponse, CreatedToken, DeviceInfo, DeviceRequest, DialRequest,
-    Dialed, FetchReport, FetchRequest, GcResult, GrantEntry, Health, KeyRequestBody, KeyResponse,
-    NetworkStatus, NonceResponse, Problem, ReadingView, RecordEntry, RecordInfo, RecordPage,
-    RelayResponse, Removed, ReplicationRequest, ReplicationStatus, SessionResponse, SignInRequest,
-    SignedGrant, SignedRevocation, TelemetryStatus, TokenRequest, TokenView, Transfer, WhoAmI,
+    AlertView, AuditPage, AuditVerification, BudgetRequest, BudgetView, ChainInfo,
+    ChallengeResponse, CheckResult, ConsentLinkRequest, ConsentLinkResponse, CountRequest,
+    CountResponse, CreatedToken, DatasetPreview, DatasetPreviewRequest, DeviceInfo, DeviceRequest,
+    DialRequest, Dialed, FetchReport, FetchRequest, GcResult, GrantEntry, Health, KeyRequestBody,
+    KeyResponse, NetworkStatus, NonceResponse, Problem, ReadingView, RecordEntry, RecordInfo,
+    RecordPage, RelayResponse, Removed, ReplicationRequest, ReplicationStatus, SessionResponse,
+    SignInRequest, SignedGrant, SignedRevocation, TelemetryStatus, TokenRequest, TokenView,
+    Transfer, WhoAmI,
 };
 use reqwest::{Method, RequestBuilder, Response};
 use serde::de::DeserializeOwned;
@@ -347,6 +349,51 @@ impl Client {
     pub async fn revoke_token(&self, id: &str) -> Result<(), Error> {
         Self::send(self.request(Method::DELETE, &format!("/v1/admin/tokens/{id}"))).await?;
         Ok(())
+    }
+
+    /// `POST /v1/datasets/preview`: anonymizes a table (CSV, or this institution's
+    /// records) under a policy, storing nothing: the report and a sample.
+    pub async fn preview_dataset(
+        &self,
+        request: &DatasetPreviewRequest,
+    ) -> Result<DatasetPreview, Error> {
+        Self::json(
+            self.request(Method::POST, "/v1/datasets/preview")
+                .json(request),
+        )
+        .await
+    }
+
+    /// `PUT /v1/datasets/{id}/budget`: sets a dataset's privacy budget, once (admin).
+    pub async fn set_dataset_budget(
+        &self,
+        dataset: &str,
+        budget: &BudgetRequest,
+    ) -> Result<BudgetView, Error> {
+        Self::json(
+            self.request(Method::PUT, &format!("/v1/datasets/{dataset}/budget"))
+                .json(budget),
+        )
+        .await
+    }
+
+    /// `GET /v1/datasets/{id}/budget`.
+    pub async fn dataset_budget(&self, dataset: &str) -> Result<BudgetView, Error> {
+        Self::json(self.request(Method::GET, &format!("/v1/datasets/{dataset}/budget"))).await
+    }
+
+    /// `POST /v1/datasets/{id}/counts`: a differentially private count, charged to the
+    /// dataset's budget.
+    pub async fn dataset_count(
+        &self,
+        dataset: &str,
+        query: &CountRequest,
+    ) -> Result<CountResponse, Error> {
+        Self::json(
+            self.request(Method::POST, &format!("/v1/datasets/{dataset}/counts"))
+                .json(query),
+        )
+        .await
     }
 
     /// `POST /v1/devices`: registers a medical device (admin token).

@@ -25,9 +25,11 @@ pub use client::{Client, SearchQuery, UploadOptions};
 pub use error::Error;
 pub use medmesh_api_types::{
     AlertView, AuditAnchorInfo, AuditAnchoring, AuditEntryView, AuditPage, AuditVerification,
-    ChainInfo, CheckResult, ConsentLinkResponse, CreatedToken, DeviceInfo, DeviceRequest, Dialed,
-    FetchReport, FetchRequest, GcResult, GrantEntry, Health, KeyResponse, NetworkStatus,
-    NodeRegistration, NonceResponse, PeerInfo, Problem, ReadingView, RecordEntry, RecordInfo,
-    RecordPage, RelayResponse, Removed, ReplicaOutcome, ReplicationStatus, SessionResponse,
-    SignedGrant, SignedRevocation, TelemetryStatus, TokenView, Transfer, WhoAmI,
+    BudgetRequest, BudgetView, ChainInfo, CheckResult, ConsentLinkResponse, CountCell, CountFilter,
+    CountRequest, CountResponse, CreatedToken, DatasetPreview, DatasetPreviewRequest, DeviceInfo,
+    DeviceRequest, Dialed, FetchReport, FetchRequest, GcResult, GrantEntry, Health, KeyResponse,
+    NetworkStatus, NodeRegistration, NonceResponse, PeerInfo, Problem, ReadingView, RecordEntry,
+    RecordInfo, RecordPage, RecordSelection, RelayResponse, Removed, ReplicaOutcome,
+    ReplicationStatus, SessionResponse, SignedGrant, SignedRevocation, TelemetryStatus, TokenView,
+    Transfer, WhoAmI,
 };

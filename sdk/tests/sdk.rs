@@ -207,3 +207,83 @@ async fn admin_operations() {
         .unwrap()
         .contains("\"openapi\": \"3.1.0\""));
 }
+
+#[tokio::test]
+async fn datasets_preview_budget_and_counts() {
+    use medmesh_sdk::{BudgetRequest, CountFilter, CountRequest, DatasetPreviewRequest};
+    let node = TestNode::start().await;
+    let writer = operator(&node, &node.write_token);
+    let reader = operator(&node, &node.read_token);
+    let admin = operator(&node, &node.admin_token);
+    let mut csv = String::from("age,sex\n");
+    for i in 0..100 {
+        csv.push_str(&format!("{},{}\n", 30 + i % 40, ["F", "M"][i % 2]));
+    }
+    let policy = r#"
+[[columns]]
+name = "age"
+role = "quasi-identifier"
+kind = "age"
+bands = [10, 20]
+[[columns]]
+name = "sex"
+role = "insensitive"
+[privacy]
+models = ["k=10"]
+"#;
+    let preview = reader
+        .preview_dataset(&DatasetPreviewRequest {
+            policy: policy.into(),
+            hierarchies: Default::default(),
+            csv: Some(csv.clone()),
+            records: None,
+            sample_rows: Some(5),
+        })
+        .await
+        .unwrap();
+    assert_eq!(preview.sample.len(), 5);
+    assert_eq!(preview.report["solution"]["levels"], serde_json::json!([1]));
+
+    let options = UploadOptions {
+        content_type: Some("text/csv".into()),
+        ..Default::default()
+    };
+    let id = writer
+        .upload(csv.into_bytes(), options)
+        .await
+        .unwrap()
+        .id
+        .to_string();
+    let budget = admin
+        .set_dataset_budget(
+            &id,
+            &BudgetRequest {
+                epsilon: 0.5,
+                delta: 0.0,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(budget.epsilon_remaining, 0.5);
+    let query = CountRequest {
+        filters: vec![CountFilter {
+            column: "sex".into(),
+            equals: Some("F".into()),
+            one_of: None,
+            min: None,
+            max: None,
+        }],
+        group_by: vec![],
+        group_domains: vec![],
+        mechanism: "laplace".into(),
+        epsilon: 0.5,
+        delta: None,
+        clamp_at_zero: false,
+    };
+    let answer = reader.dataset_count(&id, &query).await.unwrap();
+    assert_eq!(answer.counts.len(), 1);
+    assert_eq!(answer.budget.epsilon_remaining, 0.0);
+    let refused = reader.dataset_count(&id, &query).await.unwrap_err();
+    assert_eq!(refused.status(), Some(403));
+    assert_eq!(reader.dataset_budget(&id).await.unwrap().epsilon_spent, 0.5);
+}

@@ -138,10 +138,16 @@ impl Hierarchy {
             if seen.insert(value.to_owned(), ()).is_some() {
                 continue;
             }
+            let mut row = vec![value.to_owned()];
+            if is_open_category(value) {
+                row.extend(widths.iter().map(|_| value.to_owned()));
+                row.push(TOP.to_owned());
+                rows.push(row);
+                continue;
+            }
             let number: i64 = value
                 .parse()
                 .map_err(|_| problem(format!("`{value}` is not an integer; bands need numbers")))?;
-            let mut row = vec![value.to_owned()];
             for &width in widths {
                 let width = width as i64;
                 let lo = number.div_euclid(width) * width;
@@ -334,5 +340,68 @@ impl EncodedHierarchy {
     /// Number of levels.
     pub fn height(&self) -> usize {
         self.levels.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arx_files_parse_and_non_trees_are_refused() {
+        let h = Hierarchy::from_arx_csv("c", "a;x;*\r\nb;x;*\n\nc;y;*", ';').unwrap();
+        assert_eq!(h.height(), 3);
+        assert_eq!(h.generalize("b", 1), Some("x"));
+        assert_eq!(h.generalize("z", 1), None);
+        let err = Hierarchy::from_arx_csv("c", "a;x;p\nb;x;q\n", ';').unwrap_err();
+        assert!(err.to_string().contains("must be a tree"), "{err}");
+        let err = Hierarchy::from_arx_csv("c", "a;x;*\nb;*\n", ';').unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+        let err = Hierarchy::from_arx_csv("c", "a;x\na;y\n", ';').unwrap_err();
+        assert!(err.to_string().contains("appears twice"), "{err}");
+        assert!(Hierarchy::from_arx_csv("c", "\n", ';').is_err());
+    }
+
+    #[test]
+    fn builders_make_nested_levels() {
+        let ages = Hierarchy::intervals("age", ["3", "17", "90+", "-4"], &[5, 10]).unwrap();
+        assert_eq!(ages.rows()[0], ["3", "0-4", "0-9", "*"]);
+        assert_eq!(ages.rows()[1], ["17", "15-19", "10-19", "*"]);
+        assert_eq!(ages.rows()[2], ["90+", "90+", "90+", "*"]);
+        assert_eq!(ages.rows()[3], ["-4", "-5--1", "-10--1", "*"]);
+        assert!(Hierarchy::intervals("age", ["x"], &[5]).is_err());
+        assert!(Hierarchy::intervals("age", ["1"], &[5, 7]).is_err());
+        assert!(Hierarchy::intervals("age", ["1"], &[0]).is_err());
+
+        let dates = Hierarchy::dates("d", ["2024-02-29T10:00:00Z"]).unwrap();
+        assert_eq!(
+            dates.rows()[0],
+            ["2024-02-29T10:00:00Z", "2024-02", "2024", "2020-2029", "*"]
+        );
+        let years = Hierarchy::dates("d", ["1945", "<=1936"]).unwrap();
+        assert_eq!(years.rows()[0], ["1945", "1940-1949", "*"]);
+        assert_eq!(years.rows()[1], ["<=1936", "<=1936", "*"]);
+        assert!(Hierarchy::dates("d", ["24-1-1"]).is_err());
+
+        let zips = Hierarchy::zip_codes("z", ["02139", "021"]).unwrap();
+        assert_eq!(
+            zips.rows()[0],
+            ["02139", "0213*", "021**", "02***", "0****", "*****"]
+        );
+        assert_eq!(zips.rows()[1], ["021", "02*", "0**", "***", "***", "***"]);
+    }
+
+    #[test]
+    fn encoding_names_the_missing_value() {
+        let h = Hierarchy::flat("sex", ["F", "M"]);
+        let column = Column::from_values(["F", "X"]);
+        let err = h.encode(&column).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "value `X` of column `sex` is not in its hierarchy"
+        );
+        let encoded = h.encode(&Column::from_values(["M", "F", "M"])).unwrap();
+        assert_eq!(encoded.levels[1].labels, ["*"]);
+        assert_eq!(encoded.levels[0].map, [0, 1]);
     }
 }

@@ -389,3 +389,136 @@ fn add(value: f64, parent: usize, positive: &mut [f64], negative: &mut [f64], ne
     }
     net[parent] += value;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn models_parse_as_arx_cases_write_them() {
+        assert_eq!(
+            PrivacyModel::parse("k=5").unwrap(),
+            PrivacyModel::KAnonymity { k: 5 }
+        );
+        let models = PrivacyModel::parse_all("equal-t=0.2(occupation);k=100").unwrap();
+        assert_eq!(models.len(), 2);
+        assert_eq!(models[0].to_string(), "equal-t=0.2(occupation)");
+        assert_eq!(
+            PrivacyModel::parse("recursive-cl=4,3(dx)").unwrap(),
+            PrivacyModel::RecursiveClDiversity {
+                column: "dx".into(),
+                c: 4.0,
+                l: 3
+            }
+        );
+        for (bad, needle) in [
+            ("k", "NAME=VALUE"),
+            ("k=0", "at least 1"),
+            ("k=5(dx)", "no sensitive column"),
+            ("entropy-l=3", "sensitive column"),
+            ("entropy-l=0.5(dx)", "at least 1"),
+            ("equal-t=1.5(dx)", "between 0 and 1"),
+            ("equal-t=0.2(dx", "end with `)`"),
+            ("delta-presence=1", "unknown model"),
+            ("recursive-cl=3(dx)", "C,L"),
+            ("recursive-cl=3,1(dx)", "at least 2"),
+        ] {
+            let err = PrivacyModel::parse(bad).unwrap_err().to_string();
+            assert!(err.contains(needle), "{bad}: {err}");
+        }
+    }
+
+    fn domain(global: &[f64]) -> SensitiveDomain {
+        SensitiveDomain {
+            global: global.to_vec(),
+            tree: None,
+            tree_widths: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn class_checks_follow_their_definitions() {
+        let mut scratch = Vec::new();
+        let d = [domain(&[0.5, 0.25, 0.25])];
+        let passes = |check: Check, n: u64, h: &[(u32, u64)], scratch: &mut Vec<f64>| {
+            check.passes(n, &[h], &d, scratch)
+        };
+        assert!(passes(
+            Check::DistinctL { slot: 0, l: 2 },
+            3,
+            &[(0, 2), (1, 1)],
+            &mut scratch
+        ));
+        assert!(!passes(
+            Check::DistinctL { slot: 0, l: 3 },
+            3,
+            &[(0, 2), (1, 1)],
+            &mut scratch
+        ));
+        // Entropy of (2, 2) is ln 2: 2-diverse exactly, not 2.1-diverse.
+        assert!(passes(
+            Check::EntropyL { slot: 0, l: 2.0 },
+            4,
+            &[(0, 2), (1, 2)],
+            &mut scratch
+        ));
+        assert!(!passes(
+            Check::EntropyL { slot: 0, l: 2.1 },
+            4,
+            &[(0, 2), (1, 2)],
+            &mut scratch
+        ));
+        // Recursive (c, l): r1 < c (r_l + … + r_m); (3, 2, 1), l = 2: 3 < c · 3.
+        let h = [(0, 3), (1, 2), (2, 1)];
+        assert!(passes(
+            Check::RecursiveCl {
+                slot: 0,
+                c: 1.1,
+                l: 2
+            },
+            6,
+            &h,
+            &mut scratch
+        ));
+        assert!(!passes(
+            Check::RecursiveCl {
+                slot: 0,
+                c: 1.0,
+                l: 2
+            },
+            6,
+            &h,
+            &mut scratch
+        ));
+        // Equal distance: class (1, 0, 0) against (0.5, 0.25, 0.25) is 0.5 away.
+        assert!(passes(
+            Check::EqualT { slot: 0, t: 0.5 },
+            2,
+            &[(0, 2)],
+            &mut scratch
+        ));
+        assert!(!passes(
+            Check::EqualT { slot: 0, t: 0.49 },
+            2,
+            &[(0, 2)],
+            &mut scratch
+        ));
+    }
+
+    #[test]
+    fn hierarchical_emd_charges_by_the_common_ancestor() {
+        // Leaves 0, 1 under node A; leaf 2 under node B; root above (height 2).
+        let d = SensitiveDomain {
+            global: vec![0.5, 0.0, 0.5],
+            tree: Some(vec![vec![0, 0, 1], vec![0, 0, 0]]),
+            tree_widths: vec![2, 1],
+        };
+        let mut scratch = Vec::new();
+        // All mass on leaf 1: 0.5 moves within A (cost 1/2), 0.5 across the root (2/2).
+        let distance = hierarchical_emd(1, &[(1, 1)], &d, &mut scratch);
+        assert!((distance - 0.75).abs() < 1e-12, "{distance}");
+        // The table's own distribution is at distance 0.
+        let distance = hierarchical_emd(2, &[(0, 1), (2, 1)], &d, &mut scratch);
+        assert!(distance.abs() < 1e-12, "{distance}");
+    }
+}
