@@ -292,8 +292,15 @@ impl Hierarchy {
                 })?;
             rows.push(&self.rows[*row]);
         }
+        let size = self.rows.len() as f64;
         let levels = (0..self.height())
             .map(|level| {
+                // How many of the hierarchy's values (those absent from the data too)
+                // each label covers: the share of the domain ARX's loss metric uses.
+                let mut covers: FxHashMap<&str, u64> = FxHashMap::default();
+                for row in &self.rows {
+                    *covers.entry(row[level].as_str()).or_default() += 1;
+                }
                 let mut index: FxHashMap<&str, u32> = FxHashMap::default();
                 let mut labels = Vec::new();
                 let map = rows
@@ -306,7 +313,11 @@ impl Hierarchy {
                         })
                     })
                     .collect();
-                Level { map, labels }
+                let share = labels
+                    .iter()
+                    .map(|l| covers[l.as_str()] as f64 / size)
+                    .collect();
+                Level { map, labels, share }
             })
             .collect();
         Ok(EncodedHierarchy { levels })
@@ -334,6 +345,9 @@ pub struct Level {
     pub map: Vec<u32>,
     /// The label of each generalized code, in order of first appearance.
     pub labels: Vec<String>,
+    /// The share of the hierarchy's values each label covers (a value alone: 1 / the
+    /// hierarchy's size; the top: 1).
+    pub share: Vec<f64>,
 }
 
 impl EncodedHierarchy {

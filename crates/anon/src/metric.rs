@@ -22,6 +22,10 @@ pub enum Metric {
     /// Average equivalence class size: rows / (kept classes + 1 when anything is
     /// suppressed).
     AverageClassSize,
+    /// ARX's "Loss" (Iyengar's generalization loss): per column, the share of the
+    /// domain each row's generalized value covers (a suppressed row covers all of it),
+    /// normalized to [0, 1]; the columns combined by their geometric mean.
+    Loss,
 }
 
 impl Metric {
@@ -33,9 +37,11 @@ impl Metric {
             "dm" => Self::Discernibility,
             "dm-star" => Self::DiscernibilityStar,
             "aecs" => Self::AverageClassSize,
+            "loss" => Self::Loss,
             other => {
                 return Err(AnonError::Policy(format!(
-                    "unknown metric `{other}` (entropy-monotonic, entropy, dm, dm-star, aecs)"
+                    "unknown metric `{other}` (entropy-monotonic, entropy, dm, dm-star, aecs, \
+                     loss)"
                 )))
             }
         })
@@ -49,6 +55,7 @@ impl Metric {
             Self::Discernibility => "dm",
             Self::DiscernibilityStar => "dm-star",
             Self::AverageClassSize => "aecs",
+            Self::Loss => "loss",
         }
     }
 }
@@ -89,6 +96,23 @@ pub(crate) fn entropy_per_level(
             -loss
         })
         .collect()
+}
+
+/// ARX's normalization of one column's loss: from its least possible value (every row
+/// its own leaf, `rows / size`) to its greatest (`rows`), truncated as ARX does.
+pub(crate) fn normalized_loss(value: f64, rows: f64, domain_size: f64) -> f64 {
+    let min = rows / domain_size;
+    let max = rows;
+    if max <= min {
+        return 0.0;
+    }
+    truncate10(((value - min) / (max - min)).max(0.0))
+}
+
+/// ARX's geometric mean of the columns' losses: Π (vᵢ + 1)^(1/n) − 1.
+pub(crate) fn geometric_mean(values: impl ExactSizeIterator<Item = f64>) -> f64 {
+    let n = values.len() as f64;
+    values.fold(1.0, |acc, v| acc * (v + 1.0).powf(1.0 / n)) - 1.0
 }
 
 /// The entropy lost by suppressing rows: Σ_w s(w)·log₂(|S|/s(w)) over the generalized

@@ -106,6 +106,11 @@ pub(crate) struct Engine {
     pub metric: Metric,
     /// Untruncated monotonic entropy per column per level.
     entropy: Vec<Vec<f64>>,
+    /// Per column per level, Σ over rows of the share of the domain the row's value
+    /// covers (the loss metric as if nothing were suppressed: its lower bound).
+    loss_kept: Vec<Vec<f64>>,
+    /// Per column, the number of values its hierarchy has.
+    domain_sizes: Vec<f64>,
     /// True when only k-anonymity is checked: histograms are not needed.
     needs_histograms: bool,
 }
@@ -219,6 +224,25 @@ impl Engine {
             .zip(qi_frequencies)
             .map(|(h, f)| metric::entropy_per_level(f, &h.levels))
             .collect();
+        let loss_kept = hierarchies
+            .iter()
+            .zip(qi_frequencies)
+            .map(|(h, f)| {
+                h.levels
+                    .iter()
+                    .map(|level| {
+                        f.iter()
+                            .enumerate()
+                            .map(|(code, &n)| n as f64 * level.share[level.map[code] as usize])
+                            .sum()
+                    })
+                    .collect()
+            })
+            .collect();
+        let domain_sizes = hierarchies
+            .iter()
+            .map(|h| 1.0 / h.levels[0].share.first().copied().unwrap_or(1.0))
+            .collect();
         let bottom = Partition {
             rep: (0..classes as u32).collect(),
             count,
@@ -237,6 +261,8 @@ impl Engine {
                 limit_rows,
                 metric,
                 entropy,
+                loss_kept,
+                domain_sizes,
                 needs_histograms,
             },
             row_class,
@@ -438,7 +464,41 @@ impl Engine {
                 let classes = e.kept_classes + u64::from(e.suppressed_rows > 0);
                 self.rows as f64 / classes.max(1) as f64
             }
+            Metric::Loss => {
+                let mut suppressed = vec![false; partition.len()];
+                for &class in &e.suppressed {
+                    suppressed[class as usize] = true;
+                }
+                let rows = self.rows as f64;
+                let columns = levels.iter().enumerate().map(|(j, &level)| {
+                    let shares = &self.hierarchies[j].levels[level].share;
+                    let mut value = 0.0;
+                    for class in 0..partition.len() {
+                        let count = partition.count[class] as f64;
+                        value += if suppressed[class] {
+                            count // the whole domain
+                        } else {
+                            count * shares[self.code(partition.rep[class], j, level) as usize]
+                        };
+                    }
+                    metric::normalized_loss(value, rows, self.domain_sizes[j])
+                });
+                metric::geometric_mean(columns.collect::<Vec<_>>().into_iter())
+            }
         }
+    }
+
+    /// The loss metric with nothing suppressed: a lower bound of its value.
+    fn loss_floor(&self, levels: &[usize]) -> f64 {
+        let rows = self.rows as f64;
+        let columns: Vec<f64> = levels
+            .iter()
+            .enumerate()
+            .map(|(j, &level)| {
+                metric::normalized_loss(self.loss_kept[j][level], rows, self.domain_sizes[j])
+            })
+            .collect();
+        metric::geometric_mean(columns.into_iter())
     }
 
     /// Σ over columns of the truncated monotonic entropy.
@@ -498,6 +558,7 @@ impl Engine {
     fn static_bound(&self, levels: &[usize]) -> Option<f64> {
         match self.metric {
             Metric::EntropyMonotonic | Metric::Entropy => Some(self.monotonic_entropy(levels)),
+            Metric::Loss => Some(self.loss_floor(levels)),
             _ => None,
         }
     }
@@ -597,6 +658,7 @@ impl Search<'_> {
                 lattice.levels(node, &mut levels);
                 let bound = match engine.metric {
                     Metric::EntropyMonotonic | Metric::Entropy => engine.monotonic_entropy(&levels),
+                    Metric::Loss => engine.loss_floor(&levels),
                     Metric::Discernibility | Metric::DiscernibilityStar => dm_star_floor[node],
                     Metric::AverageClassSize => {
                         engine.rows as f64 / classes_ceiling[node].saturating_add(1) as f64
