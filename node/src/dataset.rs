@@ -75,6 +75,9 @@ fn time_arg(name: &str, value: Option<&str>) -> Result<Option<OffsetDateTime>> {
 
 pub fn run(data_dir: &Path, source: &PassphraseSource, cmd: DatasetCommand) -> Result<()> {
     let DatasetCommand::Anonymize(args) = cmd;
+    if args.json && args.output.as_deref() == Some(Path::new("-")) {
+        bail!("--json and -o - would both write to standard output: write the table to a file");
+    }
     let policy = Policy::from_file(&args.policy)?;
     let release = match &args.csv {
         Some(csv) => {
@@ -114,7 +117,10 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, cmd: DatasetCommand) -> R
         }
     }
     let Some(table) = &release.table else {
-        bail!("no transformation meets the policy's models within its suppression limit");
+        bail!(
+            "no transformation meets the policy's models within its suppression limit: \
+             relax the models or allow more suppression"
+        );
     };
     if let Some(output) = &args.output {
         if output == Path::new("-") {

@@ -3,7 +3,9 @@
 //! table out.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicBool;
 
+pub use crate::policy::SuppressedRows;
 use crate::{
     error::AnonError,
     hierarchy::{Hierarchy, TOP},
@@ -185,6 +187,17 @@ impl<'t> Anonymizer<'t> {
                         "the hierarchy of `{column_name}` has no level above the values"
                     )));
                 }
+                // The earth mover's distance moves mass between any two values at most
+                // at the root's cost: a hierarchy must have one.
+                let top = &encoded.levels[encoded.height() - 1];
+                if top.labels.len() != 1 {
+                    return Err(policy(format!(
+                        "the hierarchy of `{column_name}` ends in {} labels ({}); hierarchical \
+                         t-closeness needs one root (add a level `*`)",
+                        top.labels.len(),
+                        top.labels.join(", ")
+                    )));
+                }
                 let tree: Vec<Vec<u32>> =
                     encoded.levels[1..].iter().map(|l| l.map.clone()).collect();
                 let widths = encoded.levels[1..].iter().map(|l| l.labels.len()).collect();
@@ -238,12 +251,19 @@ impl<'t> Anonymizer<'t> {
 
     /// Finds the optimal transformation.
     pub fn search(&self) -> Outcome {
-        let (found, stats) = self.engine.search();
-        Outcome {
+        self.search_until(&AtomicBool::new(false))
+            .expect("a search nobody stops ends")
+    }
+
+    /// Finds the optimal transformation, unless `stop` is raised first (then `None`):
+    /// a caller that goes away (an HTTP client) stops the work it asked for.
+    pub fn search_until(&self, stop: &AtomicBool) -> Option<Outcome> {
+        let (found, stats) = self.engine.search(stop)?;
+        Some(Outcome {
             optimum: found.map(|f| self.solution(f.levels, f.loss, &f.partition, &f.evaluation)),
             nodes_total: stats.nodes_total,
             nodes_checked: stats.nodes_checked,
-        }
+        })
     }
 
     /// Evaluates one transformation: `None` when it is not valid.
@@ -314,9 +334,13 @@ impl<'t> Anonymizer<'t> {
     }
 
     /// The released table: every column of the input, the quasi-identifiers generalized
-    /// to the solution's levels, and `*` in every quasi-identifier of a suppressed row
-    /// (as ARX writes them). Drop identifying columns before anonymizing.
-    pub fn release(&self, solution: &Solution) -> Result<Table, AnonError> {
+    /// to the solution's levels; suppressed rows left out, or (`Mark`) a row of `*` in
+    /// every column. Drop identifying columns before anonymizing.
+    pub fn release(
+        &self,
+        solution: &Solution,
+        suppressed_rows: SuppressedRows,
+    ) -> Result<Table, AnonError> {
         self.check_levels(&solution.levels)?;
         let partition = self.engine.roll_up(&self.engine.bottom, &solution.levels);
         let evaluation = self.engine.evaluate(&partition, true);
@@ -325,32 +349,25 @@ impl<'t> Anonymizer<'t> {
             suppressed[class as usize] = true;
         }
         let bottom_to_class = partition_parents(&partition);
-        let mut out = Table::with_columns(self.table.names())?;
-        let mut columns: Vec<Column> = Vec::with_capacity(self.table.names().len());
+        let row_suppressed =
+            |row: usize| suppressed[bottom_to_class[self.row_class[row] as usize] as usize];
+        let mut out = Table::default();
         for (position, column) in self.table.columns().iter().enumerate() {
-            let Some(j) = self.qi_positions.iter().position(|&p| p == position) else {
-                columns.push(column.clone());
-                continue;
-            };
-            let level = &self.engine.hierarchies[j].levels[solution.levels[j]];
+            let qi = self.qi_positions.iter().position(|&p| p == position);
             let mut released = Column::default();
             for (row, &code) in column.codes().iter().enumerate() {
-                let class = bottom_to_class[self.row_class[row] as usize] as usize;
-                if suppressed[class] {
-                    released.push(TOP);
-                } else {
-                    released.push(&level.labels[level.map[code as usize] as usize]);
+                match (row_suppressed(row), suppressed_rows, qi) {
+                    (true, SuppressedRows::Drop, _) => continue,
+                    (true, SuppressedRows::Mark, _) => released.push(TOP),
+                    (false, _, Some(j)) => {
+                        let level = &self.engine.hierarchies[j].levels[solution.levels[j]];
+                        released.push(&level.labels[level.map[code as usize] as usize]);
+                    }
+                    (false, _, None) => released.push(column.value(row)),
                 }
             }
-            columns.push(released);
+            out.add_column(&self.table.names()[position], released)?;
         }
-        out = {
-            let mut table = Table::default();
-            for (name, column) in out.names().to_vec().iter().zip(columns) {
-                table.add_column(name, column)?;
-            }
-            table
-        };
         Ok(out)
     }
 

@@ -818,6 +818,13 @@ pub fn answer<R: RandomSource + ?Sized>(
     Plan::new(table, query)?.release(table, query, rng)
 }
 
+/// Checks a query against a table (columns, group domains, mechanism) without
+/// counting anything: what [`answer`] would refuse, it refuses. Its errors depend on
+/// the query and the column names only, never on the rows.
+pub fn validate_query(table: &Table, query: &CountQuery) -> Result<(), AnonError> {
+    Plan::new(table, query).map(|_| ())
+}
+
 /// Validates the query, charges its cost to `budget`, and answers it.
 ///
 /// The budget is charged before anything is counted. An invalid query or a refused

@@ -226,6 +226,9 @@ pub enum AnonError {
     /// The operating system's random number generator failed.
     #[error("the system random number generator failed")]
     Randomness,
+    /// The caller stopped the search (it went away).
+    #[error("the anonymization was stopped before it ended")]
+    Cancelled,
 }
 
 /// A budget figure as people read it: twelve significant decimals at most (the

@@ -149,9 +149,16 @@ impl Hierarchy {
                 .parse()
                 .map_err(|_| problem(format!("`{value}` is not an integer; bands need numbers")))?;
             for &width in widths {
-                let width = width as i64;
-                let lo = number.div_euclid(width) * width;
-                row.push(format!("{lo}-{}", lo + width - 1));
+                let band = i64::try_from(width)
+                    .ok()
+                    .and_then(|width| {
+                        let lo = number.div_euclid(width).checked_mul(width)?;
+                        Some((lo, lo.checked_add(width - 1)?))
+                    })
+                    .ok_or_else(|| {
+                        problem(format!("`{value}` in bands of {width}: out of range"))
+                    })?;
+                row.push(format!("{}-{}", band.0, band.1));
             }
             row.push(TOP.to_owned());
             rows.push(row);

@@ -38,6 +38,7 @@
 
 use std::{
     path::{Path, PathBuf},
+    sync::atomic::AtomicBool,
     time::{Duration, Instant},
 };
 
@@ -187,6 +188,27 @@ pub struct PrivacyPolicy {
     /// The metric minimized.
     #[serde(default = "default_metric")]
     pub metric: String,
+    /// The column naming the individual a row is about (e.g. a pseudonymized patient
+    /// id), when one individual may have several rows: `k` then counts distinct
+    /// individuals in a class, not rows.
+    #[serde(default)]
+    pub individual: Option<String>,
+    /// What the release holds of suppressed rows: nothing (`drop`, the default), or a
+    /// row of `*` in every column (`mark`), so the row count stays visible.
+    #[serde(default)]
+    pub suppressed_rows: SuppressedRows,
+}
+
+/// What the release holds of suppressed rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SuppressedRows {
+    /// Left out (the report counts them). Kept with their sensitive values, they would
+    /// form one group no model protects.
+    #[default]
+    Drop,
+    /// A row of `*` in every column.
+    Mark,
 }
 
 fn default_metric() -> String {
@@ -219,8 +241,8 @@ impl Policy {
         Ok(policy)
     }
 
-    /// Gives the hierarchy of `column` (ARX's CSV text) with the policy; the column's
-    /// `hierarchy` names it (any name) or may be left out.
+    /// Gives the hierarchy of `column` (ARX's CSV text) with the policy; the column
+    /// still says `hierarchy = "…"` (any label) so that the policy reads whole.
     pub fn add_hierarchy(&mut self, column: &str, csv: String) -> Result<(), AnonError> {
         if !self.columns.iter().any(|c| c.name == column) {
             return Err(AnonError::Policy(format!(
@@ -279,11 +301,26 @@ impl Policy {
                     .map_err(|e| AnonError::Policy(format!("column `{}`: {e}", column.name)))?;
             }
         }
-        if !seen.iter().any(|_| true) {
+        if seen.is_empty() {
             return policy("declare the columns".into());
         }
-        if !self.columns.iter().any(|c| c.role == Role::QuasiIdentifier) {
+        if !self.privacy.models.is_empty()
+            && !self.columns.iter().any(|c| c.role == Role::QuasiIdentifier)
+        {
             return policy("declare at least one quasi-identifier".into());
+        }
+        let limit = self.privacy.suppression_limit;
+        if !(0.0..=1.0).contains(&limit) {
+            return policy(format!(
+                "privacy.suppression_limit {limit} must be between 0 and 1 (a share of the rows)"
+            ));
+        }
+        if let Some(individual) = &self.privacy.individual {
+            if !seen.contains(individual.as_str()) {
+                return policy(format!(
+                    "privacy.individual `{individual}` is not a declared column"
+                ));
+            }
         }
         for model in &self.privacy.models {
             PrivacyModel::parse(model)?;
@@ -340,7 +377,17 @@ fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 
 /// Applies Safe Harbor and finds the optimal anonymization of `table` under `policy`.
 /// `secret` keys the pseudonyms (one per dataset).
-pub fn release(mut table: Table, policy: &Policy, secret: [u8; 32]) -> Result<Release, AnonError> {
+pub fn release(table: Table, policy: &Policy, secret: [u8; 32]) -> Result<Release, AnonError> {
+    release_until(table, policy, secret, &AtomicBool::new(false))
+}
+
+/// [`release`], abandoned ([`AnonError::Cancelled`]) once `stop` is raised.
+pub fn release_until(
+    mut table: Table,
+    policy: &Policy,
+    secret: [u8; 32],
+    stop: &AtomicBool,
+) -> Result<Release, AnonError> {
     // Every declared column present, every input column declared.
     for column in &policy.columns {
         table.position(&column.name)?;
@@ -386,10 +433,15 @@ pub fn release(mut table: Table, policy: &Policy, secret: [u8; 32]) -> Result<Re
                 (None, Role::Identifier) => ColumnKind::OtherUniqueId,
                 (None, _) => ColumnKind::Plain,
             };
-            if c.role == Role::Identifier && kind == ColumnKind::Plain {
+            // An identifier never reaches the release but as a pseudonym.
+            if c.role == Role::Identifier && !kind.is_removed_identifier() {
                 return Err(AnonError::Policy(format!(
-                    "identifier `{}` cannot be of kind plain",
-                    c.name
+                    "identifier `{}` has kind {}, which Safe Harbor transforms and keeps; an \
+                     identifier is removed or pseudonymized (name, ssn, \
+                     medical-record-number, other-unique-id, …): declare it a \
+                     quasi-identifier to generalize it",
+                    c.name,
+                    kind.name()
                 )));
             }
             Ok(ColumnRule {
@@ -478,12 +530,51 @@ pub fn release(mut table: Table, policy: &Policy, secret: [u8; 32]) -> Result<Re
             _ => {}
         }
     }
-    let models = policy
+    let mut models = policy
         .privacy
         .models
         .iter()
         .map(|m| PrivacyModel::parse(m))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(individual) = &policy.privacy.individual {
+        if table.position(individual).is_err() {
+            return Err(AnonError::Policy(format!(
+                "privacy.individual `{individual}` is removed by Safe Harbor: pseudonymize it \
+                 (pseudonymize = true) so rows of one individual can be counted"
+            )));
+        }
+        // k individuals in a class: k distinct values of the individual column.
+        for model in &mut models {
+            if let PrivacyModel::KAnonymity { k } = *model {
+                *model = PrivacyModel::DistinctLDiversity {
+                    column: individual.clone(),
+                    l: k,
+                };
+            }
+        }
+    }
+    let mut rng = ring::rand::SystemRandom::new();
+    if models.is_empty() {
+        // Safe Harbor only: de-identified, not anonymized.
+        let rows = table.len() as u64;
+        let mut table = table;
+        shuffle_rows(&mut table, &mut rng)?;
+        return Ok(Release {
+            table: Some(table),
+            safe_harbor,
+            dropped_rows,
+            rows,
+            quasi_identifiers: Vec::new(),
+            heights: Vec::new(),
+            models: Vec::new(),
+            metric: String::new(),
+            suppression_limit_rows: 0,
+            solution: None,
+            nodes_total: 0,
+            nodes_checked: 0,
+            search_time: Duration::ZERO,
+        });
+    }
     let metric = Metric::parse(&policy.privacy.metric)?;
     let config = Config {
         quasi_identifiers,
@@ -506,10 +597,15 @@ pub fn release(mut table: Table, policy: &Policy, secret: [u8; 32]) -> Result<Re
     let limit_rows = (policy.privacy.suppression_limit * rows as f64).floor() as u64;
     let anonymizer = Anonymizer::new(&table, config)?;
     let started = Instant::now();
-    let outcome = anonymizer.search();
+    let outcome = anonymizer.search_until(stop).ok_or(AnonError::Cancelled)?;
     let search_time = started.elapsed();
     let released = match &outcome.optimum {
-        Some(solution) => Some(anonymizer.release(solution)?),
+        Some(solution) => {
+            let mut released = anonymizer.release(solution, policy.privacy.suppressed_rows)?;
+            // Rows in store order would put a patient's rows side by side.
+            shuffle_rows(&mut released, &mut rng)?;
+            Some(released)
+        }
         None => None,
     };
     Ok(Release {
@@ -529,6 +625,29 @@ pub fn release(mut table: Table, policy: &Policy, secret: [u8; 32]) -> Result<Re
     })
 }
 
+/// Puts the rows in a random order (Fisher–Yates, the system's generator).
+fn shuffle_rows(table: &mut Table, rng: &mut ring::rand::SystemRandom) -> Result<(), AnonError> {
+    use ring::rand::SecureRandom;
+    let rows = table.len();
+    let mut order: Vec<usize> = (0..rows).collect();
+    for i in (1..rows).rev() {
+        // Unbiased: reject the top of the range that would not divide evenly.
+        let bound = (i + 1) as u64;
+        let zone = u64::MAX - u64::MAX % bound;
+        let j = loop {
+            let mut bytes = [0u8; 8];
+            rng.fill(&mut bytes).map_err(|_| AnonError::Randomness)?;
+            let draw = u64::from_le_bytes(bytes);
+            if draw < zone {
+                break (draw % bound) as usize;
+            }
+        };
+        order.swap(i, j);
+    }
+    table.permute_rows(&order);
+    Ok(())
+}
+
 impl std::fmt::Display for Release {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "Safe Harbor:")?;
@@ -544,6 +663,13 @@ impl std::fmt::Display for Release {
             self.suppression_limit_rows,
             self.rows
         )?;
+        if self.models.is_empty() {
+            return writeln!(
+                f,
+                "no privacy model: de-identified by Safe Harbor only, {} rows",
+                self.rows
+            );
+        }
         match &self.solution {
             None => writeln!(
                 f,

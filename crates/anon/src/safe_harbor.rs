@@ -926,6 +926,9 @@ pub enum IdentifierPattern {
     IpAddress,
     /// A US social security number, `ddd-dd-dddd`.
     Ssn,
+    /// A full date, `YYYY-MM-DD` (with or without a time): an element of a date other
+    /// than the year.
+    Date,
     /// A phone number with separators: North American (`(555) 123-4567`,
     /// `555.123.4567`, `1-800-555-0199`) or international (`+44 20 7946 0958`: `+`, then
     /// 10 to 15 digits in groups).
@@ -940,6 +943,7 @@ impl IdentifierPattern {
             Self::Url => "a URL",
             Self::IpAddress => "an IP address",
             Self::Ssn => "a social security number",
+            Self::Date => "a full date",
             Self::Phone => "a phone number",
         }
     }
@@ -951,6 +955,7 @@ impl IdentifierPattern {
             Self::Url => ColumnKind::Url,
             Self::IpAddress => ColumnKind::IpAddress,
             Self::Ssn => ColumnKind::Ssn,
+            Self::Date => ColumnKind::Date,
             Self::Phone => ColumnKind::Phone,
         }
     }
@@ -964,17 +969,31 @@ type Detector = fn(&[u8]) -> bool;
 /// from codes and record numbers, which are declared by kind.
 pub fn detect_identifier(text: &str) -> Option<IdentifierPattern> {
     let b = text.as_bytes();
-    let detectors: [(IdentifierPattern, Detector); 5] = [
+    let detectors: [(IdentifierPattern, Detector); 6] = [
         (IdentifierPattern::Email, has_email),
         (IdentifierPattern::Url, has_url),
         (IdentifierPattern::IpAddress, has_ipv4),
         (IdentifierPattern::Ssn, has_ssn),
+        (IdentifierPattern::Date, has_full_date),
         (IdentifierPattern::Phone, has_phone),
     ];
     detectors
         .into_iter()
         .find(|(_, detect)| detect(b))
         .map(|(pattern, _)| pattern)
+}
+
+/// `YYYY-MM-DD`, a real day, not inside a longer run of digits.
+fn has_full_date(b: &[u8]) -> bool {
+    b.windows(10).enumerate().any(|(at, w)| {
+        let shaped = w.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            _ => c.is_ascii_digit(),
+        });
+        let bounded = (at == 0 || !b[at - 1].is_ascii_digit())
+            && b.get(at + 10).is_none_or(|c| !c.is_ascii_digit());
+        shaped && bounded && std::str::from_utf8(w).ok().and_then(date_year).is_some()
+    })
 }
 
 /// A local part of at least one letter or digit, `@`, and a domain of two or more
@@ -1650,9 +1669,9 @@ mod tests {
     fn kept_free_text_is_redacted() {
         let notes = [
             "Patient stable, BP 120/80 mmHg",
-            "Seen 2026-01-05; LOINC 8867-4 normal",
+            "Seen in 2026; LOINC 8867-4 normal",
             "E11.9 follow-up in 3 months",
-            "mail jane.doe@example.org",
+            "seen 2026-01-05",
             "see https://example.org/results",
             "logged in from 10.1.2.3",
             "SSN 123-45-6789 on file",
@@ -1694,6 +1713,8 @@ mod tests {
             ("SSN 123-45-6789.", P::Ssn),
             ("123-45-6789", P::Ssn),
             ("ssn:123-45-6789x", P::Ssn),
+            ("seen 2026-01-05 in clinic", P::Date),
+            ("2019-03-14T10:00:00Z", P::Date),
             ("call (555) 123-4567", P::Phone),
             ("call 555-123-4567 2 times", P::Phone),
             ("555.123.4567", P::Phone),
@@ -1715,16 +1736,14 @@ mod tests {
             "",
             "BP 120/80 mmHg",
             "120/80",
-            "seen 2026-01-05",
-            "2026-01-05",
+            "year 2026, month 01",
+            "2026-13-05",
+            "12026-01-05",
             "LOINC 8867-4",
             "8867-4",
             "E11.9",
             "ICD-10 E11.9, HbA1c 7.2 %",
             "glucose 5.6 mmol/L",
-            "2026-01-05T10:30:00+02:00",
-            "2026-01-05 10:30",
-            "2026-01-05 2026-01-06",
             "version 1.2.3",
             "1.2.840.10008.5.1.4.1.1.2",
             "999.1.1.1",

@@ -17,10 +17,15 @@
 //!   generalization of it; DM is never below DM*;
 //! - a generalization never has more classes, which bounds AECS from below.
 //!
-//! Validity (suppressed rows within the limit) is not assumed monotonic: with
-//! suppression, an l-diverse or t-close class merged with a failing one can fail. The
-//! search therefore never infers validity, and finds the same optimum ARX's exhaustive
-//! definition does: the least loss over every valid transformation.
+//! Validity (suppressed rows within the limit) is inferred only where it is monotonic:
+//! for k-anonymity and distinct l-diversity (merging classes only grows them), and for
+//! every model when nothing may be suppressed. There a valid transformation makes its
+//! generalizations valid and an invalid one its specializations invalid, and checks
+//! settle whole regions (`run_monotonic`). With suppression, an l-diverse or t-close class
+//! merged with a failing one can fail, so nothing is inferred (`run_exhaustive`). Either
+//! way the optimum is ARX's: the least loss over every valid transformation.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustc_hash::FxHashMap;
 
@@ -530,17 +535,24 @@ impl Engine {
 
     /// Whether validity is monotonic: a generalization of a valid transformation is
     /// valid. It is when nothing may be suppressed (every model here holds for the
-    /// union of two classes that both meet it), and for k-anonymity alone (merging
-    /// classes never puts a row into a class smaller than before).
+    /// union of two classes that both meet it), and for k-anonymity and distinct
+    /// l-diversity (merging classes never puts a row into a class with fewer rows or
+    /// fewer distinct values than before).
     fn validity_is_monotonic(&self) -> bool {
-        self.limit_rows == 0 || self.checks.iter().all(|c| matches!(c, Check::K(_)))
+        self.limit_rows == 0
+            || self
+                .checks
+                .iter()
+                .all(|c| matches!(c, Check::K(_) | Check::DistinctL { .. }))
     }
 
-    /// The best valid transformation, if any.
-    pub fn search(&self) -> (Option<Found>, SearchStats) {
+    /// The best valid transformation, if any; `None` overall when `stop` was raised
+    /// before the search ended.
+    pub fn search(&self, stop: &AtomicBool) -> Option<(Option<Found>, SearchStats)> {
         let lattice = Lattice::new(&self.heights);
         let mut search = Search {
             engine: self,
+            stop,
             lattice: &lattice,
             stats: SearchStats {
                 nodes_total: lattice.len() as u64,
@@ -555,6 +567,9 @@ impl Engine {
         } else {
             search.run_exhaustive();
         }
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
         let stats = search.stats;
         let found = search.best.map(|(loss, node)| {
             let mut levels = vec![0; self.columns()];
@@ -568,7 +583,7 @@ impl Engine {
                 evaluation,
             }
         });
-        (found, stats)
+        Some((found, stats))
     }
 
     /// A lower bound of the loss of `node` known before evaluating it, when the metric
@@ -598,6 +613,9 @@ const CACHE_ENTRIES: usize = 256;
 /// The state of one search.
 struct Search<'e> {
     engine: &'e Engine,
+    /// Raised by the caller to abandon the search (checked before each
+    /// transformation).
+    stop: &'e AtomicBool,
     lattice: &'e Lattice,
     stats: SearchStats,
     /// Evaluated partitions (node, levels, partition), most recent last.
@@ -638,17 +656,20 @@ impl Search<'_> {
         }
     }
 
-    /// Keeps the better of the best so far and `node`; on a tie, the less generalized.
+    /// The sum of `node`'s levels.
+    fn height(&self, node: usize) -> usize {
+        let mut levels = vec![0; self.engine.columns()];
+        self.lattice.levels(node, &mut levels);
+        levels.iter().sum()
+    }
+
+    /// Keeps the better of the best so far and `node`; on a tie, the less generalized
+    /// (as ARX does).
     fn offer(&mut self, node: usize, loss: f64) {
-        let height = |node: usize| {
-            let mut levels = vec![0; self.engine.columns()];
-            self.lattice.levels(node, &mut levels);
-            levels.iter().sum::<usize>()
-        };
         let better = match self.best {
             None => true,
             Some((best, _)) if loss < best => true,
-            Some((best, current)) => loss == best && height(node) < height(current),
+            Some((best, current)) => loss == best && self.height(node) < self.height(current),
         };
         if better {
             self.best = Some((loss, node));
@@ -673,6 +694,9 @@ impl Search<'_> {
             current.clear();
             let mut cached: usize = previous.values().map(Partition::len).sum();
             for &node in layer {
+                if self.stop.load(Ordering::Relaxed) {
+                    return;
+                }
                 lattice.levels(node, &mut levels);
                 let bound = match engine.metric {
                     Metric::EntropyMonotonic | Metric::Entropy => engine.monotonic_entropy(&levels),
@@ -738,10 +762,17 @@ impl Search<'_> {
         }
         let mut tags = Tags::default();
         for node in order {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
             lattice.levels(node, &mut levels);
-            if let (Some(bounds), Some((best, _))) = (&bounds, self.best) {
-                if bounds[node] >= best {
+            if let (Some(bounds), Some((best, best_node))) = (&bounds, self.best) {
+                if bounds[node] > best {
                     break; // sorted: nothing later can do better
+                }
+                // A tie competes only if it is less generalized (`offer`).
+                if bounds[node] == best && self.height(node) >= self.height(best_node) {
+                    continue;
                 }
             }
             if tags.is_invalid(&levels) {
@@ -762,12 +793,16 @@ impl Search<'_> {
                     let evaluation = engine.evaluate(&partition, false);
                     (partition, evaluation)
                 }
-                None => self
-                    .evaluate(&levels)
-                    .expect("a valid transformation rolls up"),
+                None => match self.evaluate(&levels) {
+                    Some(checked) => checked,
+                    None => continue,
+                },
             };
-            let loss = engine.loss(&levels, &partition, &evaluation);
-            self.offer(node, loss);
+            // Inferred valid; checked all the same (the models' floating point).
+            if evaluation.valid {
+                let loss = engine.loss(&levels, &partition, &evaluation);
+                self.offer(node, loss);
+            }
         }
     }
 
@@ -846,7 +881,60 @@ impl Search<'_> {
                 low = mid + 1;
             }
         }
+        if low > 0 {
+            // The chain's highest invalid member: raise it while it stays invalid. A
+            // maximal invalid transformation settles everything below it, and checks
+            // high in the lattice are cheap (few classes).
+            lattice.levels(chain[low - 1], &mut chain_levels);
+            self.climb(chain_levels, tags);
+        }
         low == 0
+    }
+
+    /// Raises `levels` (invalid) one column at a time while it stays invalid, tagging
+    /// what each check finds.
+    fn climb(&mut self, mut levels: Vec<usize>, tags: &mut Tags) {
+        let heights = self.engine.heights.clone();
+        let mut candidate = levels.clone();
+        loop {
+            let mut raised = false;
+            for j in 0..levels.len() {
+                if levels[j] + 1 >= heights[j] {
+                    continue;
+                }
+                candidate.copy_from_slice(&levels);
+                candidate[j] += 1;
+                if tags.is_valid(&candidate) {
+                    continue;
+                }
+                let invalid = tags.is_invalid(&candidate)
+                    || match self.evaluate(&candidate) {
+                        None => {
+                            tags.add_invalid(&candidate);
+                            true
+                        }
+                        Some((partition, evaluation)) => {
+                            let node = self.lattice.node(&candidate);
+                            if evaluation.valid {
+                                tags.add_valid(&candidate);
+                                let loss = self.engine.loss(&candidate, &partition, &evaluation);
+                                self.offer(node, loss);
+                            } else {
+                                tags.add_invalid(&candidate);
+                            }
+                            self.remember(node, &candidate, partition);
+                            !evaluation.valid
+                        }
+                    };
+                if invalid {
+                    levels.copy_from_slice(&candidate);
+                    raised = true;
+                }
+            }
+            if !raised {
+                return;
+            }
+        }
     }
 }
 
@@ -971,6 +1059,11 @@ impl Lattice {
         for (j, level) in levels.iter_mut().enumerate() {
             *level = node / self.strides[j] % self.heights[j];
         }
+    }
+
+    /// The node of `levels`.
+    pub fn node(&self, levels: &[usize]) -> usize {
+        levels.iter().zip(&self.strides).map(|(l, s)| l * s).sum()
     }
 
     /// The transformations one level lower in one column.

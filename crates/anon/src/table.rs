@@ -274,6 +274,14 @@ impl Table {
         }
     }
 
+    /// Reorders the rows: row `i` of the result is row `order[i]`.
+    pub fn permute_rows(&mut self, order: &[usize]) {
+        for column in &mut self.columns {
+            let codes = order.iter().map(|&row| column.codes[row]).collect();
+            column.codes = codes;
+        }
+    }
+
     /// Removes a column.
     pub fn drop_column(&mut self, index: usize) {
         self.names.remove(index);

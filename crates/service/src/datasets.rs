@@ -6,11 +6,13 @@
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use medmesh_anon::dp::{self, Budget, CountAnswer, CountQuery, SystemRandomSource};
 use medmesh_anon::{policy, AnonError, Format, Policy, Release, Table};
 use medmesh_core::RecordId;
-use medmesh_store::{AuditAction, BudgetUpdate, RecordQuery};
+use medmesh_store::{AuditAction, AuditEvent, BudgetUpdate, RecordQuery};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::error::blocking;
@@ -38,13 +40,36 @@ fn pseudonym_secret() -> Result<[u8; 32], ServiceError> {
     Ok(secret)
 }
 
+/// One anonymization at a time in a process: each holds a core for as long as its
+/// lattice takes.
+static ANONYMIZING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+/// Raises its flag when dropped: a caller that goes away (an HTTP client whose request
+/// is dropped) stops the search it started.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn one_at_a_time() -> Result<tokio::sync::SemaphorePermit<'static>, ServiceError> {
+    ANONYMIZING.try_acquire().map_err(|_| {
+        ServiceError::Busy("another anonymization is running; retry when it ends".into())
+    })
+}
+
 /// Anonymizes a CSV table under `policy`, off the async executor: what the CLI runs
 /// without a node (`medmesh dataset anonymize --csv`).
 pub async fn anonymize_csv(csv: Vec<u8>, policy: Policy) -> Result<Release, ServiceError> {
+    let _permit = one_at_a_time()?;
     let secret = pseudonym_secret()?;
+    let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+    let flag = stop.0.clone();
     blocking("anonymization", move || {
         let table = policy.read_csv(csv.as_slice())?;
-        Ok(policy::release(table, &policy, secret)?)
+        Ok(policy::release_until(table, &policy, secret, &flag)?)
     })
     .await
 }
@@ -58,10 +83,50 @@ impl NodeServices {
         policy: Policy,
         actor: &str,
     ) -> Result<Release, ServiceError> {
-        let query = match source {
-            DatasetSource::Csv(csv) => return anonymize_csv(csv, policy).await,
-            DatasetSource::Records(query) => query,
+        let (release, source) = match source {
+            DatasetSource::Csv(csv) => {
+                let bytes = csv.len();
+                (
+                    anonymize_csv(csv, policy).await?,
+                    format!("csv ({bytes} bytes)"),
+                )
+            }
+            DatasetSource::Records(query) => {
+                let (release, records) = self.anonymize_records(query, policy, actor).await?;
+                (release, format!("{records} records"))
+            }
         };
+        let mut detail = BTreeMap::from([
+            ("source".to_string(), source),
+            ("rows".to_string(), release.rows.to_string()),
+            ("models".to_string(), release.models.join(";")),
+        ]);
+        if let Some(solution) = &release.solution {
+            let levels: Vec<String> = solution.levels.iter().map(ToString::to_string).collect();
+            detail.insert("levels".into(), levels.join(","));
+            detail.insert("suppressed".into(), solution.suppressed_rows.to_string());
+        }
+        let (store, entry) = (
+            self.store.clone(),
+            AuditEvent {
+                action: AuditAction::DatasetAnonymize,
+                actor: actor.to_string(),
+                subject: format!("columns:{}", release.quasi_identifiers.join(",")),
+                detail,
+            },
+        );
+        blocking("audit", move || Ok(store.audit(entry)?)).await?;
+        Ok(release)
+    }
+
+    /// Anonymizes this institution's records matching `query`; also says how many
+    /// records it read.
+    async fn anonymize_records(
+        &self,
+        query: RecordQuery,
+        policy: Policy,
+        actor: &str,
+    ) -> Result<(Release, usize), ServiceError> {
         let Some(mapping) = policy.mapping.clone() else {
             return Err(AnonError::Policy(
                 "building a table from records needs a [mapping] in the policy".into(),
@@ -74,8 +139,12 @@ impl NodeServices {
             )
             .into());
         }
+        let _permit = one_at_a_time()?;
         let documents = self.read_records(query, actor).await?;
+        let records = documents.len();
         let secret = pseudonym_secret()?;
+        let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
+        let flag = stop.0.clone();
         blocking("anonymization", move || {
             let table = match mapping.format {
                 Format::Fhir => {
@@ -93,7 +162,10 @@ impl NodeServices {
                     medmesh_anon::hl7_table(&texts, &mapping)?
                 }
             };
-            Ok(policy::release(table, &policy, secret)?)
+            Ok((
+                policy::release_until(table, &policy, secret, &flag)?,
+                records,
+            ))
         })
         .await
     }
@@ -230,10 +302,18 @@ impl NodeServices {
                 meta.content_type.as_str()
             )));
         }
+        if meta.size > MAX_DATASET_BYTES {
+            return Err(ServiceError::InvalidInput(format!(
+                "dataset {dataset} holds {} MiB; counts are answered over tables of at most {} MiB",
+                meta.size >> 20,
+                MAX_DATASET_BYTES >> 20
+            )));
+        }
         let csv = self.read_all(dataset, actor).await?;
         let (store, actor) = (self.store.clone(), actor.to_string());
         blocking("private count", move || {
             let table = Table::from_csv(csv.as_slice(), b',')?;
+            drop(csv);
             let columns: Vec<&str> = query
                 .filters
                 .iter()
@@ -242,14 +322,17 @@ impl NodeServices {
                 .collect();
             let columns = columns.join(",");
             let (epsilon, delta) = query.mechanism.cost();
-            let mut rng = SystemRandomSource::new();
-            store.update_dp_budget(&dataset.to_string(), &actor, |current| {
+            // The charge and its audit entry commit first, in a short transaction; the
+            // count runs after, outside it. A failure after the commit loses the answer,
+            // never budget.
+            let budget = store.update_dp_budget(&dataset.to_string(), &actor, |current| {
                 let mut detail = BTreeMap::from([
                     ("epsilon".to_string(), epsilon.to_string()),
                     ("delta".to_string(), delta.to_string()),
                     ("columns".to_string(), columns),
                 ]);
-                let refuse = |detail: BTreeMap<String, String>, e: ServiceError| {
+                let refuse = |mut detail: BTreeMap<String, String>, e: ServiceError| {
+                    detail.insert("outcome".into(), format!("refused: {e}"));
                     let update = BudgetUpdate {
                         budget: None,
                         action: AuditAction::DpQuery,
@@ -261,33 +344,31 @@ impl NodeServices {
                     Some(Ok(budget)) => budget,
                     Some(Err(e)) => return refuse(detail, e),
                     None => {
-                        return refuse(
-                            detail,
-                            ServiceError::NotFound(format!(
-                                "dataset {dataset} has no privacy budget"
-                            )),
-                        )
+                        let e = ServiceError::NotFound(format!(
+                            "dataset {dataset} has no privacy budget"
+                        ));
+                        return refuse(detail, e);
                     }
                 };
-                match dp::answer_with_budget(&table, &query, &mut budget, &mut rng) {
-                    Ok(answer) => {
-                        let (eps_left, delta_left) = budget.remaining();
-                        detail.insert("outcome".into(), "answered".into());
-                        detail.insert("remaining_epsilon".into(), eps_left.to_string());
-                        detail.insert("remaining_delta".into(), delta_left.to_string());
-                        let update = BudgetUpdate {
-                            budget: Some(serde_json::to_vec(&budget).expect("a budget serializes")),
-                            action: AuditAction::DpQuery,
-                            detail,
-                        };
-                        (update, Ok((answer, budget)))
-                    }
-                    Err(e) => {
-                        detail.insert("outcome".into(), format!("refused: {e}"));
-                        refuse(detail, e.into())
-                    }
+                if let Err(e) = dp::validate_query(&table, &query) {
+                    return refuse(detail, e.into());
                 }
-            })?
+                if let Err(e) = budget.charge(epsilon, delta) {
+                    return refuse(detail, e.into());
+                }
+                let (eps_left, delta_left) = budget.remaining();
+                detail.insert("outcome".into(), "answered".into());
+                detail.insert("remaining_epsilon".into(), eps_left.to_string());
+                detail.insert("remaining_delta".into(), delta_left.to_string());
+                let update = BudgetUpdate {
+                    budget: Some(serde_json::to_vec(&budget).expect("a budget serializes")),
+                    action: AuditAction::DpQuery,
+                    detail,
+                };
+                (update, Ok(budget))
+            })??;
+            let answer = dp::answer(&table, &query, &mut SystemRandomSource::new())?;
+            Ok((answer, budget))
         })
         .await
     }

@@ -77,6 +77,9 @@ pub enum AuditAction {
     Alert,
     /// A dataset's differential-privacy budget was set (detail: ε and δ totals).
     DpBudgetSet,
+    /// A table was anonymized (a preview or a release; detail: where it came from,
+    /// the models, the rows, the levels chosen and the rows suppressed).
+    DatasetAnonymize,
     /// A differentially private query was answered or refused (detail: its ε and δ,
     /// the columns it used, the outcome and the remaining budget).
     DpQuery,
