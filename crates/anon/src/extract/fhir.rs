@@ -85,6 +85,16 @@ pub fn fhir_table(documents: &[&[u8]], mapping: &Mapping) -> Result<Table, AnonE
             let target = if through_patient {
                 match &link {
                     Some(PatientLink::Found(index)) => Some(&pool.resources[*index]),
+                    Some(PatientLink::Ambiguous(_)) => {
+                        return Err(AnonError::Extract {
+                            column: column.name.clone(),
+                            path: column.path.clone(),
+                            record: pool.describe(row, ordinal, true, link.as_ref()),
+                            problem: "its patient cannot be told apart: select records of \
+                                      one source, or give every patient a distinct id"
+                                .into(),
+                        })
+                    }
                     _ => None,
                 }
             } else {
@@ -389,6 +399,8 @@ fn filter_matches(item: &Value, field: &[String], value: &str) -> bool {
 /// A resource of the pool.
 #[derive(Debug)]
 struct Pooled {
+    /// The document it came from.
+    document: usize,
     /// Its `resourceType`.
     kind: String,
     /// Its `id`, if it has one.
@@ -406,6 +418,9 @@ enum PatientLink {
     NoReference,
     /// The reference names no Patient of the documents.
     Unresolved(String),
+    /// The reference names a Patient in several other documents: which one is meant
+    /// cannot be told, and guessing would attribute data to the wrong patient.
+    Ambiguous(String),
 }
 
 /// Where in a document a value is, for messages.
@@ -431,8 +446,8 @@ impl std::fmt::Display for Place {
 #[derive(Debug, Default)]
 struct Pool {
     resources: Vec<Pooled>,
-    /// `fullUrl` and `Type/id` → index into `resources` (the first one wins).
-    by_reference: FxHashMap<String, usize>,
+    /// `fullUrl` and `Type/id` → indexes into `resources` (every resource so named).
+    by_reference: FxHashMap<String, Vec<usize>>,
 }
 
 impl Pool {
@@ -512,14 +527,16 @@ impl Pool {
         let id = map.get("id").and_then(Value::as_str).map(str::to_owned);
         let index = self.resources.len();
         if let Some(url) = full_url {
-            self.by_reference.entry(url).or_insert(index);
+            self.by_reference.entry(url).or_default().push(index);
         }
         if let Some(id) = &id {
             self.by_reference
                 .entry(format!("{kind}/{id}"))
-                .or_insert(index);
+                .or_default()
+                .push(index);
         }
         self.resources.push(Pooled {
+            document,
             kind,
             id,
             value: Value::Object(map),
@@ -538,26 +555,44 @@ impl Pool {
         let Some(reference) = reference else {
             return PatientLink::NoReference;
         };
-        match self.resolve(reference.trim()) {
-            Some(index) if self.resources[index].kind == "Patient" => PatientLink::Found(index),
-            _ => PatientLink::Unresolved(reference.to_owned()),
+        let reference = reference.trim();
+        let patients: Vec<usize> = self
+            .resolve(reference)
+            .iter()
+            .copied()
+            .filter(|&i| self.resources[i].kind == "Patient")
+            .collect();
+        // The row's own document first (a bundle's references are its own), then any
+        // other, if only one has it.
+        let same: Vec<usize> = patients
+            .iter()
+            .copied()
+            .filter(|&i| self.resources[i].document == row.document)
+            .collect();
+        match (same.as_slice(), patients.as_slice()) {
+            ([one], _) => PatientLink::Found(*one),
+            ([], [one]) => PatientLink::Found(*one),
+            ([], []) => PatientLink::Unresolved(reference.to_owned()),
+            _ => PatientLink::Ambiguous(reference.to_owned()),
         }
     }
 
-    /// The resource a reference names: a `fullUrl`, `urn:uuid:ID` (a Patient with that
+    /// The resources a reference names: a `fullUrl`, `urn:uuid:ID` (a Patient with that
     /// id), `Type/ID`, or a URL ending in `Type/ID` (with or without `/_history/N`).
-    fn resolve(&self, reference: &str) -> Option<usize> {
-        if let Some(&index) = self.by_reference.get(reference) {
-            return Some(index);
+    fn resolve(&self, reference: &str) -> &[usize] {
+        let found = |key: &str| self.by_reference.get(key).map(Vec::as_slice);
+        if let Some(found) = found(reference) {
+            return found;
         }
         if let Some(id) = reference.strip_prefix("urn:uuid:") {
-            return self.by_reference.get(&format!("Patient/{id}")).copied();
+            return found(&format!("Patient/{id}")).unwrap_or(&[]);
         }
         let reference = reference.split("/_history/").next().unwrap_or(reference);
         let mut parts = reference.rsplit('/');
-        let id = parts.next()?;
-        let kind = parts.next()?;
-        self.by_reference.get(&format!("{kind}/{id}")).copied()
+        match (parts.next(), parts.next()) {
+            (Some(id), Some(kind)) => found(&format!("{kind}/{id}")).unwrap_or(&[]),
+            _ => &[],
+        }
     }
 
     /// Names a row (and its patient, when the path went there) for messages.
@@ -580,6 +615,10 @@ impl Pool {
                 },
                 Some(PatientLink::Unresolved(reference)) => out.push_str(&format!(
                     ", whose patient `{reference}` is not in the documents"
+                )),
+                Some(PatientLink::Ambiguous(reference)) => out.push_str(&format!(
+                    ", whose patient `{reference}` is in several documents (which one is \
+                     meant cannot be told)"
                 )),
                 Some(PatientLink::NoReference) | None => out.push_str(
                     ", which has no patient reference (`subject.reference` or \
@@ -1009,5 +1048,34 @@ mod tests {
         ] {
             assert!(parse_path(bad).is_err(), "`{bad}` should not parse");
         }
+    }
+
+    #[test]
+    fn a_patient_in_two_other_documents_is_refused_not_guessed() {
+        let patient = |zip: &str| {
+            format!(
+                r#"{{"resourceType":"Patient","id":"p1","address":[{{"postalCode":"{zip}"}}]}}"#
+            )
+        };
+        let observation =
+            r#"{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"}}"#;
+        let mapping = Mapping {
+            format: crate::extract::Format::Fhir,
+            rows: Some("Observation".into()),
+            columns: vec![MappingColumn::new("zip", "patient.address[0].postalCode")],
+        };
+        let (a, b) = (patient("02139"), patient("10001"));
+        // Its own document's patient wins over another's.
+        let own = format!("{a}\n{observation}");
+        let table = fhir_table(&[own.as_bytes(), b.as_bytes()], &mapping).unwrap();
+        assert_eq!(table.row(0), ["02139"]);
+        // In two other documents: refused.
+        let err = fhir_table(
+            &[a.as_bytes(), b.as_bytes(), observation.as_bytes()],
+            &mapping,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("several documents"), "{err}");
     }
 }
