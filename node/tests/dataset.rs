@@ -5,26 +5,15 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use medmesh_testkit::shared_data;
 
-const PASSPHRASE: &str = "dataset test passphrase";
+mod common;
+use common::{init, medmesh};
 
 fn docs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/anonymization")
-}
-
-fn medmesh(data_dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_medmesh"));
-    cmd.arg("--data-dir")
-        .arg(data_dir)
-        .env("MEDMESH_PASSPHRASE", PASSPHRASE)
-        .env_remove("MEDMESH_PASSPHRASE_FILE")
-        .env_remove("RUST_LOG")
-        .env("MEDMESH_NO_MQTT", "true")
-        .stdin(Stdio::null());
-    cmd
 }
 
 /// The shipped Adult policy with its models replaced and hierarchy paths absolute,
@@ -220,16 +209,7 @@ fn bad_policies_are_refused_naming_the_problem() {
 #[test]
 fn records_of_a_stopped_node_become_a_de_identified_table() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("node");
-    let init = medmesh(&data)
-        .args(["init", "--institution", "Dataset Hospital"])
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    let data = init(dir.path(), "node");
     let put = medmesh(&data)
         .arg("put")
         .arg(shared_data("fhir/synthea-bundle-a.json"))
