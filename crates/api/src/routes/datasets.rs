@@ -37,6 +37,7 @@ const MAX_SAMPLE_ROWS: usize = 100;
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Token lacks `read`", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Another anonymization is running", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -126,6 +127,8 @@ fn budget_view(b: &Budget) -> BudgetView {
     request_body = BudgetRequest,
     responses(
         (status = 201, body = BudgetView),
+        (status = 400, description = "Malformed request: a bad record id, or a body that is not JSON of this shape", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such record", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The dataset has a budget already", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "ε or δ out of range", body = Problem, content_type = "application/problem+json"),
@@ -160,6 +163,7 @@ pub async fn set_budget(
     params(("id" = String, Path, description = "The dataset's record id")),
     responses(
         (status = 200, body = BudgetView),
+        (status = 400, description = "Not a record id", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "The dataset has no budget", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Not authenticated", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Token lacks `read`", body = Problem, content_type = "application/problem+json"),
@@ -185,7 +189,8 @@ pub async fn budget(
     request_body = CountRequest,
     responses(
         (status = 200, body = CountResponse),
-        (status = 400, description = "Malformed query (a filter with no test or two)", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed query (a bad record id, a filter with no test or two, a body not of this shape)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The budget cannot pay for the query (the detail says what remains), or the token lacks `read`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such dataset, or it has no budget", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown column, missing group domain, ε or δ out of range", body = Problem, content_type = "application/problem+json"),
