@@ -321,6 +321,30 @@ impl Policy {
                     "privacy.individual `{individual}` is not a declared column"
                 ));
             }
+            if !self
+                .privacy
+                .models
+                .iter()
+                .any(|m| m.trim_start().starts_with("k="))
+            {
+                return policy(format!(
+                    "privacy.individual `{individual}` counts individuals for k-anonymity: \
+                     name a k model (l-diversity and t-closeness count rows)"
+                ));
+            }
+            // Pseudonyms link a patient's rows across classes: an attacker who knows two
+            // of a patient's rows intersects their classes down to one pseudonym.
+            if let Some(linked) = self
+                .columns
+                .iter()
+                .find(|c| c.pseudonymize && &c.name != individual)
+            {
+                return policy(format!(
+                    "column `{}` is pseudonymized, which would link an individual's rows \
+                     across classes and undo k over individuals: remove it",
+                    linked.name
+                ));
+            }
         }
         for model in &self.privacy.models {
             PrivacyModel::parse(model)?;
@@ -543,7 +567,8 @@ pub fn release_until(
                  (pseudonymize = true) so rows of one individual can be counted"
             )));
         }
-        // k individuals in a class: k distinct values of the individual column.
+        // k individuals in a class: k distinct values of the individual column, which
+        // is counted but not released (it would link the individual's rows).
         for model in &mut models {
             if let PrivacyModel::KAnonymity { k } = *model {
                 *model = PrivacyModel::DistinctLDiversity {
@@ -602,6 +627,10 @@ pub fn release_until(
     let released = match &outcome.optimum {
         Some(solution) => {
             let mut released = anonymizer.release(solution, policy.privacy.suppressed_rows)?;
+            if let Some(individual) = &policy.privacy.individual {
+                let position = released.position(individual)?;
+                released.drop_column(position);
+            }
             // Rows in store order would put a patient's rows side by side.
             shuffle_rows(&mut released, &mut rng)?;
             Some(released)
@@ -630,13 +659,20 @@ fn shuffle_rows(table: &mut Table, rng: &mut ring::rand::SystemRandom) -> Result
     use ring::rand::SecureRandom;
     let rows = table.len();
     let mut order: Vec<usize> = (0..rows).collect();
+    // Random bytes drawn 4 KiB at a time: one system call per 512 draws.
+    let mut pool = [0u8; 4096];
+    let mut used = pool.len();
     for i in (1..rows).rev() {
         // Unbiased: reject the top of the range that would not divide evenly.
         let bound = (i + 1) as u64;
         let zone = u64::MAX - u64::MAX % bound;
         let j = loop {
-            let mut bytes = [0u8; 8];
-            rng.fill(&mut bytes).map_err(|_| AnonError::Randomness)?;
+            if used == pool.len() {
+                rng.fill(&mut pool).map_err(|_| AnonError::Randomness)?;
+                used = 0;
+            }
+            let bytes: [u8; 8] = pool[used..used + 8].try_into().expect("eight bytes");
+            used += 8;
             let draw = u64::from_le_bytes(bytes);
             if draw < zone {
                 break (draw % bound) as usize;

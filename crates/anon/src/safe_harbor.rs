@@ -985,6 +985,56 @@ pub fn detect_identifier(text: &str) -> Option<IdentifierPattern> {
 
 /// `YYYY-MM-DD`, a real day, not inside a longer run of digits.
 fn has_full_date(b: &[u8]) -> bool {
+    has_iso_date(b) || is_compact_date(b) || has_slashed_date(b)
+}
+
+/// A whole value that is an HL7 v2 date: `YYYYMMDD`, `YYYYMMDDHHMM`, `YYYYMMDDHHMMSS`,
+/// of a year from 1900 to 2100 (shorter or longer digit runs are codes, not dates).
+fn is_compact_date(b: &[u8]) -> bool {
+    let b = b.trim_ascii();
+    matches!(b.len(), 8 | 12 | 14)
+        && b.iter().all(u8::is_ascii_digit)
+        && (1900..=2100).contains(&number(&b[..4]))
+        && std::str::from_utf8(b).ok().and_then(date_year).is_some()
+}
+
+/// `D/M/YYYY` or `M/D/YYYY` (or with dots), a real day under one of the readings.
+fn has_slashed_date(b: &[u8]) -> bool {
+    let digits_at = |at: usize| b[at..].iter().take_while(|c| c.is_ascii_digit()).count();
+    (0..b.len()).any(|start| {
+        if start > 0 && b[start - 1].is_ascii_digit() {
+            return false;
+        }
+        let first = digits_at(start);
+        if !(1..=2).contains(&first) {
+            return false;
+        }
+        let sep = start + first;
+        let Some(&separator) = b.get(sep) else {
+            return false;
+        };
+        if !matches!(separator, b'/' | b'.') {
+            return false;
+        }
+        let second = digits_at(sep + 1);
+        let sep2 = sep + 1 + second;
+        if !(1..=2).contains(&second) || b.get(sep2) != Some(&separator) {
+            return false;
+        }
+        if digits_at(sep2 + 1) != 4 {
+            return false;
+        }
+        let (x, y) = (number(&b[start..sep]), number(&b[sep + 1..sep2]));
+        let year = number(&b[sep2 + 1..sep2 + 5]);
+        let valid = |day: i32, month: i32| {
+            (1..=12).contains(&month) && (1..=days_in_month(year, month)).contains(&day)
+        };
+        valid(x, y) || valid(y, x)
+    })
+}
+
+/// `YYYY-MM-DD` inside text, not part of a longer digit run.
+fn has_iso_date(b: &[u8]) -> bool {
     b.windows(10).enumerate().any(|(at, w)| {
         let shaped = w.iter().enumerate().all(|(i, c)| match i {
             4 | 7 => *c == b'-',
@@ -1714,6 +1764,10 @@ mod tests {
             ("123-45-6789", P::Ssn),
             ("ssn:123-45-6789x", P::Ssn),
             ("seen 2026-01-05 in clinic", P::Date),
+            ("19800101", P::Date),
+            ("202601051030", P::Date),
+            ("on 05/01/2026", P::Date),
+            ("31.12.1999", P::Date),
             ("2019-03-14T10:00:00Z", P::Date),
             ("call (555) 123-4567", P::Phone),
             ("call 555-123-4567 2 times", P::Phone),
@@ -1737,6 +1791,11 @@ mod tests {
             "BP 120/80 mmHg",
             "120/80",
             "year 2026, month 01",
+            "12345678",
+            "19801345",
+            "120/80",
+            "1/2",
+            "45/45/2026",
             "2026-13-05",
             "12026-01-05",
             "LOINC 8867-4",

@@ -487,6 +487,8 @@ impl Engine {
                 let classes = e.kept_classes + u64::from(e.suppressed_rows > 0);
                 self.rows as f64 / classes.max(1) as f64
             }
+            // With nothing suppressed, exactly its lower bound (same sums, same order).
+            Metric::Loss if e.suppressed_rows == 0 => self.loss_floor(levels),
             Metric::Loss => {
                 let mut suppressed = vec![false; partition.len()];
                 for &class in &e.suppressed {
@@ -644,7 +646,9 @@ impl Search<'_> {
         Some((partition, evaluation))
     }
 
-    fn remember(&mut self, node: usize, levels: &[usize], partition: Partition) {
+    fn remember(&mut self, node: usize, levels: &[usize], mut partition: Partition) {
+        // Only the release needs it, and it rolls up from the bottom afresh.
+        partition.parent_to_class = Vec::new();
         let mut total: usize = self.cache.iter().map(|(_, _, p)| p.len()).sum();
         while !self.cache.is_empty()
             && (self.cache.len() >= CACHE_ENTRIES || total + partition.len() > CACHE_CLASSES)
@@ -847,6 +851,9 @@ impl Search<'_> {
         let (mut low, mut high) = (0usize, chain.len());
         let mut chain_levels = vec![0; levels.len()];
         while low < high {
+            if self.stop.load(Ordering::Relaxed) {
+                return false;
+            }
             let mid = (low + high) / 2;
             let member = chain[mid];
             lattice.levels(member, &mut chain_levels);
@@ -899,6 +906,9 @@ impl Search<'_> {
         loop {
             let mut raised = false;
             for j in 0..levels.len() {
+                if self.stop.load(Ordering::Relaxed) {
+                    return;
+                }
                 if levels[j] + 1 >= heights[j] {
                     continue;
                 }

@@ -63,11 +63,14 @@ fn one_at_a_time() -> Result<tokio::sync::SemaphorePermit<'static>, ServiceError
 /// Anonymizes a CSV table under `policy`, off the async executor: what the CLI runs
 /// without a node (`medmesh dataset anonymize --csv`).
 pub async fn anonymize_csv(csv: Vec<u8>, policy: Policy) -> Result<Release, ServiceError> {
-    let _permit = one_at_a_time()?;
+    let permit = one_at_a_time()?;
     let secret = pseudonym_secret()?;
     let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
     let flag = stop.0.clone();
     blocking("anonymization", move || {
+        // Held by the work itself: a caller that goes away does not free the slot
+        // before its search has stopped.
+        let _permit = permit;
         let table = policy.read_csv(csv.as_slice())?;
         Ok(policy::release_until(table, &policy, secret, &flag)?)
     })
@@ -139,13 +142,14 @@ impl NodeServices {
             )
             .into());
         }
-        let _permit = one_at_a_time()?;
+        let permit = one_at_a_time()?;
         let documents = self.read_records(query, actor).await?;
         let records = documents.len();
         let secret = pseudonym_secret()?;
         let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
         let flag = stop.0.clone();
         blocking("anonymization", move || {
+            let _permit = permit;
             let table = match mapping.format {
                 Format::Fhir => {
                     let docs: Vec<&[u8]> = documents.iter().map(|d| d.as_slice()).collect();

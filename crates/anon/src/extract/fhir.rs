@@ -526,14 +526,18 @@ impl Pool {
         }
         let id = map.get("id").and_then(Value::as_str).map(str::to_owned);
         let index = self.resources.len();
+        // A relative `fullUrl` is the `Type/id` itself: one entry per resource.
+        let mut name = |key: String| {
+            let named = self.by_reference.entry(key).or_default();
+            if named.last() != Some(&index) {
+                named.push(index);
+            }
+        };
         if let Some(url) = full_url {
-            self.by_reference.entry(url).or_default().push(index);
+            name(url);
         }
         if let Some(id) = &id {
-            self.by_reference
-                .entry(format!("{kind}/{id}"))
-                .or_default()
-                .push(index);
+            name(format!("{kind}/{id}"));
         }
         self.resources.push(Pooled {
             document,
