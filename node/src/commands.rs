@@ -340,7 +340,7 @@ pub struct LsArgs {
     json: bool,
 }
 
-fn parse_time(flag: &str, value: Option<&str>) -> Result<Option<OffsetDateTime>> {
+pub(crate) fn parse_time(flag: &str, value: Option<&str>) -> Result<Option<OffsetDateTime>> {
     value
         .map(|v| {
             OffsetDateTime::parse(v, &Rfc3339).with_context(|| {

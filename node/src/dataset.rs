@@ -9,10 +9,8 @@ use medmesh_anon::Policy;
 use medmesh_core::PatientRef;
 use medmesh_service::DatasetSource;
 use medmesh_store::RecordQuery;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 
-use crate::commands::CLI_ACTOR;
+use crate::commands::{parse_time, CLI_ACTOR};
 use crate::datadir::{block_on, Node};
 use crate::passphrase::PassphraseSource;
 
@@ -64,15 +62,6 @@ pub struct AnonymizeArgs {
     json: bool,
 }
 
-fn time_arg(name: &str, value: Option<&str>) -> Result<Option<OffsetDateTime>> {
-    value
-        .map(|v| {
-            OffsetDateTime::parse(v, &Rfc3339)
-                .with_context(|| format!("--{name} must be an RFC 3339 time"))
-        })
-        .transpose()
-}
-
 pub fn run(data_dir: &Path, source: &PassphraseSource, cmd: DatasetCommand) -> Result<()> {
     let DatasetCommand::Anonymize(args) = cmd;
     if args.json && args.output.as_deref() == Some(Path::new("-")) {
@@ -89,8 +78,8 @@ pub fn run(data_dir: &Path, source: &PassphraseSource, cmd: DatasetCommand) -> R
                 owner: None,
                 patient: args.patient.as_deref().map(PatientRef::new).transpose()?,
                 content_type: args.content_type.as_deref().map(str::parse).transpose()?,
-                since: time_arg("since", args.since.as_deref())?,
-                until: time_arg("until", args.until.as_deref())?,
+                since: parse_time("since", args.since.as_deref())?,
+                until: parse_time("until", args.until.as_deref())?,
                 limit: 0,
             };
             let node = Node::open(data_dir)?;

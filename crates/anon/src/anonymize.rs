@@ -11,7 +11,7 @@ use crate::{
     hierarchy::{Hierarchy, TOP},
     metric::Metric,
     model::{Check, PrivacyModel, SensitiveDomain},
-    search::{Engine, Lattice, Partition},
+    search::{Engine, Partition},
     table::{Column, Table},
 };
 
@@ -314,12 +314,9 @@ impl<'t> Anonymizer<'t> {
         partition: &Partition,
         evaluation: &crate::search::Evaluation,
     ) -> Solution {
-        let mut suppressed = vec![false; partition.len()];
-        for &class in &evaluation.suppressed {
-            suppressed[class as usize] = true;
-        }
+        let suppressed = suppressed_flags(partition, evaluation);
         let mut class_sizes = BTreeMap::new();
-        for (class, &size) in partition_counts(partition).iter().enumerate() {
+        for (class, &size) in partition.counts().iter().enumerate() {
             if !suppressed[class] {
                 *class_sizes.entry(size).or_insert(0) += 1;
             }
@@ -344,11 +341,8 @@ impl<'t> Anonymizer<'t> {
         self.check_levels(&solution.levels)?;
         let partition = self.engine.roll_up(&self.engine.bottom, &solution.levels);
         let evaluation = self.engine.evaluate(&partition, true);
-        let mut suppressed = vec![false; partition.len()];
-        for &class in &evaluation.suppressed {
-            suppressed[class as usize] = true;
-        }
-        let bottom_to_class = partition_parents(&partition);
+        let suppressed = suppressed_flags(&partition, &evaluation);
+        let bottom_to_class = partition.parents();
         let row_suppressed =
             |row: usize| suppressed[bottom_to_class[self.row_class[row] as usize] as usize];
         let mut out = Table::default();
@@ -371,16 +365,17 @@ impl<'t> Anonymizer<'t> {
         Ok(out)
     }
 
-    /// The number of transformations in the lattice.
-    pub fn lattice_size(&self) -> usize {
-        Lattice::new(&self.engine.heights).len()
+    /// The most rows a valid transformation may suppress: `floor(limit × rows)`.
+    pub fn suppression_limit_rows(&self) -> u64 {
+        self.engine.limit_rows
     }
 }
 
-fn partition_counts(partition: &Partition) -> Vec<u64> {
-    partition.counts().to_vec()
-}
-
-fn partition_parents(partition: &Partition) -> &[u32] {
-    partition.parents()
+/// Whether each class of `partition` is suppressed, as `evaluation` found.
+fn suppressed_flags(partition: &Partition, evaluation: &crate::search::Evaluation) -> Vec<bool> {
+    let mut suppressed = vec![false; partition.len()];
+    for &class in &evaluation.suppressed {
+        suppressed[class as usize] = true;
+    }
+    suppressed
 }

@@ -619,8 +619,8 @@ pub fn release_until(
         .map(Hierarchy::height)
         .collect();
     let rows = table.len() as u64;
-    let limit_rows = (policy.privacy.suppression_limit * rows as f64).floor() as u64;
     let anonymizer = Anonymizer::new(&table, config)?;
+    let limit_rows = anonymizer.suppression_limit_rows();
     let started = Instant::now();
     let outcome = anonymizer.search_until(stop).ok_or(AnonError::Cancelled)?;
     let search_time = started.elapsed();

@@ -241,26 +241,6 @@ impl Table {
         self.columns.iter().map(|c| c.value(row)).collect()
     }
 
-    /// A new table of the named columns, in that order.
-    pub fn select<S: AsRef<str>>(&self, names: &[S]) -> Result<Self, AnonError> {
-        let mut table = Self::with_columns(names)?;
-        for (slot, name) in names.iter().enumerate() {
-            table.columns[slot] = self.column(name.as_ref())?.clone();
-        }
-        Ok(table)
-    }
-
-    /// Replaces a column's values with `f(value)` (computed once per distinct value).
-    pub fn map_column(&mut self, index: usize, mut f: impl FnMut(&str) -> String) {
-        let old = &self.columns[index];
-        let mapped: Vec<String> = old.dictionary.iter().map(|v| f(v)).collect();
-        let mut column = Column::default();
-        for &code in &old.codes {
-            column.push(&mapped[code as usize]);
-        }
-        self.columns[index] = column;
-    }
-
     /// Keeps the rows whose `keep` entry is true.
     pub fn retain_rows(&mut self, keep: &[bool]) {
         for column in &mut self.columns {

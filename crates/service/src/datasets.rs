@@ -248,17 +248,10 @@ impl NodeServices {
             let key = dataset.to_string();
             store.update_dp_budget(&key, &actor, |current| {
                 if current.is_some() {
-                    let refusal = BudgetUpdate {
-                        budget: None,
-                        action: AuditAction::DpBudgetSet,
-                        detail: BTreeMap::from([("outcome".into(), "refused: set already".into())]),
-                    };
-                    return (
-                        refusal,
-                        Err(ServiceError::Conflict(format!(
-                            "dataset {dataset} has a privacy budget already; it is set once"
-                        ))),
-                    );
+                    let e = ServiceError::Conflict(format!(
+                        "dataset {dataset} has a privacy budget already; it is set once"
+                    ));
+                    return refusal(AuditAction::DpBudgetSet, BTreeMap::new(), e);
                 }
                 let update = BudgetUpdate {
                     budget: Some(serde_json::to_vec(&budget).expect("a budget serializes")),
@@ -335,15 +328,7 @@ impl NodeServices {
                     ("delta".to_string(), delta.to_string()),
                     ("columns".to_string(), columns),
                 ]);
-                let refuse = |mut detail: BTreeMap<String, String>, e: ServiceError| {
-                    detail.insert("outcome".into(), format!("refused: {e}"));
-                    let update = BudgetUpdate {
-                        budget: None,
-                        action: AuditAction::DpQuery,
-                        detail,
-                    };
-                    (update, Err(e))
-                };
+                let refuse = |detail, e| refusal(AuditAction::DpQuery, detail, e);
                 let mut budget = match current.map(parse_budget) {
                     Some(Ok(budget)) => budget,
                     Some(Err(e)) => return refuse(detail, e),
@@ -376,6 +361,21 @@ impl NodeServices {
         })
         .await
     }
+}
+
+/// A budget update that writes nothing but its audit entry: the refusal and why.
+fn refusal<T>(
+    action: AuditAction,
+    mut detail: BTreeMap<String, String>,
+    e: ServiceError,
+) -> (BudgetUpdate, Result<T, ServiceError>) {
+    detail.insert("outcome".into(), format!("refused: {e}"));
+    let update = BudgetUpdate {
+        budget: None,
+        action,
+        detail,
+    };
+    (update, Err(e))
 }
 
 fn parse_budget(stored: &[u8]) -> Result<Budget, ServiceError> {

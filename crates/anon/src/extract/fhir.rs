@@ -639,23 +639,14 @@ mod tests {
     use super::*;
     use crate::extract::MappingColumn;
 
-    const BUNDLE: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/data/fhir/synthea-bundle-a.json"
-    );
-    const PATIENTS: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/data/fhir/Patient.ndjson"
-    );
-    const PROCEDURES: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/data/fhir/Procedure.ndjson"
-    );
+    const BUNDLE: &str = "fhir/synthea-bundle-a.json";
+    const PATIENTS: &str = "fhir/Patient.ndjson";
+    const PROCEDURES: &str = "fhir/Procedure.ndjson";
 
-    fn read(path: &str) -> Vec<u8> {
-        std::fs::read(path).unwrap_or_else(|e| {
-            panic!("test data {path} is missing ({e}): it ships in shared/ beside the repository")
-        })
+    /// The shared test data `rel` (`medmesh_testkit::shared_data` says where it is
+    /// missing).
+    fn read(rel: &str) -> Vec<u8> {
+        std::fs::read(medmesh_testkit::shared_data(rel)).unwrap()
     }
 
     fn mapping(rows: &str, columns: &[(&str, &str)]) -> Mapping {

@@ -484,27 +484,15 @@ mod tests {
     use super::*;
     use crate::extract::MappingColumn;
 
-    const ADT: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/data/hl7v2/adt.hl7"
-    );
-    const ORM: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/data/hl7v2/orm.hl7"
-    );
-    const ORU: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/data/hl7v2/oru.hl7"
-    );
-    const ORU_IMM: &str = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/data/hl7v2/oru-imm.hl7"
-    );
+    const ADT: &str = "hl7v2/adt.hl7";
+    const ORM: &str = "hl7v2/orm.hl7";
+    const ORU: &str = "hl7v2/oru.hl7";
+    const ORU_IMM: &str = "hl7v2/oru-imm.hl7";
 
-    fn read(path: &str) -> String {
-        std::fs::read_to_string(path).unwrap_or_else(|e| {
-            panic!("test data {path} is missing ({e}): it ships in shared/ beside the repository")
-        })
+    /// The shared test data `rel` (`medmesh_testkit::shared_data` says where it is
+    /// missing).
+    fn read(rel: &str) -> String {
+        std::fs::read_to_string(medmesh_testkit::shared_data(rel)).unwrap()
     }
 
     fn mapping(rows: &str, columns: &[(&str, &str)]) -> Mapping {
