@@ -7,10 +7,9 @@ use medmesh_api_types::{AlertView, DeviceInfo, DeviceRequest, ReadingView, Telem
 use medmesh_core::PatientRef;
 use medmesh_crypto::{DeviceAlgorithm, DevicePublicKey};
 use medmesh_service::alerts::Alert;
-use medmesh_service::telemetry::bundle;
+use medmesh_service::telemetry::bundle::{self, rfc3339};
 use medmesh_service::{DeviceReading, DeviceRegistration, DeviceView};
 use serde::Deserialize;
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use utoipa::IntoParams;
 
@@ -19,10 +18,6 @@ use super::{ApiJson, ApiQuery};
 use crate::auth::{Admin, Authorized, Read, Write};
 use crate::error::{ApiError, Problem};
 use crate::state::AppState;
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
-}
 
 fn device_info(d: DeviceView) -> DeviceInfo {
     DeviceInfo {

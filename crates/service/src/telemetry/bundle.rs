@@ -15,7 +15,8 @@ use super::DeviceReading;
 /// The `meta.tag` that marks a bundle as medmesh telemetry.
 const TAG_SYSTEM: &str = "urn:medmesh:telemetry";
 
-fn rfc3339(t: OffsetDateTime) -> String {
+/// A time as RFC 3339 text (as FHIR and the API write times).
+pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
