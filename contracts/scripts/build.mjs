@@ -29,6 +29,8 @@ let stale = [];
 fs.mkdirSync(outDir, { recursive: true });
 for (const [file, contracts] of Object.entries(output.contracts)) {
   for (const [name, c] of Object.entries(contracts)) {
+    // Interfaces have no code to deploy.
+    if (!c.evm.bytecode.object) continue;
     const artifact = {
       contractName: name,
       sourceName: `src/${file}`,

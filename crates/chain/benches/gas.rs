@@ -1,4 +1,5 @@
-//! Gas report: every state-changing function of the three contracts, on anvil.
+//! Gas report: every state-changing function of the contracts, on anvil, and the
+//! k-anonymity verifier's `verifyProof` (a view, estimated).
 //!
 //! `cargo bench -p medmesh-chain --bench gas` prints a Markdown table for
 //! `docs/benchmarks.md`.
@@ -10,9 +11,11 @@ use alloy::rpc::types::TransactionReceipt;
 use alloy::signers::Signer;
 use alloy::sol_types::SolStruct;
 use medmesh_chain::bindings::{
-    AuditAnchor, ConsentRegistry, GrantConsent, NodeRegistry, RevokeConsent,
+    AuditAnchor, ConsentRegistry, DatasetRegistry, GrantConsent, KAnonVerifier64, NodeRegistry,
+    RevokeConsent,
 };
 use medmesh_chain::consent_domain;
+use medmesh_chain::datasets::{proof_words, submission};
 use medmesh_testkit::chain::{Chain, Mined};
 
 fn gas(r: &TransactionReceipt) -> u64 {
@@ -194,6 +197,51 @@ async fn main() {
         "AuditAnchor.anchor (next)",
         anchor.anchor(B256::repeat_byte(2), 20)
     );
+
+    // Datasets: a real proof of a 24-row table (every circuit size has the same
+    // verifier code but for its key, so the gas is the same for all).
+    // A fresh provider: `admin`'s cached nonce is behind the transactions sent since.
+    let admin = chain.provider(&chain.admin);
+    let r = KAnonVerifier64::deploy_builder(admin.clone()).mined().await;
+    rows.push(("KAnonVerifier (each size): deploy", gas(&r)));
+    let verifier = r.contract_address.expect("a contract");
+    let r = DatasetRegistry::deploy_builder(
+        admin.clone(),
+        chain.deployment.node_registry,
+        vec![64],
+        vec![verifier],
+    )
+    .mined()
+    .await;
+    rows.push(("DatasetRegistry: deploy (one size)", gas(&r)));
+    let proven = medmesh_testkit::datasets::proven_table();
+    let words = proof_words(&proven.proof);
+    let inputs = proven
+        .statement
+        .public_input_words()
+        .map(U256::from_be_bytes);
+    let estimated = KAnonVerifier64::new(verifier, chain.provider(&chain.hospital))
+        .verifyProof(words, inputs)
+        .estimate_gas()
+        .await
+        .unwrap();
+    rows.push((
+        "KAnonVerifier.verifyProof (estimated, with the 21 000 of a transaction)",
+        estimated,
+    ));
+    let datasets = DatasetRegistry::new(
+        chain.deployment.dataset_registry.expect("deployed"),
+        chain.provider(&chain.hospital),
+    );
+    let listing = submission(&proven.statement, b"record-cid", b"metadata-cid", &[42]);
+    let r = datasets.list(listing, words).mined().await;
+    rows.push(("DatasetRegistry.list (proof verified)", gas(&r)));
+    let id = r
+        .decoded_log::<DatasetRegistry::DatasetListed>()
+        .unwrap()
+        .data
+        .id;
+    measure!("DatasetRegistry.withdraw", datasets.withdraw(id));
 
     println!("| function | gas used |\n|---|---|");
     for (name, g) in rows {

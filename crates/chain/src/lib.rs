@@ -15,6 +15,7 @@ pub use alloy::primitives as alloy_primitives;
 pub use alloy::sol_types;
 pub mod anchor;
 mod cache;
+pub mod datasets;
 mod deploy;
 pub mod devchain;
 mod error;
@@ -26,7 +27,8 @@ pub use anchor::{Anchor, AnchorMismatch, AnchorReport};
 pub use cache::{
     Access, AccessQuery, Denial, GrantCache, GrantView, SyncReport, SNAPSHOT_EVERY_BLOCKS,
 };
-pub use deploy::{deploy, Deployment};
+pub use datasets::DatasetListed;
+pub use deploy::{deploy, Deployment, VERIFIER_SIZES};
 pub use error::ChainError;
 pub use registry::{
     registered_node, registered_peer_id, registration, AccountRegistration, NodeEntry,
@@ -57,6 +59,34 @@ pub mod bindings {
         #[derive(Debug)]
         AuditAnchor,
         "../../contracts/artifacts/AuditAnchor.json"
+    );
+    alloy::sol!(
+        #[sol(rpc)]
+        #[derive(Debug)]
+        DatasetRegistry,
+        "../../contracts/artifacts/DatasetRegistry.json"
+    );
+    // The Groth16 verifiers of medmesh-zk's circuit sizes (same interface, one
+    // verifying key each).
+    alloy::sol!(
+        #[sol(rpc)]
+        KAnonVerifier64,
+        "../../contracts/artifacts/KAnonVerifier64.json"
+    );
+    alloy::sol!(
+        #[sol(rpc)]
+        KAnonVerifier4096,
+        "../../contracts/artifacts/KAnonVerifier4096.json"
+    );
+    alloy::sol!(
+        #[sol(rpc)]
+        KAnonVerifier16384,
+        "../../contracts/artifacts/KAnonVerifier16384.json"
+    );
+    alloy::sol!(
+        #[sol(rpc)]
+        KAnonVerifier32768,
+        "../../contracts/artifacts/KAnonVerifier32768.json"
     );
 
     pub use medmesh_consent::{GrantConsent, RevokeConsent};

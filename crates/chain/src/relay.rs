@@ -107,7 +107,7 @@ pub fn relaying_provider(
 
 /// Sends signed consent messages from the node's account.
 pub struct Relayer {
-    provider: DynProvider,
+    pub(crate) provider: DynProvider,
     consent: ConsentRegistry::ConsentRegistryInstance<DynProvider>,
     /// The node's account, once known (given, or read from the first receipt). Known,
     /// the relayer sets each nonce itself, so a provider whose nonce manager counts
@@ -567,7 +567,7 @@ impl Relayer {
     /// receipt. A refusal by the contract is [`ChainError::Reverted`]; after any other
     /// error the transaction may still be pending, so a caller reads the contract's
     /// state again before sending anew.
-    async fn transact(
+    pub(crate) async fn transact(
         &self,
         request: TransactionRequest,
         what: &'static str,
@@ -606,7 +606,7 @@ impl Relayer {
     }
 }
 
-fn sent(receipt: &TransactionReceipt) -> Sent {
+pub(crate) fn sent(receipt: &TransactionReceipt) -> Sent {
     Sent {
         transaction: receipt.transaction_hash,
         block: receipt.block_number.unwrap_or_default(),
@@ -630,6 +630,9 @@ fn contract_refusal(e: &TransportError) -> Option<String> {
         return Some(format!("{error:?}"));
     }
     if let Ok(error) = NodeRegistry::NodeRegistryErrors::abi_decode(&data) {
+        return Some(format!("{error:?}"));
+    }
+    if let Ok(error) = crate::bindings::DatasetRegistry::DatasetRegistryErrors::abi_decode(&data) {
         return Some(format!("{error:?}"));
     }
     AuditAnchor::AuditAnchorErrors::abi_decode(&data)

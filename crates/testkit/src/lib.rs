@@ -8,6 +8,8 @@ use medmesh_crypto::{DataKey, IndexKey, Passphrase, SecretKeys};
 
 #[cfg(feature = "chain")]
 pub mod chain;
+#[cfg(feature = "zk")]
+pub mod datasets;
 #[cfg(feature = "net")]
 pub mod hostile;
 #[cfg(feature = "mqtt")]

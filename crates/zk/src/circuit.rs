@@ -1,0 +1,360 @@
+//! The k-anonymity circuit.
+//!
+//! Public inputs (three, so that the registry contract passes what it stores):
+//! the table's commitment `D`, the packed parameters `P = k | rows << 16 |
+//! suppressed << 48 | limit << 80`, and the schema hash's field element `σ`.
+//!
+//! The prover's witness: the salt, every row's key as 6 bytes, the sensitive elements,
+//! and a class table of `C` slots (a key and its count above `k`, 6 + 3 bytes). The
+//! circuit checks:
+//! 1. `D` is the sponge of the salt, the key bytes packed 31 per element and the
+//!    sensitive elements (the researcher's recomputation, in the circuit);
+//! 2. `P`'s bytes give `k`, `rows ≤ N` and `suppressed ≤ limit`;
+//! 3. with `γ` the sponge of `D, P, σ`, the class slots and the byte multiplicities (all
+//!    fixed before `γ` exists), every byte is in 0..=255 by one log-derivative lookup;
+//! 4. by a second one, `Σ_rows 1/(γ − key_i) = m_0/γ + Σ_j m_j/(γ − class_j)`: the rows'
+//!    keys are exactly the class table's keys with its counts. `m_0 = N − rows +
+//!    suppressed` counts key 0 (padding and suppressed rows); a used slot has a non-zero
+//!    key and `m_j = k + d_j` with `d_j` three range-checked bytes, an unused one has
+//!    key 0 and `m_j = 0`. So every non-suppressed class has at least `k` rows.
+//!
+//! Duplicate slots for one key only add counts that are each at least `k`, so distinct
+//! keys need no check.
+
+use ark_bn254::Fr;
+use ark_ff::{Field, One, Zero};
+use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystemRef, SynthesisError};
+
+use crate::encoding::{data_tag, tag, TAG_CHALLENGE};
+use crate::gadget::{Builder, Lc, SpongeVar};
+use crate::shape::{BYTES_PER_ELEMENT, COUNT_BYTES, KEY_BYTES};
+use crate::{Shape, Statement};
+
+/// Everything the prover knows.
+#[derive(Clone)]
+pub(crate) struct Witness {
+    pub statement: Statement,
+    pub salt: Fr,
+    /// Per row (padded to the shape), the key.
+    pub keys: Vec<u64>,
+    /// The sensitive elements (padded to the shape).
+    pub sensitive: Vec<Fr>,
+    /// Per slot (padded to the shape), the key and its count above `k`.
+    pub classes: Vec<(u64, u64)>,
+}
+
+/// The circuit of one shape, with or without a witness (keys are generated without).
+pub(crate) struct KAnonCircuit {
+    pub shape: Shape,
+    pub witness: Option<Witness>,
+}
+
+impl ConstraintSynthesizer<Fr> for KAnonCircuit {
+    fn generate_constraints(self, cs: ConstraintSystemRef<Fr>) -> Result<(), SynthesisError> {
+        self.synthesize(cs, &mut |_, _| {})
+    }
+}
+
+/// Constraints per part of the circuit of `shape`, in circuit order: parameters, data
+/// commitment, challenge, byte range checks, class multiplicities.
+pub fn constraint_profile(shape: Shape) -> Result<Vec<(&'static str, usize)>, SynthesisError> {
+    let cs = ark_relations::gr1cs::ConstraintSystem::<Fr>::new_ref();
+    cs.set_mode(ark_relations::gr1cs::SynthesisMode::Setup);
+    let mut parts = Vec::new();
+    let mut before = 0;
+    KAnonCircuit {
+        shape,
+        witness: None,
+    }
+    .synthesize(cs, &mut |part, total| {
+        parts.push((part, total - before));
+        before = total;
+    })?;
+    Ok(parts)
+}
+
+impl KAnonCircuit {
+    /// The constraints; `part(name, constraints so far)` is called after each part.
+    fn synthesize(
+        self,
+        cs: ConstraintSystemRef<Fr>,
+        part: &mut dyn FnMut(&'static str, usize),
+    ) -> Result<(), SynthesisError> {
+        let shape = self.shape;
+        let w = self.witness.as_ref();
+        if let Some(w) = w {
+            let lengths = (w.keys.len(), w.sensitive.len(), w.classes.len());
+            let expected = (
+                shape.rows as usize,
+                shape.sensitive_elements(),
+                shape.classes as usize,
+            );
+            if lengths != expected {
+                return Err(SynthesisError::Unsatisfiable);
+            }
+        }
+        let mut b = Builder::new(cs);
+
+        let commitment = b.input(w.map(|w| w.statement.commitment.0))?;
+        let params = b.input(w.map(|w| w.statement.params_element()))?;
+        let schema = b.input(w.map(|w| w.statement.schema_element()))?;
+
+        // The parameters, byte by byte.
+        let st = w.map(|w| &w.statement);
+        let k_bytes = b.bytes_of(st.map(|s| s.k as u64), 2)?;
+        let rows_bytes = b.bytes_of(st.map(|s| s.rows as u64), 4)?;
+        let suppressed_bytes = b.bytes_of(st.map(|s| s.suppressed as u64), 4)?;
+        let limit_bytes = b.bytes_of(st.map(|s| s.limit as u64), 4)?;
+        let all: Vec<Lc> = [&k_bytes, &rows_bytes, &suppressed_bytes, &limit_bytes]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        b.enforce_equal(&params, &Lc::from_le_bytes(&all))?;
+        let k = Lc::from_le_bytes(&k_bytes);
+        let rows = Lc::from_le_bytes(&rows_bytes);
+        let suppressed = Lc::from_le_bytes(&suppressed_bytes);
+        let limit = Lc::from_le_bytes(&limit_bytes);
+        let capacity = Lc::constant(Fr::from(shape.rows as u64));
+        // rows ≤ N and suppressed ≤ limit: the differences are 4 bytes each.
+        let room = b.bytes_of(st.map(|s| (shape.rows - s.rows.min(shape.rows)) as u64), 4)?;
+        b.enforce_equal(&Lc::from_le_bytes(&room), &capacity.sub(&rows))?;
+        let gap = b.bytes_of(st.map(|s| s.limit.saturating_sub(s.suppressed) as u64), 4)?;
+        b.enforce_equal(&Lc::from_le_bytes(&gap), &limit.sub(&suppressed))?;
+        part("parameters", b.constraints());
+
+        // 1. The data commitment.
+        let salt = b.witness(w.map(|w| w.salt))?;
+        let mut keys = Vec::with_capacity(shape.rows as usize);
+        let mut key_stream = Vec::with_capacity(shape.rows as usize * KEY_BYTES);
+        for i in 0..shape.rows as usize {
+            let bytes = b.bytes_of(w.map(|w| w.keys[i]), KEY_BYTES)?;
+            keys.push(Lc::from_le_bytes(&bytes));
+            key_stream.extend(bytes);
+        }
+        let mut data = SpongeVar::new(data_tag(shape));
+        data.absorb(&b, &salt)?;
+        for chunk in key_stream.chunks(BYTES_PER_ELEMENT) {
+            data.absorb(&b, &Lc::from_le_bytes(chunk))?;
+        }
+        for i in 0..shape.sensitive_elements() {
+            let element = b.witness(w.map(|w| w.sensitive[i]))?;
+            data.absorb(&b, &element)?;
+        }
+        let computed = data.finish(&b)?;
+        b.enforce_equal(&computed, &commitment)?;
+        part("data commitment (Poseidon sponge)", b.constraints());
+
+        // The class table.
+        let mut slots = Vec::with_capacity(shape.classes as usize);
+        let mut slot_stream = Vec::new();
+        for j in 0..shape.classes as usize {
+            let key_bytes = b.bytes_of(w.map(|w| w.classes[j].0), KEY_BYTES)?;
+            let count_bytes = b.bytes_of(w.map(|w| w.classes[j].1), COUNT_BYTES)?;
+            slots.push((
+                Lc::from_le_bytes(&key_bytes),
+                Lc::from_le_bytes(&count_bytes),
+            ));
+            slot_stream.extend(key_bytes);
+            slot_stream.extend(count_bytes);
+        }
+
+        // The byte lookup's multiplicities, the last values chosen before γ.
+        let counts = b.byte_multiplicities();
+        let multiplicities = (0..256)
+            .map(|v| b.witness(counts.map(|c| Fr::from(c[v]))))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        // The challenge.
+        let mut transcript = SpongeVar::new(tag(TAG_CHALLENGE, shape));
+        for x in [&commitment, &params, &schema] {
+            transcript.absorb(&b, x)?;
+        }
+        for chunk in slot_stream.chunks(BYTES_PER_ELEMENT) {
+            transcript.absorb(&b, &Lc::from_le_bytes(chunk))?;
+        }
+        for m in &multiplicities {
+            transcript.absorb(&b, m)?;
+        }
+        let gamma = transcript.finish(&b)?;
+        part("challenge (class table, byte counts)", b.constraints());
+
+        // 3. Every byte is a byte.
+        b.check_bytes(&gamma, &multiplicities)?;
+        part("byte range checks (lookup)", b.constraints());
+
+        // 4. The rows' keys are the class table's, each class at least k rows.
+        let one = Lc::constant(Fr::one());
+        let row_side = keys
+            .iter()
+            .map(|key| b.quotient(&one, &gamma.sub(key)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let zero_count = capacity.sub(&rows).add(&suppressed);
+        let mut table_side = vec![b.quotient(&zero_count, &gamma)?];
+        for (key, above_k) in &slots {
+            let used = b.witness(key.value.map(|v| Fr::from(!v.is_zero() as u64)))?;
+            let key_inverse = b.witness(key.value.map(|v| v.inverse().unwrap_or_else(Fr::zero)))?;
+            let unused = one.sub(&used);
+            // used = 1 exactly when the key is not 0.
+            b.enforce_product(key, &key_inverse, &used)?;
+            b.enforce_product(key, &unused, &Lc::constant(Fr::zero()))?;
+            // An unused slot counts nothing; a used one k + d.
+            b.enforce_product(above_k, &unused, &Lc::constant(Fr::zero()))?;
+            let k_if_used = b.mul(&k, &used)?;
+            let count = k_if_used.add(above_k);
+            table_side.push(b.quotient(&count, &gamma.sub(key))?);
+        }
+        b.enforce_equal(&Lc::sum(&row_side), &Lc::sum(&table_side))?;
+        part("class multiplicities (lookup)", b.constraints());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoding::{EncodedTable, Salt, Schema, SchemaColumn};
+    use crate::ProofRequest;
+    use ark_relations::gr1cs::ConstraintSystem;
+    use medmesh_anon::policy::Role;
+    use medmesh_anon::Table;
+
+    /// 30 rows: classes of 5 (age band × sex), 2 suppressed, a sensitive column.
+    fn table() -> (Table, Schema) {
+        let mut t = Table::with_columns(&["age", "sex", "diagnosis"]).unwrap();
+        for (i, (age, sex)) in [
+            ("20-29", "F"),
+            ("20-29", "M"),
+            ("30-39", "F"),
+            ("30-39", "M"),
+        ]
+        .iter()
+        .enumerate()
+        {
+            for j in 0..7 {
+                t.push_row(&[*age, *sex, ["flu", "asthma", "copd"][(i + j) % 3]])
+                    .unwrap();
+            }
+        }
+        t.push_row(&["*", "*", "*"]).unwrap();
+        t.push_row(&["*", "*", "*"]).unwrap();
+        let schema = Schema {
+            columns: vec![
+                SchemaColumn {
+                    name: "age".into(),
+                    role: Role::QuasiIdentifier,
+                },
+                SchemaColumn {
+                    name: "sex".into(),
+                    role: Role::QuasiIdentifier,
+                },
+                SchemaColumn {
+                    name: "diagnosis".into(),
+                    role: Role::Sensitive,
+                },
+            ],
+        };
+        (t, schema)
+    }
+
+    fn witness(k: u16) -> Witness {
+        let (t, schema) = table();
+        let encoded = EncodedTable::new(&t, &schema).unwrap();
+        let salt = Salt([7; 31]);
+        let request = ProofRequest {
+            table: &encoded,
+            schema: &schema,
+            k,
+            limit: 3,
+            salt: &salt,
+        };
+        request.witness(Some(Shape::ROWS_64)).unwrap().1
+    }
+
+    fn satisfied(witness: Witness) -> bool {
+        let cs = ConstraintSystem::<Fr>::new_ref();
+        let circuit = KAnonCircuit {
+            shape: Shape::ROWS_64,
+            witness: Some(witness),
+        };
+        circuit.generate_constraints(cs.clone()).unwrap();
+        cs.finalize();
+        cs.is_satisfied().unwrap()
+    }
+
+    #[test]
+    fn an_honest_witness_satisfies_every_constraint() {
+        assert!(satisfied(witness(7)));
+        assert!(satisfied(witness(5)));
+    }
+
+    #[test]
+    fn the_shape_alone_has_as_many_constraints_as_a_witness() {
+        let count = |witness: Option<Witness>| {
+            let cs = ConstraintSystem::<Fr>::new_ref();
+            if witness.is_none() {
+                cs.set_mode(ark_relations::gr1cs::SynthesisMode::Setup);
+            }
+            KAnonCircuit {
+                shape: Shape::ROWS_64,
+                witness,
+            }
+            .generate_constraints(cs.clone())
+            .unwrap();
+            cs.num_constraints()
+        };
+        assert_eq!(count(None), count(Some(witness(5))));
+    }
+
+    #[test]
+    fn a_class_below_k_cannot_be_forced_through() {
+        // The prover refuses k = 8 (classes have 7 rows) ...
+        let (t, schema) = table();
+        let encoded = EncodedTable::new(&t, &schema).unwrap();
+        let salt = Salt([7; 31]);
+        let refused = ProofRequest {
+            table: &encoded,
+            schema: &schema,
+            k: 8,
+            limit: 3,
+            salt: &salt,
+        }
+        .witness(Some(Shape::ROWS_64));
+        assert!(matches!(
+            refused,
+            Err(crate::ZkError::NotKAnonymous { size: 7, k: 8 })
+        ));
+        // ... and a witness built past that check, claiming each class has 8 + 0 rows,
+        // breaks the multiplicity identity.
+        let mut forced = witness(7);
+        forced.statement.k = 8;
+        for slot in forced.classes.iter_mut().filter(|(key, _)| *key != 0) {
+            slot.1 = 0;
+        }
+        assert!(!satisfied(forced));
+    }
+
+    #[test]
+    fn lying_about_suppression_or_rows_is_caught() {
+        let mut fewer_suppressed = witness(5);
+        fewer_suppressed.statement.suppressed = 1;
+        assert!(!satisfied(fewer_suppressed));
+        let mut more_rows = witness(5);
+        more_rows.statement.rows += 1;
+        assert!(!satisfied(more_rows));
+    }
+
+    #[test]
+    fn a_class_table_that_is_not_the_rows_fails() {
+        // Merge two classes into one slot of 14: the rows' keys no longer match.
+        let mut merged = witness(5);
+        let first = merged.classes[0];
+        merged.classes[0] = (first.0, first.1 + 7);
+        merged.classes[1] = (0, 0);
+        assert!(!satisfied(merged));
+        // A changed row key (the commitment no longer matches).
+        let mut changed = witness(5);
+        changed.keys[0] ^= 1;
+        assert!(!satisfied(changed));
+    }
+}

@@ -1,0 +1,164 @@
+//! Proving and verifying keys: generated from a published seed (reproducible, and
+//! therefore **insecure**: whoever knows the seed can forge proofs — fine for a testnet,
+//! not for production, where the keys come from a multi-party ceremony; see
+//! `docs/zk.md`), the verifying keys published in `crates/zk/keys/`, the proving keys
+//! cached on disk because generating the largest takes minutes.
+
+use std::collections::HashMap;
+use std::io::{BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ark_bn254::Bn254;
+use ark_groth16::{Groth16, ProvingKey, VerifyingKey};
+use ark_serialize::{CanonicalDeserialize, CanonicalSerialize, Compress, Validate};
+use ark_snark::CircuitSpecificSetupSNARK;
+use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::ChaCha20Rng;
+
+use crate::circuit::KAnonCircuit;
+use crate::{Shape, ZkError};
+
+/// The seed's prefix; the shape is appended. Published, so the setup is reproducible.
+const SEED_DOMAIN: &str = "medmesh zk k-anonymity testnet setup v1 (insecure: the seed is public)";
+
+/// The seed of `shape`'s setup.
+pub fn setup_seed(shape: Shape) -> [u8; 32] {
+    let text = format!(
+        "{SEED_DOMAIN} rows={} classes={}",
+        shape.rows, shape.classes
+    );
+    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
+    digest.as_ref().try_into().expect("32 bytes")
+}
+
+/// Generates `shape`'s keys from its published seed.
+pub fn setup(shape: Shape) -> Result<ProvingKey<Bn254>, ZkError> {
+    let mut rng = ChaCha20Rng::from_seed(setup_seed(shape));
+    let circuit = KAnonCircuit {
+        shape,
+        witness: None,
+    };
+    let (pk, _) = Groth16::<Bn254>::setup(circuit, &mut rng)?;
+    Ok(pk)
+}
+
+/// The published verifying key of `shape`.
+pub fn published_verifying_key(shape: Shape) -> Result<VerifyingKey<Bn254>, ZkError> {
+    let bytes: &[u8] = match shape {
+        Shape::ROWS_64 => include_bytes!("../keys/kanon-64.vk"),
+        Shape::ROWS_4K => include_bytes!("../keys/kanon-4096.vk"),
+        Shape::ROWS_16K => include_bytes!("../keys/kanon-16384.vk"),
+        Shape::ROWS_32K => include_bytes!("../keys/kanon-32768.vk"),
+        other => return Err(ZkError::UnknownShape(other)),
+    };
+    if bytes.is_empty() {
+        return Err(ZkError::UnknownShape(shape));
+    }
+    VerifyingKey::deserialize_compressed(bytes).map_err(|source| ZkError::Decode {
+        what: "published verifying key",
+        source,
+    })
+}
+
+/// A verifying key's published form (compressed points).
+pub fn verifying_key_bytes(vk: &VerifyingKey<Bn254>) -> Vec<u8> {
+    let mut out = Vec::new();
+    vk.serialize_compressed(&mut out)
+        .expect("serializing into memory");
+    out
+}
+
+/// Proving keys on disk under one directory, generated on first use and checked
+/// against the published verifying keys.
+pub struct KeyStore {
+    dir: PathBuf,
+    loaded: Mutex<HashMap<Shape, Arc<ProvingKey<Bn254>>>>,
+}
+
+impl KeyStore {
+    /// Keys under `dir` (created when a key is first written).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        KeyStore {
+            dir: dir.into(),
+            loaded: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Where `shape`'s proving key is kept.
+    pub fn path(&self, shape: Shape) -> PathBuf {
+        self.dir.join(format!("kanon-{}.pk", shape.rows))
+    }
+
+    /// `shape`'s proving key: from memory, from disk, or generated (and written).
+    pub fn proving_key(&self, shape: Shape) -> Result<Arc<ProvingKey<Bn254>>, ZkError> {
+        if let Some(key) = self.loaded.lock().expect("key cache").get(&shape) {
+            return Ok(key.clone());
+        }
+        let published = published_verifying_key(shape)?;
+        let path = self.path(shape);
+        let key = match read_key(&path) {
+            Ok(key) if key.vk == published => key,
+            found => {
+                if let Err(e) = found {
+                    tracing::debug!(path = %path.display(), error = %e, "no usable proving key");
+                }
+                tracing::info!(%shape, "generating the proving key from the published seed (once; minutes for the largest circuits)");
+                let key = setup(shape)?;
+                if key.vk != published {
+                    return Err(ZkError::KeyMismatch(shape));
+                }
+                write_key(&path, &key)?;
+                key
+            }
+        };
+        let key = Arc::new(key);
+        self.loaded
+            .lock()
+            .expect("key cache")
+            .insert(shape, key.clone());
+        Ok(key)
+    }
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ZkError + '_ {
+    move |source| ZkError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn read_key(path: &Path) -> Result<ProvingKey<Bn254>, ZkError> {
+    let file = std::fs::File::open(path).map_err(io_error(path))?;
+    // Uncompressed and unchecked: decompressing and subgroup-checking millions of points
+    // takes minutes, and a damaged key only makes proofs that do not verify.
+    ProvingKey::deserialize_with_mode(BufReader::new(file), Compress::No, Validate::No).map_err(
+        |source| ZkError::Decode {
+            what: "proving key",
+            source,
+        },
+    )
+}
+
+fn write_key(path: &Path, key: &ProvingKey<Bn254>) -> Result<(), ZkError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    let partial = path.with_extension(format!("pk.partial-{}", std::process::id()));
+    let file = std::fs::File::create(&partial).map_err(io_error(&partial))?;
+    let mut writer = BufWriter::new(file);
+    key.serialize_with_mode(&mut writer, Compress::No)
+        .map_err(|source| ZkError::Decode {
+            what: "proving key",
+            source,
+        })?;
+    writer.flush().map_err(io_error(&partial))?;
+    writer
+        .into_inner()
+        .map_err(|e| ZkError::Io {
+            path: partial.clone(),
+            source: e.into_error(),
+        })?
+        .sync_all()
+        .map_err(io_error(&partial))?;
+    std::fs::rename(&partial, path).map_err(io_error(path))
+}

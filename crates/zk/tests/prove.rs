@@ -1,0 +1,304 @@
+//! Groth16 proofs of k-anonymity, made and checked with the real keys of the smallest
+//! circuit (generated from the published seed, checked against the published verifying
+//! key).
+
+use medmesh_anon::policy::Role;
+use medmesh_anon::Table;
+use medmesh_zk::keys::{published_verifying_key, setup};
+use medmesh_zk::{
+    prove, verify, Commitment, EncodedTable, KeyStore, Proof, ProofRequest, Salt, Schema,
+    SchemaColumn, Shape, Statement, ZkError,
+};
+
+fn schema(columns: &[(&str, Role)]) -> Schema {
+    Schema {
+        columns: columns
+            .iter()
+            .map(|(name, role)| SchemaColumn {
+                name: name.to_string(),
+                role: *role,
+            })
+            .collect(),
+    }
+}
+
+/// Rows of (zip3, age band, diagnosis): classes of `size` rows, plus `suppressed` rows of
+/// `*`.
+fn table(classes: &[(&str, &str, usize)], suppressed: usize) -> Table {
+    let mut t = Table::with_columns(&["zip3", "age", "diagnosis"]).unwrap();
+    for (i, (zip, age, size)) in classes.iter().enumerate() {
+        for j in 0..*size {
+            let diagnosis = ["J45", "E11", "I10", "C50"][(i + j) % 4];
+            t.push_row(&[*zip, *age, diagnosis]).unwrap();
+        }
+    }
+    for _ in 0..suppressed {
+        t.push_row(&["*", "*", "*"]).unwrap();
+    }
+    t
+}
+
+fn standard_schema() -> Schema {
+    schema(&[
+        ("zip3", Role::QuasiIdentifier),
+        ("age", Role::QuasiIdentifier),
+        ("diagnosis", Role::Sensitive),
+    ])
+}
+
+struct Proven {
+    statement: Statement,
+    proof: Proof,
+}
+
+fn prove_table(
+    store: &KeyStore,
+    t: &Table,
+    k: u16,
+    limit: u32,
+    salt: &Salt,
+) -> Result<Proven, ZkError> {
+    let schema = standard_schema();
+    let encoded = EncodedTable::new(t, &schema)?;
+    let key = store.proving_key(Shape::ROWS_64)?;
+    let request = ProofRequest {
+        table: &encoded,
+        schema: &schema,
+        k,
+        limit,
+        salt,
+    };
+    let (statement, proof) = prove(&key, Shape::ROWS_64, &request)?;
+    Ok(Proven { statement, proof })
+}
+
+#[test]
+fn a_k_anonymous_table_proves_and_verifies_and_nothing_else_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = KeyStore::new(dir.path());
+    let salt = Salt::random();
+    let t = table(
+        &[
+            ("021", "30-39", 5),
+            ("021", "40-49", 6),
+            ("100", "30-39", 9),
+        ],
+        2,
+    );
+    let proven = prove_table(&store, &t, 5, 3, &salt).unwrap();
+    assert_eq!(
+        (
+            proven.statement.k,
+            proven.statement.rows,
+            proven.statement.suppressed
+        ),
+        (5, 22, 2)
+    );
+    assert!(verify(&proven.statement, &proven.proof).unwrap());
+    // The key was written and is read back on the next use.
+    assert!(store.path(Shape::ROWS_64).exists());
+
+    // The same proof does not prove another table's commitment, another k, more rows,
+    // fewer suppressed rows, or another schema.
+    let other = table(
+        &[
+            ("021", "30-39", 5),
+            ("021", "40-49", 6),
+            ("100", "30-39", 10),
+        ],
+        1,
+    );
+    let other_commitment = EncodedTable::new(&other, &standard_schema())
+        .unwrap()
+        .commitment(Shape::ROWS_64, &salt);
+    let lies = [
+        Statement {
+            commitment: other_commitment,
+            ..proven.statement
+        },
+        Statement {
+            k: 6,
+            ..proven.statement
+        },
+        Statement {
+            k: 4,
+            ..proven.statement
+        },
+        Statement {
+            rows: 23,
+            ..proven.statement
+        },
+        Statement {
+            suppressed: 1,
+            ..proven.statement
+        },
+        Statement {
+            limit: 2,
+            ..proven.statement
+        },
+        Statement {
+            schema_hash: [1; 32],
+            ..proven.statement
+        },
+    ];
+    for lie in lies {
+        assert!(!verify(&lie, &proven.proof).unwrap(), "{lie:?} verified");
+    }
+
+    // A tampered proof is refused: as bytes that are no longer a point, or as a proof
+    // that does not verify.
+    let bytes = proven.proof.to_bytes();
+    assert_eq!(bytes.len(), 128);
+    let mut refused = 0;
+    for i in [0, 40, 70, 100, 127] {
+        let mut tampered = bytes.clone();
+        tampered[i] ^= 0x04;
+        match Proof::from_bytes(&tampered) {
+            Err(ZkError::Decode { .. }) => refused += 1,
+            Ok(p) => {
+                assert!(!verify(&proven.statement, &p).unwrap());
+                refused += 1
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(refused, 5);
+    let swapped = Proof(ark_groth16::Proof {
+        a: proven.proof.0.c,
+        c: proven.proof.0.a,
+        ..proven.proof.0.clone()
+    });
+    assert!(!verify(&proven.statement, &swapped).unwrap());
+}
+
+#[test]
+fn the_prover_refuses_what_is_not_k_anonymous_or_over_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = KeyStore::new(dir.path());
+    let salt = Salt::random();
+    let t = table(&[("021", "30-39", 5), ("100", "30-39", 4)], 0);
+    assert!(matches!(
+        prove_table(&store, &t, 5, 0, &salt),
+        Err(ZkError::NotKAnonymous { size: 4, k: 5 })
+    ));
+    let t = table(&[("021", "30-39", 5)], 3);
+    assert!(matches!(
+        prove_table(&store, &t, 5, 2, &salt),
+        Err(ZkError::OverSuppressionLimit {
+            suppressed: 3,
+            limit: 2
+        })
+    ));
+    let t = table(&[("021", "30-39", 40), ("100", "30-39", 30)], 0);
+    assert!(matches!(
+        prove_table(&store, &t, 5, 0, &salt),
+        Err(ZkError::DoesNotFit { rows: 70, .. })
+    ));
+    assert!(matches!(
+        prove_table(&store, &table(&[("021", "30-39", 5)], 0), 1, 0, &salt),
+        Err(ZkError::BadK(1))
+    ));
+}
+
+#[test]
+fn a_researcher_recomputes_the_commitment_from_the_released_csv() {
+    let t = table(&[("021", "30-39", 5), ("100", "40-49", 7)], 1);
+    let salt = Salt::random();
+    let schema = standard_schema();
+    let committed = EncodedTable::new(&t, &schema)
+        .unwrap()
+        .commitment(Shape::ROWS_4K, &salt);
+    let mut csv = Vec::new();
+    t.write_csv(&mut csv, b',').unwrap();
+    let read = Table::from_csv(csv.as_slice(), b',').unwrap();
+    let recomputed = EncodedTable::new(&read, &schema)
+        .unwrap()
+        .commitment(Shape::ROWS_4K, &salt);
+    assert_eq!(committed, recomputed);
+    // Without the salt, or with one changed cell, it does not match.
+    assert_ne!(
+        committed,
+        EncodedTable::new(&read, &schema)
+            .unwrap()
+            .commitment(Shape::ROWS_4K, &Salt::random())
+    );
+    let mut changed = Table::with_columns(&["zip3", "age", "diagnosis"]).unwrap();
+    for i in 0..read.len() {
+        let mut row: Vec<String> = read.row(i).iter().map(|s| s.to_string()).collect();
+        if i == 3 {
+            assert_eq!(row[2], "C50");
+            row[2] = "J45".into();
+        }
+        changed.push_row(&row).unwrap();
+    }
+    assert_ne!(
+        committed,
+        EncodedTable::new(&changed, &schema)
+            .unwrap()
+            .commitment(Shape::ROWS_4K, &salt)
+    );
+    // Commitments print and parse as 32 bytes of hex.
+    let text = committed.to_string();
+    assert_eq!(text.parse::<Commitment>().unwrap(), committed);
+    assert!("0x1234".parse::<Commitment>().is_err());
+}
+
+#[test]
+fn schemas_with_identifiers_or_too_many_codes_are_refused() {
+    let t = table(&[("021", "30-39", 5)], 0);
+    let with_identifier = schema(&[
+        ("zip3", Role::Identifier),
+        ("age", Role::QuasiIdentifier),
+        ("diagnosis", Role::Sensitive),
+    ]);
+    assert!(matches!(
+        EncodedTable::new(&t, &with_identifier),
+        Err(ZkError::Schema(_))
+    ));
+    let misnamed = schema(&[
+        ("zip", Role::QuasiIdentifier),
+        ("age", Role::QuasiIdentifier),
+        ("diagnosis", Role::Sensitive),
+    ]);
+    assert!(matches!(
+        EncodedTable::new(&t, &misnamed),
+        Err(ZkError::Schema(_))
+    ));
+    // Five columns of 2 000 values need 55 bits; a key holds 48.
+    let names = ["a", "b", "c", "d", "e"];
+    let mut wide = Table::with_columns(&names).unwrap();
+    for i in 0..4000u32 {
+        let row: Vec<String> = (0..5)
+            .map(|c| ((i * 7 + c * 13) % 2000).to_string())
+            .collect();
+        wide.push_row(&row).unwrap();
+    }
+    let wide_schema = schema(&names.map(|n| (n, Role::QuasiIdentifier)));
+    match EncodedTable::new(&wide, &wide_schema) {
+        Err(ZkError::KeyTooWide {
+            bits: 55, max: 48, ..
+        }) => {}
+        other => panic!("{:?}", other.err()),
+    }
+}
+
+#[test]
+fn published_verifying_keys_are_the_seeded_setups() {
+    for shape in [Shape::ROWS_64, Shape::ROWS_4K] {
+        let pk = setup(shape).unwrap();
+        assert_eq!(pk.vk, published_verifying_key(shape).unwrap(), "{shape}");
+    }
+}
+
+#[test]
+fn solidity_words_are_the_eip197_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = KeyStore::new(dir.path());
+    let t = table(&[("021", "30-39", 5)], 0);
+    let proven = prove_table(&store, &t, 5, 0, &Salt::random()).unwrap();
+    let expected = taceo_groth16_sol::prepare_uncompressed_proof(&proven.proof.0);
+    let words = proven.proof.solidity_words();
+    for (word, expected) in words.iter().zip(expected) {
+        assert_eq!(*word, expected.to_be_bytes::<32>());
+    }
+}
