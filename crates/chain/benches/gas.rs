@@ -216,10 +216,7 @@ async fn main() {
     rows.push(("DatasetRegistry: deploy (one size)", gas(&r)));
     let proven = medmesh_testkit::datasets::proven_table();
     let words = proof_words(&proven.proof);
-    let inputs = proven
-        .statement
-        .public_input_words()
-        .map(U256::from_be_bytes);
+    let inputs = [U256::from_be_bytes(proven.statement.public_input_word())];
     let estimated = KAnonVerifier64::new(verifier, chain.provider(&chain.hospital))
         .verifyProof(words, inputs)
         .estimate_gas()

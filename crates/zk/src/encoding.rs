@@ -97,12 +97,6 @@ impl Schema {
     }
 }
 
-/// The public field element of a schema hash (its big-endian integer reduced modulo
-/// the field's order, as the registry contract computes `uint256(hash) % r`).
-pub fn schema_element(hash: &[u8; 32]) -> Fr {
-    Fr::from_be_bytes_mod_order(hash)
-}
-
 /// A table's rows as circuit codes.
 #[derive(Debug, Clone)]
 pub struct EncodedTable {

@@ -101,7 +101,7 @@ pub enum ZkError {
     /// A regenerated verifying key is not the published one.
     #[error(
         "the verifying key generated for the {0} circuit is not the published one (the \
-         circuit changed without new keys: run `cargo run -p medmesh-zk --example publish-keys`)"
+         circuit changed without new keys: run `cargo run --release -p medmesh-zk --example publish-keys`)"
     )]
     KeyMismatch(Shape),
     /// The shape has no published key.

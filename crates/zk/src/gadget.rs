@@ -9,6 +9,8 @@ use std::sync::OnceLock;
 
 use ark_bn254::Fr;
 use ark_ff::{Field, One, Zero};
+use ark_r1cs_std::uint8::UInt8;
+use ark_r1cs_std::GR1CSVar;
 use ark_relations::gr1cs::{ConstraintSystemRef, LinearCombination, SynthesisError, Variable};
 
 use crate::poseidon::{self, params, WIDTH};
@@ -71,6 +73,57 @@ impl Lc {
         let value = terms
             .iter()
             .try_fold(Fr::zero(), |acc, t| t.value.map(|v| acc + v));
+        Lc { lc, value }
+    }
+
+    /// A byte of the SHA-256 gadget as a combination of its bits (no value).
+    fn from_uint8(byte: &UInt8<Fr>) -> Lc {
+        let mut lc = LinearCombination(
+            byte.bits
+                .iter()
+                .enumerate()
+                .map(|(i, bit)| (Fr::from(1u64 << i), bit.variable()))
+                .collect(),
+        );
+        lc.compactify();
+        Lc { lc, value: None }
+    }
+
+    /// The big-endian integer of `bytes` (bytes of the SHA-256 gadget), whose values
+    /// are `values` when proving.
+    pub fn from_be_uint8(bytes: &[UInt8<Fr>], values: Option<&[u8]>) -> Lc {
+        let le: Vec<Lc> = bytes.iter().rev().map(Lc::from_uint8).collect();
+        let mut sum = Lc::from_le_bytes(&le);
+        sum.value = values.map(|v| {
+            v.iter()
+                .fold(Fr::zero(), |acc, b| acc * Fr::from(256u64) + Fr::from(*b))
+        });
+        sum
+    }
+
+    /// A SHA-256 digest as a big-endian integer shifted right by 3 bits (below the
+    /// field's order); its value is computed from the digest's bits when proving.
+    pub fn shifted_digest(digest: &[UInt8<Fr>]) -> Lc {
+        let mut terms = Vec::with_capacity(253);
+        let mut value = Some(Fr::zero());
+        let two = Fr::from(2u64);
+        let mut weight = Fr::one();
+        // Bit t of the integer, counted from the least significant, has weight 2^(t-3).
+        for (j, byte) in digest.iter().rev().enumerate() {
+            for (i, bit) in byte.bits.iter().enumerate() {
+                let t = 8 * j + i;
+                if t < 3 {
+                    continue;
+                }
+                terms.push((weight, bit.variable()));
+                value = value
+                    .zip(bit.value().ok())
+                    .map(|(acc, b)| if b { acc + weight } else { acc });
+                weight *= two;
+            }
+        }
+        let mut lc = LinearCombination(terms);
+        lc.compactify();
         Lc { lc, value }
     }
 
@@ -158,6 +211,12 @@ impl Builder {
         let q = self.witness(value)?;
         self.enforce_product(&q, divisor, numerator)?;
         Ok(q)
+    }
+
+    /// `n` bytes the prover chooses, for the SHA-256 gadget (each its 8 boolean bits).
+    pub fn statement_bytes(&self, values: Option<&[u8]>, n: usize) -> Result<Vec<UInt8<Fr>>> {
+        let values: Vec<Option<u8>> = (0..n).map(|i| values.map(|v| v[i])).collect();
+        UInt8::new_witness_vec(self.cs.clone(), &values)
     }
 
     /// A byte the prover chooses, range-checked by [`Builder::check_bytes`].

@@ -10,7 +10,7 @@ use rand_chacha::rand_core::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::circuit::{KAnonCircuit, Witness};
-use crate::encoding::{schema_element, Commitment, EncodedTable, Salt, Schema};
+use crate::encoding::{Commitment, EncodedTable, Salt, Schema};
 use crate::keys::published_verifying_key;
 use crate::shape::SENSITIVE_BYTES;
 use crate::{Shape, ZkError};
@@ -38,35 +38,53 @@ pub struct Statement {
     pub schema_hash: [u8; 32],
 }
 
+/// Bytes of the packed statement: commitment, k, rows, suppressed, limit, schema hash.
+pub(crate) const STATEMENT_BYTES: usize = 32 + 2 + 4 + 4 + 4 + 32;
+
 impl Statement {
-    /// `k | rows << 16 | suppressed << 48 | limit << 80`, the second public input.
-    pub fn params_element(&self) -> Fr {
-        let mut bytes = Vec::with_capacity(14);
-        bytes.extend_from_slice(&self.k.to_le_bytes());
-        bytes.extend_from_slice(&self.rows.to_le_bytes());
-        bytes.extend_from_slice(&self.suppressed.to_le_bytes());
-        bytes.extend_from_slice(&self.limit.to_le_bytes());
-        Fr::from_le_bytes_mod_order(&bytes)
+    /// The statement as the registry contract packs it
+    /// (`abi.encodePacked(commitment, k, rows, suppressed, limit, schemaHash)`:
+    /// big-endian, 78 bytes).
+    pub fn packed(&self) -> [u8; STATEMENT_BYTES] {
+        let mut out = [0u8; STATEMENT_BYTES];
+        let mut at = 0;
+        for part in [
+            &self.commitment.to_bytes()[..],
+            &self.k.to_be_bytes(),
+            &self.rows.to_be_bytes(),
+            &self.suppressed.to_be_bytes(),
+            &self.limit.to_be_bytes(),
+            &self.schema_hash,
+        ] {
+            out[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        out
     }
 
-    /// The third public input.
-    pub fn schema_element(&self) -> Fr {
-        schema_element(&self.schema_hash)
+    /// The one public input: SHA-256 of [`Statement::packed`] as a big-endian integer,
+    /// shifted right by 3 bits to be below the field's order (the registry computes the
+    /// same, so it needs no hash but the EVM's cheap SHA-256).
+    pub fn public_input(&self) -> Fr {
+        let digest = ring::digest::digest(&ring::digest::SHA256, &self.packed());
+        Fr::from_be_bytes_mod_order(&shift_right_3(digest.as_ref()))
     }
 
-    /// The public inputs, in the verifier's order.
-    pub fn public_inputs(&self) -> [Fr; 3] {
-        [
-            self.commitment.0,
-            self.params_element(),
-            self.schema_element(),
-        ]
+    /// The public input as the Solidity verifier's `uint256` (big-endian).
+    pub fn public_input_word(&self) -> [u8; 32] {
+        word(&self.public_input())
     }
+}
 
-    /// The public inputs as the Solidity verifier's `uint256`s (big-endian).
-    pub fn public_input_words(&self) -> [[u8; 32]; 3] {
-        self.public_inputs().map(|x| word(&x))
+/// A 32-byte big-endian integer shifted right by 3 bits.
+fn shift_right_3(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let mut carry = 0u8;
+    for (o, b) in out.iter_mut().zip(bytes) {
+        *o = (b >> 3) | carry;
+        carry = b << 5;
     }
+    out
 }
 
 /// What is needed to prove one table.
@@ -242,7 +260,7 @@ pub fn verify_with(
 ) -> Result<bool, ZkError> {
     Ok(Groth16::<Bn254>::verify(
         vk,
-        &statement.public_inputs(),
+        &[statement.public_input()],
         &proof.0,
     )?)
 }
