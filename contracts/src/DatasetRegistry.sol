@@ -64,7 +64,8 @@ contract DatasetRegistry {
     error InvalidProof();
     /// @notice The statement is malformed (`reason` says how).
     error InvalidListing(string reason);
-    /// @notice The institution already listed this commitment.
+    /// @notice The institution already listed this commitment (withdrawn or not: to list
+    ///         the table again, commit to it anew, with a fresh salt).
     error AlreadyListed(bytes32 id);
     /// @notice No such listing.
     error UnknownDataset(bytes32 id);
@@ -75,7 +76,7 @@ contract DatasetRegistry {
 
     /// @param sizes circuit sizes (rows), each with the verifier at the same index.
     constructor(NodeRegistry registry_, uint32[] memory sizes, IKAnonVerifier[] memory verifiers) {
-        if (sizes.length != verifiers.length) revert InvalidListing("sizes and verifiers differ in length");
+        require(sizes.length == verifiers.length, "sizes and verifiers differ in length");
         registry = registry_;
         for (uint256 i = 0; i < sizes.length; i++) {
             verifierOf[sizes[i]] = verifiers[i];
@@ -87,10 +88,13 @@ contract DatasetRegistry {
         return keccak256(abi.encode(institution, commitment));
     }
 
-    /// @notice The verifier's one public input for `s`: SHA-256 of the packed statement,
-    ///         shifted right by 3 bits to be a field element.
-    function publicInputs(Submission calldata s) public pure returns (uint256[1] memory input) {
-        input[0] = uint256(sha256(abi.encodePacked(s.commitment, s.k, s.rows, s.suppressed, s.limit, s.schemaHash))) >> 3;
+    /// @notice The verifier's one public input for `s` listed by `institution`: SHA-256
+    ///         of the packed statement, shifted right by 3 bits to be a field element.
+    ///         The lister is in it, so a proof cannot be listed by anyone else.
+    function publicInput(Submission calldata s, address institution) public pure returns (uint256[1] memory input) {
+        input[0] = uint256(
+            sha256(abi.encodePacked(s.commitment, s.k, s.rows, s.suppressed, s.limit, s.schemaHash, institution))
+        ) >> 3;
     }
 
     /// @notice Lists a dataset, if `proof` proves its statement. Returns its id.
@@ -106,7 +110,7 @@ contract DatasetRegistry {
         if (s.duo.length == 0) revert InvalidListing("no permitted use (DUO code)");
         id = datasetId(msg.sender, s.commitment);
         if (listings[id].institution != address(0)) revert AlreadyListed(id);
-        try verifier.verifyProof(proof, publicInputs(s)) {}
+        try verifier.verifyProof(proof, publicInput(s, msg.sender)) {}
         catch {
             revert InvalidProof();
         }

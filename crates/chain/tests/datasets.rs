@@ -131,6 +131,17 @@ async fn lists_only_proven_statements(backend: Backend) {
             "{bad:?}: {e:?}"
         );
     }
+    // Another registered institution cannot list the hospital's proof as its own.
+    chain
+        .approve_and_register(&chain.guardian, b"\x00\x24other", 8, "Other Hospital")
+        .await;
+    let e = revert(
+        datasets(&chain, &chain.guardian)
+            .list(good.clone(), *proof)
+            .call()
+            .await,
+    );
+    assert!(matches!(e, DatasetRegistryErrors::InvalidProof(_)), "{e:?}");
     // Only a registered institution lists.
     let e = revert(
         datasets(&chain, &chain.stranger)

@@ -120,21 +120,33 @@ impl Chain {
             stranger,
         };
         // Governance approves the hospital, which registers its node.
-        let registry = chain.registry(&chain.admin);
-        registry
-            .approveInstitution(chain.hospital.address())
-            .mined()
+        chain
+            .approve_and_register(&chain.hospital, b"\x00\x24peer", 7, "Test Hospital")
             .await;
         chain
-            .registry(&chain.hospital)
+    }
+
+    /// Governance approves `who` as an institution, which registers a node (`peer_id`,
+    /// a certificate fingerprint of `fingerprint_byte` repeated, `name`).
+    pub async fn approve_and_register(
+        &self,
+        who: &PrivateKeySigner,
+        peer_id: &[u8],
+        fingerprint_byte: u8,
+        name: &str,
+    ) {
+        self.registry(&self.admin)
+            .approveInstitution(who.address())
+            .mined()
+            .await;
+        self.registry(who)
             .registerNode(
-                b"\x00\x24peer".to_vec().into(),
-                B256::repeat_byte(7),
-                "Test Hospital".into(),
+                peer_id.to_vec().into(),
+                B256::repeat_byte(fingerprint_byte),
+                name.into(),
             )
             .mined()
             .await;
-        chain
     }
 
     /// A provider sending as `who`.

@@ -23,6 +23,11 @@ pub struct ProvenTable {
     pub proof: Proof,
 }
 
+/// The test chain's hospital (dev account 1, [`crate::chain::Chain::hospital`]).
+pub fn hospital() -> alloy::primitives::Address {
+    medmesh_chain::devchain::dev_signers()[1].address()
+}
+
 /// The proven table (the proving key is generated from its seed in a temporary
 /// directory: under a second for this circuit).
 pub fn proven_table() -> &'static ProvenTable {
@@ -67,6 +72,7 @@ pub fn proven_table() -> &'static ProvenTable {
             k: 5,
             limit: 2,
             salt: &salt,
+            institution: hospital().into_array(),
         };
         let (statement, proof) = medmesh_zk::prove(&key, Shape::ROWS_64, &request).unwrap();
         ProvenTable {

@@ -129,6 +129,7 @@ fn case(rows: usize) {
         k: 5,
         limit: (rows as f64 * 0.04) as u32,
         salt: &salt,
+        institution: [0x42; 20],
     };
     let shape = medmesh_zk::shape_for(&request).unwrap();
     let store =

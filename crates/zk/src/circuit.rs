@@ -7,24 +7,27 @@
 //! Poseidon would cost it tens of thousands of gas; in the circuit it is a fixed
 //! ~80 000 constraints.
 //!
-//! The prover's witness: the statement's bytes, the salt, every row's key as 6 bytes,
-//! the sensitive elements, and a class table of `C` slots (a key and its count above
-//! `k`, 6 + 3 bytes). The circuit checks:
-//! 0. the statement's bytes hash to the public input, and give the commitment `D`, `k`,
-//!    `rows ≤ N` and `suppressed ≤ limit`;
-//! 1. `D` is the sponge of the salt, the key bytes packed 31 per element and the
-//!    sensitive elements (the researcher's recomputation, in the circuit);
-//! 2. with `γ` the sponge of the public input, `D`, the class slots and the byte
-//!    multiplicities (all fixed before `γ` exists), every byte is in 0..=255 by one
-//!    log-derivative lookup;
-//! 3. by a second one, `Σ_rows 1/(γ − key_i) = m_0/γ + Σ_j m_j/(γ − class_j)`: the rows'
-//!    keys are exactly the class table's keys with its counts. `m_0 = N − rows +
-//!    suppressed` counts key 0 (padding and suppressed rows); a used slot has a non-zero
-//!    key and `m_j = k + d_j` with `d_j` three range-checked bytes, an unused one has
-//!    key 0 and `m_j = 0`. So every non-suppressed class has at least `k` rows.
+//! The prover's witness: the statement's bytes, the salt, every row's key, the
+//! sensitive elements, and a class table of `C` slots (a key and its count above `k`).
+//! The circuit checks:
+//! 0. the statement's bytes (boolean bits) hash to the public input, and give the
+//!    commitment `D`, `k`, `rows ≤ N` and `suppressed ≤ limit` (32-bit differences);
+//! 1. `D` is the sponge of the salt, `rows`, every row's key (one element each) and the
+//!    sensitive elements: the researcher's recomputation, in the circuit;
+//! 2. `γ` is the sponge of the public input, `D` and every slot's key and count, so
+//!    everything the prover chose is fixed before `γ` exists (a row's key through `D`);
+//! 3. `Σ_rows 1/(γ − key_i) = m_0/γ + Σ_j m_j/(γ − class_j)` (a log-derivative
+//!    multiplicity check): the rows' keys are exactly the class table's keys with its
+//!    counts. `m_0 = N − rows + suppressed` counts key 0 (padding and suppressed rows);
+//!    a used slot has a non-zero key and `m_j = k + d_j` with `d_j` 24 boolean bits, an
+//!    unused one has key 0 and `m_j = 0`. So every non-suppressed class has at least
+//!    `k` rows.
 //!
-//! Duplicate slots for one key only add counts that are each at least `k`, so distinct
-//! keys need no check.
+//! Every value the identity uses is bound individually before `γ`: a packed value (say,
+//! bytes summed into one element) would not be, since it can be re-split after `γ` is
+//! known unless its parts are range-checked by something that does not itself depend on
+//! `γ`. Ranges here are boolean bits. Duplicate slots for one key only add counts that
+//! are each at least `k`, so distinct keys need no check.
 
 use ark_bn254::Fr;
 use ark_ff::{Field, One, Zero};
@@ -33,7 +36,7 @@ use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystemRef, Synthesis
 use crate::encoding::{data_tag, tag, TAG_CHALLENGE};
 use crate::gadget::{Builder, Lc, SpongeVar};
 use crate::proof::STATEMENT_BYTES;
-use crate::shape::{BYTES_PER_ELEMENT, COUNT_BYTES, KEY_BYTES};
+use crate::shape::COUNT_BITS;
 use crate::{Shape, Statement};
 use ark_crypto_primitives::crh::sha256::constraints::Sha256Gadget;
 
@@ -100,7 +103,7 @@ impl KAnonCircuit {
                 return Err(SynthesisError::Unsatisfiable);
             }
         }
-        let mut b = Builder::new(cs);
+        let b = Builder::new(cs);
 
         // 0. The statement: its packed bytes hash to the public input, and give the
         //    commitment, k, rows, suppressed and limit (big-endian).
@@ -119,26 +122,25 @@ impl KAnonCircuit {
         let suppressed = field(38..42);
         let limit = field(42..46);
         let capacity = Lc::constant(Fr::from(shape.rows as u64));
-        // rows ≤ N and suppressed ≤ limit: the differences are 4 bytes each.
-        let room = b.bytes_of(st.map(|s| (shape.rows - s.rows.min(shape.rows)) as u64), 4)?;
-        b.enforce_equal(&Lc::from_le_bytes(&room), &capacity.sub(&rows))?;
-        let gap = b.bytes_of(st.map(|s| s.limit.saturating_sub(s.suppressed) as u64), 4)?;
-        b.enforce_equal(&Lc::from_le_bytes(&gap), &limit.sub(&suppressed))?;
+        // rows ≤ N and suppressed ≤ limit: the differences have 32 bits each.
+        let room = b.bits_of(st.map(|s| shape.rows.saturating_sub(s.rows) as u64), 32)?;
+        b.enforce_equal(&room, &capacity.sub(&rows))?;
+        let gap = b.bits_of(st.map(|s| s.limit.saturating_sub(s.suppressed) as u64), 32)?;
+        b.enforce_equal(&gap, &limit.sub(&suppressed))?;
         part("statement (SHA-256) and parameters", b.constraints());
 
-        // 1. The data commitment.
+        // 1. The data commitment: the salt, the row count, every row's key as an element
+        //    of its own (so the keys are fixed before the challenge, whatever their
+        //    values), the sensitive elements.
         let salt = b.witness(w.map(|w| w.salt))?;
-        let mut keys = Vec::with_capacity(shape.rows as usize);
-        let mut key_stream = Vec::with_capacity(shape.rows as usize * KEY_BYTES);
-        for i in 0..shape.rows as usize {
-            let bytes = b.bytes_of(w.map(|w| w.keys[i]), KEY_BYTES)?;
-            keys.push(Lc::from_le_bytes(&bytes));
-            key_stream.extend(bytes);
-        }
         let mut data = SpongeVar::new(data_tag(shape));
         data.absorb(&b, &salt)?;
-        for chunk in key_stream.chunks(BYTES_PER_ELEMENT) {
-            data.absorb(&b, &Lc::from_le_bytes(chunk))?;
+        data.absorb(&b, &rows)?;
+        let mut keys = Vec::with_capacity(shape.rows as usize);
+        for i in 0..shape.rows as usize {
+            let key = b.witness(w.map(|w| Fr::from(w.keys[i])))?;
+            data.absorb(&b, &key)?;
+            keys.push(key);
         }
         for i in 0..shape.sensitive_elements() {
             let element = b.witness(w.map(|w| w.sensitive[i]))?;
@@ -148,45 +150,24 @@ impl KAnonCircuit {
         b.enforce_equal(&computed, &commitment)?;
         part("data commitment (Poseidon sponge)", b.constraints());
 
-        // The class table.
-        let mut slots = Vec::with_capacity(shape.classes as usize);
-        let mut slot_stream = Vec::new();
-        for j in 0..shape.classes as usize {
-            let key_bytes = b.bytes_of(w.map(|w| w.classes[j].0), KEY_BYTES)?;
-            let count_bytes = b.bytes_of(w.map(|w| w.classes[j].1), COUNT_BYTES)?;
-            slots.push((
-                Lc::from_le_bytes(&key_bytes),
-                Lc::from_le_bytes(&count_bytes),
-            ));
-            slot_stream.extend(key_bytes);
-            slot_stream.extend(count_bytes);
-        }
-
-        // The byte lookup's multiplicities, the last values chosen before γ.
-        let counts = b.byte_multiplicities();
-        let multiplicities = (0..256)
-            .map(|v| b.witness(counts.map(|c| Fr::from(c[v]))))
-            .collect::<Result<Vec<_>, _>>()?;
-
-        // The challenge.
+        // 2. The class table, and the challenge over everything the prover chose: each
+        //    slot's key and its count above k (24 boolean bits: a range check that needs
+        //    no challenge) are elements of their own in the transcript.
         let mut transcript = SpongeVar::new(tag(TAG_CHALLENGE, shape));
-        for x in [&statement, &commitment] {
-            transcript.absorb(&b, x)?;
-        }
-        for chunk in slot_stream.chunks(BYTES_PER_ELEMENT) {
-            transcript.absorb(&b, &Lc::from_le_bytes(chunk))?;
-        }
-        for m in &multiplicities {
-            transcript.absorb(&b, m)?;
+        transcript.absorb(&b, &statement)?;
+        transcript.absorb(&b, &commitment)?;
+        let mut slots = Vec::with_capacity(shape.classes as usize);
+        for j in 0..shape.classes as usize {
+            let key = b.witness(w.map(|w| Fr::from(w.classes[j].0)))?;
+            let above_k = b.bits_of(w.map(|w| w.classes[j].1), COUNT_BITS)?;
+            transcript.absorb(&b, &key)?;
+            transcript.absorb(&b, &above_k)?;
+            slots.push((key, above_k));
         }
         let gamma = transcript.finish(&b)?;
-        part("challenge (class table, byte counts)", b.constraints());
+        part("challenge (class table)", b.constraints());
 
-        // 3. Every byte is a byte.
-        b.check_bytes(&gamma, &multiplicities)?;
-        part("byte range checks (lookup)", b.constraints());
-
-        // 4. The rows' keys are the class table's, each class at least k rows.
+        // 3. The rows' keys are the class table's, each class at least k rows.
         let one = Lc::constant(Fr::one());
         let row_side = keys
             .iter()
@@ -270,6 +251,7 @@ mod tests {
             k,
             limit: 3,
             salt: &salt,
+            institution: [0x11; 20],
         };
         request.witness(Some(Shape::ROWS_64)).unwrap().1
     }
@@ -321,6 +303,7 @@ mod tests {
             k: 8,
             limit: 3,
             salt: &salt,
+            institution: [0x11; 20],
         }
         .witness(Some(Shape::ROWS_64));
         assert!(matches!(
@@ -335,6 +318,13 @@ mod tests {
             slot.1 = 0;
         }
         assert!(!satisfied(forced));
+        // Nor as 7 = 8 + (−1): the count above k has 24 boolean bits, so −1 is not one.
+        let mut negative = witness(7);
+        negative.statement.k = 8;
+        for slot in negative.classes.iter_mut().filter(|(key, _)| *key != 0) {
+            slot.1 = u64::MAX;
+        }
+        assert!(!satisfied(negative));
     }
 
     #[test]
@@ -345,6 +335,16 @@ mod tests {
         let mut more_rows = witness(5);
         more_rows.statement.rows += 1;
         assert!(!satisfied(more_rows));
+        // Suppressed rows passed off as padding (rows and suppressed both 2 lower, which
+        // leaves the count of key-0 rows unchanged): the row count is in the commitment.
+        let mut fewer_rows = witness(5);
+        fewer_rows.statement.rows -= 2;
+        fewer_rows.statement.suppressed -= 2;
+        assert!(!satisfied(fewer_rows));
+        // More suppressed than the limit, consistently claimed.
+        let mut over = witness(5);
+        over.statement.limit = 1;
+        assert!(!satisfied(over));
     }
 
     #[test]

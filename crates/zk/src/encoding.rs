@@ -2,18 +2,18 @@
 //!
 //! Every quasi-identifier column gets codes `1..=d` for its distinct values sorted
 //! byte-wise, with `*` (suppressed or fully generalized) coded 0; a row's key packs its
-//! columns' codes into 48 bits, so a row whose every quasi-identifier is `*` has key 0
+//! columns' codes into 64 bits, so a row whose every quasi-identifier is `*` has key 0
 //! and counts as suppressed. Sensitive columns get codes `0..d` the same way, packed into
 //! 32 bits. The codes depend on the table alone, so a researcher who decrypts the table
 //! recomputes them, and the commitment, without anything else.
 //!
 //! The commitment is the Poseidon sponge ([`crate::poseidon::sponge`]) of a random salt
 //! (so that guessing the table cannot be confirmed against the public commitment), the
-//! rows' keys (6 bytes per row, padded with zero rows to the shape, 31 bytes per field
-//! element) and their sensitive codes (4 bytes per row, likewise), under a tag naming the
-//! shape. A sponge rather than a Merkle tree: nobody opens single rows, the table is
-//! recomputed whole, and a sponge absorbs 12 elements per permutation where a binary
-//! tree hashes 2.
+//! row count, every row's key as a field element of its own (padded with zero rows to
+//! the shape), and the rows' sensitive codes (4 bytes per row, 31 bytes per element),
+//! under a tag naming the shape. A sponge rather than a Merkle tree: nobody opens single
+//! rows, the table is recomputed whole, and a sponge absorbs 12 elements per permutation
+//! where a binary tree hashes 2.
 
 use std::collections::BTreeMap;
 
@@ -24,7 +24,7 @@ use medmesh_anon::{Table, TOP};
 use serde::{Deserialize, Serialize};
 
 use crate::poseidon;
-use crate::shape::{BYTES_PER_ELEMENT, KEY_BYTES, SENSITIVE_BYTES};
+use crate::shape::{BYTES_PER_ELEMENT, KEY_BITS, SENSITIVE_BYTES};
 use crate::{Shape, ZkError};
 
 /// Domain tag of the data commitment.
@@ -118,17 +118,19 @@ impl EncodedTable {
         for c in schema.with_role(Role::QuasiIdentifier) {
             let (codes, bits) = column_codes(table, c, true);
             key_detail.push(format!("{}: {bits}", schema.columns[c].name));
-            if key_bits + bits <= 64 {
+            // A 0-bit column (all `*`) adds nothing; past the limit nothing is packed
+            // (the error below says so).
+            if bits > 0 && key_bits + bits <= KEY_BITS {
                 for (key, code) in keys.iter_mut().zip(codes) {
                     *key |= (code as u64) << key_bits;
                 }
             }
             key_bits += bits;
         }
-        if key_bits > (KEY_BYTES * 8) as u32 {
+        if key_bits > KEY_BITS {
             return Err(ZkError::KeyTooWide {
                 bits: key_bits,
-                max: (KEY_BYTES * 8) as u32,
+                max: KEY_BITS,
                 detail: key_detail.join(", "),
             });
         }
@@ -137,7 +139,7 @@ impl EncodedTable {
         for c in schema.with_role(Role::Sensitive) {
             let (codes, bits) = column_codes(table, c, false);
             sensitive_detail.push(format!("{}: {bits}", schema.columns[c].name));
-            if sensitive_bits + bits <= 32 {
+            if bits > 0 && sensitive_bits + bits <= (SENSITIVE_BYTES * 8) as u32 {
                 for (s, code) in sensitive.iter_mut().zip(codes) {
                     *s |= code << sensitive_bits;
                 }
@@ -178,13 +180,11 @@ impl EncodedTable {
         (classes, suppressed)
     }
 
-    /// The key elements of the commitment, padded to `shape`.
-    pub(crate) fn key_elements(&self, shape: Shape) -> Vec<Fr> {
-        let bytes = self
-            .keys
-            .iter()
-            .flat_map(|k| k.to_le_bytes()[..KEY_BYTES].to_vec());
-        pack(bytes, shape.key_elements())
+    /// The keys, padded with 0 to `shape`.
+    pub(crate) fn padded_keys(&self, shape: Shape) -> Vec<u64> {
+        let mut keys = self.keys.clone();
+        keys.resize(shape.rows as usize, 0);
+        keys
     }
 
     /// The sensitive elements of the commitment, padded to `shape`.
@@ -195,8 +195,9 @@ impl EncodedTable {
 
     /// The commitment to this table, padded to `shape`, with `salt`.
     pub fn commitment(&self, shape: Shape, salt: &Salt) -> Commitment {
-        let elements = std::iter::once(salt.element())
-            .chain(self.key_elements(shape))
+        let elements = [salt.element(), Fr::from(self.len() as u64)]
+            .into_iter()
+            .chain(self.padded_keys(shape).into_iter().map(Fr::from))
             .chain(self.sensitive_elements(shape));
         Commitment(poseidon::sponge(tag(TAG_DATA, shape), elements))
     }

@@ -77,6 +77,17 @@ pub enum ZkError {
     /// `k` out of range.
     #[error("k = {0} is not a k-anonymity level to prove (2 to 65 535)")]
     BadK(u64),
+    /// A decrypted table is not the one a listing is about.
+    #[error("the table is not the listed one: {0}")]
+    TableMismatch(String),
+    /// A statement no listing can have.
+    #[error("not a statement to prove or verify: {0}")]
+    BadStatement(String),
+    /// The proof just made does not verify under its own key.
+    #[error(
+        "the proof made with the {0} circuit's proving key does not verify: the key file is          damaged; delete it (it is generated again from the seed)"
+    )]
+    ProofRejected(Shape),
     /// Constraint synthesis or proving failed.
     #[error("proving failed: {0}")]
     Synthesis(#[source] SynthesisError),

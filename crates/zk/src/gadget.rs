@@ -1,7 +1,7 @@
 //! The circuit's building blocks over raw rank-1 constraints: linear combinations that
 //! carry their value ([`Lc`]), a [`Builder`] that allocates and constrains, Poseidon's
 //! permutation and sponge ([`SpongeVar`], the twin of [`crate::poseidon::sponge`]), and
-//! byte range checks collected for one log-derivative lookup ([`Builder::byte`]).
+//! range checks by boolean bits ([`Builder::bits_of`]).
 //!
 //! Values are `None` while the keys are generated (setup synthesizes the shape only).
 
@@ -140,24 +140,16 @@ impl Lc {
     }
 }
 
-/// Allocates variables and enforces constraints; collects the bytes to range-check.
+/// Allocates variables and enforces constraints.
 pub(crate) struct Builder {
     cs: ConstraintSystemRef<Fr>,
-    proving: bool,
-    /// Every byte allocated so far, with its value, for [`Builder::check_bytes`].
-    bytes: Vec<Lc>,
 }
 
 type Result<T> = std::result::Result<T, SynthesisError>;
 
 impl Builder {
     pub fn new(cs: ConstraintSystemRef<Fr>) -> Self {
-        let proving = !cs.is_in_setup_mode();
-        Builder {
-            cs,
-            proving,
-            bytes: Vec::new(),
-        }
+        Builder { cs }
     }
 
     /// Constraints so far.
@@ -219,50 +211,21 @@ impl Builder {
         UInt8::new_witness_vec(self.cs.clone(), &values)
     }
 
-    /// A byte the prover chooses, range-checked by [`Builder::check_bytes`].
-    pub fn byte(&mut self, value: Option<u8>) -> Result<Lc> {
-        let b = self.witness(value.map(Fr::from))?;
-        self.bytes.push(b.clone());
-        Ok(b)
-    }
-
-    /// `n` little-endian bytes of `value` (which must fit), each range-checked.
-    pub fn bytes_of(&mut self, value: Option<u64>, n: usize) -> Result<Vec<Lc>> {
-        (0..n)
-            .map(|i| self.byte(value.map(|v| (v >> (8 * i)) as u8)))
-            .collect()
-    }
-
-    /// How often each byte value occurs among the allocated bytes (the lookup's
-    /// multiplicities, committed before the challenge).
-    pub fn byte_multiplicities(&self) -> Option<[u64; 256]> {
-        self.proving.then(|| {
-            let mut counts = [0u64; 256];
-            for b in &self.bytes {
-                let v = b.value.expect("values present when proving");
-                let small = v.into_bigint_u64().expect("a byte");
-                counts[small as usize] += 1;
-            }
-            counts
-        })
-    }
-
-    /// The log-derivative lookup of every allocated byte in the table 0..=255:
-    /// `Σ_b 1/(γ − b) = Σ_v m_v/(γ − v)`, with `multiplicities` committed before `γ`
-    /// was drawn. One constraint per byte and per table entry.
-    pub fn check_bytes(&self, gamma: &Lc, multiplicities: &[Lc]) -> Result<()> {
+    /// A value the prover chooses, of `n` bits: `n` boolean variables (one constraint
+    /// each) and their sum. When proving, a value that does not fit keeps its low bits
+    /// (and then fails the constraints that use it).
+    pub fn bits_of(&self, value: Option<u64>, n: usize) -> Result<Lc> {
         let one = Lc::constant(Fr::one());
-        let lookups = self
-            .bytes
-            .iter()
-            .map(|b| self.quotient(&one, &gamma.sub(b)))
-            .collect::<Result<Vec<_>>>()?;
-        let table = multiplicities
-            .iter()
-            .enumerate()
-            .map(|(v, m)| self.quotient(m, &gamma.add_constant(-Fr::from(v as u64))))
-            .collect::<Result<Vec<_>>>()?;
-        self.enforce_equal(&Lc::sum(&lookups), &Lc::sum(&table))
+        let zero = Lc::constant(Fr::zero());
+        let mut bits = Vec::with_capacity(n);
+        let mut weight = Fr::one();
+        for i in 0..n {
+            let bit = self.witness(value.map(|v| Fr::from((v >> i) & 1)))?;
+            self.enforce_product(&bit, &one.sub(&bit), &zero)?;
+            bits.push(bit.scale(weight));
+            weight += weight;
+        }
+        Ok(Lc::sum(&bits))
     }
 
     /// x⁵ in three constraints.
@@ -457,19 +420,5 @@ impl SpongeVar {
         }
         let [_, out, ..] = self.state;
         Ok(out)
-    }
-}
-
-/// A field element's value as a `u64`, when it is one.
-trait SmallValue {
-    fn into_bigint_u64(self) -> Option<u64>;
-}
-
-impl SmallValue for Fr {
-    fn into_bigint_u64(self) -> Option<u64> {
-        use ark_ff::{BigInteger, PrimeField};
-        let big = self.into_bigint();
-        let limbs = big.as_ref();
-        (limbs[1..].iter().all(|l| *l == 0) && big.num_bits() <= 64).then_some(limbs[0])
     }
 }

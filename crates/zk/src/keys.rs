@@ -73,8 +73,13 @@ pub fn verifying_key_bytes(vk: &VerifyingKey<Bn254>) -> Vec<u8> {
 /// against the published verifying keys.
 pub struct KeyStore {
     dir: PathBuf,
-    loaded: Mutex<HashMap<Shape, Arc<ProvingKey<Bn254>>>>,
+    /// Per shape, the key once loaded; its lock is held while a key is read or
+    /// generated, so one process does that once per shape.
+    loaded: Mutex<HashMap<Shape, Arc<KeySlot>>>,
 }
+
+/// One shape's key, once loaded.
+type KeySlot = Mutex<Option<Arc<ProvingKey<Bn254>>>>;
 
 impl KeyStore {
     /// Keys under `dir` (created when a key is first written).
@@ -92,7 +97,15 @@ impl KeyStore {
 
     /// `shape`'s proving key: from memory, from disk, or generated (and written).
     pub fn proving_key(&self, shape: Shape) -> Result<Arc<ProvingKey<Bn254>>, ZkError> {
-        if let Some(key) = self.loaded.lock().expect("key cache").get(&shape) {
+        let slot = self
+            .loaded
+            .lock()
+            .expect("key cache")
+            .entry(shape)
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(key) = slot.as_ref() {
             return Ok(key.clone());
         }
         let published = published_verifying_key(shape)?;
@@ -103,7 +116,7 @@ impl KeyStore {
                 if let Err(e) = found {
                     tracing::debug!(path = %path.display(), error = %e, "no usable proving key");
                 }
-                tracing::info!(%shape, "generating the proving key from the published seed (once; minutes for the largest circuits)");
+                tracing::info!(%shape, "generating the proving key from the published seed (once; about a minute for the largest circuit)");
                 let key = setup(shape)?;
                 if key.vk != published {
                     return Err(ZkError::KeyMismatch(shape));
@@ -113,10 +126,7 @@ impl KeyStore {
             }
         };
         let key = Arc::new(key);
-        self.loaded
-            .lock()
-            .expect("key cache")
-            .insert(shape, key.clone());
+        *slot = Some(key.clone());
         Ok(key)
     }
 }
@@ -140,25 +150,30 @@ fn read_key(path: &Path) -> Result<ProvingKey<Bn254>, ZkError> {
     )
 }
 
+/// Writes `key` to `path` through a temporary file of its own in the same directory
+/// (renamed into place once synced): a reader never sees half a key, and processes
+/// writing at once do not truncate each other's.
 fn write_key(path: &Path, key: &ProvingKey<Bn254>) -> Result<(), ZkError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io_error(dir))?;
-    let partial = path.with_extension(format!("pk.partial-{}", std::process::id()));
-    let file = std::fs::File::create(&partial).map_err(io_error(&partial))?;
-    let mut writer = BufWriter::new(file);
+    let partial = tempfile::Builder::new()
+        .prefix(".kanon-partial-")
+        .tempfile_in(dir)
+        .map_err(io_error(dir))?;
+    let mut writer = BufWriter::new(partial.as_file());
     key.serialize_with_mode(&mut writer, Compress::No)
         .map_err(|source| ZkError::Decode {
             what: "proving key",
             source,
         })?;
-    writer.flush().map_err(io_error(&partial))?;
-    writer
-        .into_inner()
-        .map_err(|e| ZkError::Io {
-            path: partial.clone(),
-            source: e.into_error(),
-        })?
+    writer.flush().map_err(io_error(partial.path()))?;
+    drop(writer);
+    partial
+        .as_file()
         .sync_all()
-        .map_err(io_error(&partial))?;
-    std::fs::rename(&partial, path).map_err(io_error(path))
+        .map_err(io_error(partial.path()))?;
+    partial.persist(path).map(|_| ()).map_err(|e| ZkError::Io {
+        path: path.to_owned(),
+        source: e.error,
+    })
 }

@@ -25,5 +25,7 @@ pub use circuit::constraint_profile;
 pub use encoding::{Commitment, EncodedTable, Salt, Schema, SchemaColumn};
 pub use error::ZkError;
 pub use keys::KeyStore;
-pub use proof::{prove, shape_for, verify, verify_with, Proof, ProofRequest, Statement};
-pub use shape::{Shape, KEY_BYTES, SENSITIVE_BYTES};
+pub use proof::{
+    check_table, prove, shape_for, verify, verify_with, Proof, ProofRequest, Statement,
+};
+pub use shape::{Shape, KEY_BITS, SENSITIVE_BYTES};

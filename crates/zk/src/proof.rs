@@ -12,13 +12,12 @@ use serde::{Deserialize, Serialize};
 use crate::circuit::{KAnonCircuit, Witness};
 use crate::encoding::{Commitment, EncodedTable, Salt, Schema};
 use crate::keys::published_verifying_key;
-use crate::shape::SENSITIVE_BYTES;
 use crate::{Shape, ZkError};
 
 /// What a proof proves: the table committed to by `commitment` (padded to `shape`) has
 /// `rows` rows, `suppressed` of them with every quasi-identifier `*` (at most `limit`),
 /// and every other row's quasi-identifier tuple occurs at least `k` times; its columns
-/// are the schema hashed in `schema_hash`.
+/// are the schema hashed in `schema_hash`; `institution` lists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Statement {
     /// The circuit.
@@ -36,15 +35,19 @@ pub struct Statement {
     /// SHA-256 of the schema.
     #[serde(with = "hex::serde")]
     pub schema_hash: [u8; 32],
+    /// The account that lists the dataset: part of the statement, so that nobody else
+    /// can list the proof as theirs.
+    #[serde(with = "hex::serde")]
+    pub institution: [u8; 20],
 }
 
-/// Bytes of the packed statement: commitment, k, rows, suppressed, limit, schema hash.
-pub(crate) const STATEMENT_BYTES: usize = 32 + 2 + 4 + 4 + 4 + 32;
+/// Bytes of the packed statement: commitment, k, rows, suppressed, limit, schema hash,
+/// institution.
+pub(crate) const STATEMENT_BYTES: usize = 32 + 2 + 4 + 4 + 4 + 32 + 20;
 
 impl Statement {
-    /// The statement as the registry contract packs it
-    /// (`abi.encodePacked(commitment, k, rows, suppressed, limit, schemaHash)`:
-    /// big-endian, 78 bytes).
+    /// The statement as the registry contract packs it (`abi.encodePacked(commitment,
+    /// k, rows, suppressed, limit, schemaHash, msg.sender)`: big-endian, 98 bytes).
     pub fn packed(&self) -> [u8; STATEMENT_BYTES] {
         let mut out = [0u8; STATEMENT_BYTES];
         let mut at = 0;
@@ -55,6 +58,7 @@ impl Statement {
             &self.suppressed.to_be_bytes(),
             &self.limit.to_be_bytes(),
             &self.schema_hash,
+            &self.institution,
         ] {
             out[at..at + part.len()].copy_from_slice(part);
             at += part.len();
@@ -73,6 +77,21 @@ impl Statement {
     /// The public input as the Solidity verifier's `uint256` (big-endian).
     pub fn public_input_word(&self) -> [u8; 32] {
         word(&self.public_input())
+    }
+
+    /// What the registry contract requires of any statement besides its proof.
+    pub fn check(&self) -> Result<(), ZkError> {
+        let refuse = |reason: &str| Err(ZkError::BadStatement(reason.to_string()));
+        if self.k < 2 {
+            return refuse("k below 2");
+        }
+        if self.rows == 0 || self.rows > self.shape.rows {
+            return refuse("rows not within the circuit's size");
+        }
+        if self.suppressed > self.limit {
+            return refuse("more rows suppressed than the limit");
+        }
+        Ok(())
     }
 }
 
@@ -99,6 +118,8 @@ pub struct ProofRequest<'a> {
     pub limit: u32,
     /// The commitment's salt.
     pub salt: &'a Salt,
+    /// The account that will list it.
+    pub institution: [u8; 20],
 }
 
 impl ProofRequest<'_> {
@@ -111,6 +132,9 @@ impl ProofRequest<'_> {
         }
         let (classes, suppressed) = self.table.classes();
         let rows = self.table.len();
+        if rows == 0 {
+            return Err(ZkError::BadStatement("the table has no row".into()));
+        }
         let shape = match shape {
             Some(s) if rows <= s.rows as usize && classes.len() <= s.classes as usize => s,
             Some(s) => {
@@ -147,15 +171,14 @@ impl ProofRequest<'_> {
             suppressed: suppressed as u32,
             limit: self.limit,
             schema_hash: self.schema.hash(),
+            institution: self.institution,
         };
-        let mut keys = self.table.keys.clone();
-        keys.resize(shape.rows as usize, 0);
+        let keys = self.table.padded_keys(shape);
         let mut slots: Vec<(u64, u64)> = classes
             .into_iter()
             .map(|(key, count)| (key, count - self.k as u64))
             .collect();
         slots.resize(shape.classes as usize, (0, 0));
-        debug_assert_eq!(SENSITIVE_BYTES, 4);
         let witness = Witness {
             statement,
             salt: self.salt.element(),
@@ -165,6 +188,47 @@ impl ProofRequest<'_> {
         };
         Ok((statement, witness))
     }
+}
+
+/// Whether `table` (decrypted by a researcher who was granted it) is the table
+/// `statement` is about, under `schema` and `salt`: the schema's hash, the row count,
+/// the suppressed rows, the commitment, and — natively, though the proof already says
+/// so — every class at least `k` rows. An error says which differs.
+pub fn check_table(
+    statement: &Statement,
+    table: &medmesh_anon::Table,
+    schema: &Schema,
+    salt: &Salt,
+) -> Result<(), ZkError> {
+    let differs = |what: String| Err(ZkError::TableMismatch(what));
+    if schema.hash() != statement.schema_hash {
+        return differs("the schema's hash is not the listed one".into());
+    }
+    let encoded = EncodedTable::new(table, schema)?;
+    if encoded.len() != statement.rows as usize {
+        return differs(format!(
+            "the table has {} rows, the listing {}",
+            encoded.len(),
+            statement.rows
+        ));
+    }
+    let (classes, suppressed) = encoded.classes();
+    if suppressed != statement.suppressed as u64 {
+        return differs(format!(
+            "the table has {suppressed} suppressed rows, the listing {}",
+            statement.suppressed
+        ));
+    }
+    if let Some(smallest) = classes.values().min().filter(|n| **n < statement.k as u64) {
+        return differs(format!(
+            "a class has {smallest} rows, below the listing's k = {}",
+            statement.k
+        ));
+    }
+    if encoded.commitment(statement.shape, salt) != statement.commitment {
+        return differs("the table's commitment is not the listed one".into());
+    }
+    Ok(())
 }
 
 /// A Groth16 proof (BN254).
@@ -236,8 +300,13 @@ pub fn prove(
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
         .expect("the system's randomness");
     let mut rng = rand_chacha::ChaCha20Rng::from_seed(seed);
-    let proof = Groth16::<Bn254>::prove(key, circuit, &mut rng)?;
-    Ok((statement, Proof(proof)))
+    let proof = Proof(Groth16::<Bn254>::prove(key, circuit, &mut rng)?);
+    // A damaged proving key (keys are read unchecked, for speed) makes proofs that do
+    // not verify: found here in milliseconds rather than by a reverted listing.
+    if !verify_with(&key.vk, &statement, &proof)? {
+        return Err(ZkError::ProofRejected(shape));
+    }
+    Ok((statement, proof))
 }
 
 /// The shape `request` would be proven in (the smallest that holds it), after the same
@@ -247,7 +316,9 @@ pub fn shape_for(request: &ProofRequest<'_>) -> Result<Shape, ZkError> {
 }
 
 /// Whether `proof` proves `statement`, under the published verifying key of its shape.
+/// A statement the registry would refuse anyway is an error.
 pub fn verify(statement: &Statement, proof: &Proof) -> Result<bool, ZkError> {
+    statement.check()?;
     let vk = published_verifying_key(statement.shape)?;
     verify_with(&vk, statement, proof)
 }

@@ -3,15 +3,16 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Bytes of a row's quasi-identifier key (48 bits: the generalized codes of all
-/// quasi-identifiers, packed).
-pub const KEY_BYTES: usize = 6;
+/// Bits of a row's quasi-identifier key (the generalized codes of all
+/// quasi-identifiers, packed; the circuit takes the key as a field element, so this is
+/// the encoding's limit, not the circuit's).
+pub const KEY_BITS: u32 = 64;
 /// Bytes per row for the sensitive columns' codes (32 bits, packed).
 pub const SENSITIVE_BYTES: usize = 4;
 /// Bytes packed into one field element (248 bits, below BN254's 254-bit modulus).
 pub const BYTES_PER_ELEMENT: usize = 31;
-/// Bytes of a class's count above `k` (up to 2²⁴ − 1).
-pub(crate) const COUNT_BYTES: usize = 3;
+/// Bits of a class's count above `k` (up to 2²⁴ − 1).
+pub(crate) const COUNT_BITS: usize = 24;
 
 /// One circuit size: how many rows it holds and how many equivalence classes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -26,12 +27,13 @@ pub struct Shape {
 impl Shape {
     /// 64 rows, 16 classes: tests and demonstrations.
     pub const ROWS_64: Shape = Shape::new(64, 16);
-    /// 4 096 rows, 1 024 classes.
-    pub const ROWS_4K: Shape = Shape::new(4096, 1024);
-    /// 16 384 rows, 4 096 classes.
-    pub const ROWS_16K: Shape = Shape::new(16384, 4096);
-    /// 32 768 rows, 8 192 classes (ARX's Adult table, 30 162 rows, fits).
-    pub const ROWS_32K: Shape = Shape::new(32768, 8192);
+    /// 4 096 rows, 256 classes.
+    pub const ROWS_4K: Shape = Shape::new(4096, 256);
+    /// 16 384 rows, 1 024 classes.
+    pub const ROWS_16K: Shape = Shape::new(16384, 1024);
+    /// 32 768 rows, 2 048 classes (ARX's Adult table, 30 162 rows, fits: at k = 5 its
+    /// release has 1 046 classes).
+    pub const ROWS_32K: Shape = Shape::new(32768, 2048);
     /// Every shape with published keys, smallest first.
     pub const ALL: [Shape; 4] = [
         Shape::ROWS_64,
@@ -54,11 +56,6 @@ impl Shape {
     /// The published shape of `rows` rows.
     pub fn with_rows(rows: u32) -> Option<Shape> {
         Shape::ALL.into_iter().find(|s| s.rows == rows)
-    }
-
-    /// Field elements holding the rows' keys.
-    pub(crate) fn key_elements(&self) -> usize {
-        (self.rows as usize * KEY_BYTES).div_ceil(BYTES_PER_ELEMENT)
     }
 
     /// Field elements holding the rows' sensitive codes.

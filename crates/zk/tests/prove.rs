@@ -6,8 +6,8 @@ use medmesh_anon::policy::Role;
 use medmesh_anon::Table;
 use medmesh_zk::keys::{published_verifying_key, setup};
 use medmesh_zk::{
-    prove, verify, Commitment, EncodedTable, KeyStore, Proof, ProofRequest, Salt, Schema,
-    SchemaColumn, Shape, Statement, ZkError,
+    check_table, prove, verify, Commitment, EncodedTable, KeyStore, Proof, ProofRequest, Salt,
+    Schema, SchemaColumn, Shape, Statement, ZkError,
 };
 
 fn schema(columns: &[(&str, Role)]) -> Schema {
@@ -38,6 +38,9 @@ fn table(classes: &[(&str, &str, usize)], suppressed: usize) -> Table {
     t
 }
 
+/// The account listing the test tables.
+const INSTITUTION: [u8; 20] = [0x42; 20];
+
 fn standard_schema() -> Schema {
     schema(&[
         ("zip3", Role::QuasiIdentifier),
@@ -67,6 +70,7 @@ fn prove_table(
         k,
         limit,
         salt,
+        institution: INSTITUTION,
     };
     let (statement, proof) = prove(&key, Shape::ROWS_64, &request)?;
     Ok(Proven { statement, proof })
@@ -198,6 +202,10 @@ fn the_prover_refuses_what_is_not_k_anonymous_or_over_the_limit() {
         prove_table(&store, &table(&[("021", "30-39", 5)], 0), 1, 0, &salt),
         Err(ZkError::BadK(1))
     ));
+    assert!(matches!(
+        prove_table(&store, &table(&[], 0), 5, 0, &salt),
+        Err(ZkError::BadStatement(_))
+    ));
 }
 
 #[test]
@@ -237,6 +245,51 @@ fn a_researcher_recomputes_the_commitment_from_the_released_csv() {
             .unwrap()
             .commitment(Shape::ROWS_4K, &salt)
     );
+    // check_table says what differs.
+    let statement = Statement {
+        shape: Shape::ROWS_4K,
+        commitment: committed,
+        k: 5,
+        rows: 13,
+        suppressed: 1,
+        limit: 1,
+        schema_hash: schema.hash(),
+        institution: INSTITUTION,
+    };
+    check_table(&statement, &read, &schema, &salt).unwrap();
+    for (wrong, expected) in [
+        (
+            Statement {
+                rows: 12,
+                ..statement
+            },
+            "rows",
+        ),
+        (
+            Statement {
+                suppressed: 0,
+                ..statement
+            },
+            "suppressed",
+        ),
+        (Statement { k: 6, ..statement }, "below the listing's k"),
+        (
+            Statement {
+                schema_hash: [0; 32],
+                ..statement
+            },
+            "schema",
+        ),
+    ] {
+        match check_table(&wrong, &read, &schema, &salt) {
+            Err(ZkError::TableMismatch(why)) => assert!(why.contains(expected), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    match check_table(&statement, &changed, &schema, &salt) {
+        Err(ZkError::TableMismatch(why)) => assert!(why.contains("commitment"), "{why}"),
+        other => panic!("{other:?}"),
+    }
     // Commitments print and parse as 32 bytes of hex.
     let text = committed.to_string();
     assert_eq!(text.parse::<Commitment>().unwrap(), committed);
@@ -264,11 +317,11 @@ fn schemas_with_identifiers_or_too_many_codes_are_refused() {
         EncodedTable::new(&t, &misnamed),
         Err(ZkError::Schema(_))
     ));
-    // Five columns of 2 000 values need 55 bits; a key holds 48.
-    let names = ["a", "b", "c", "d", "e"];
+    // Six columns of 2 000 values need 66 bits; a key holds 64.
+    let names = ["a", "b", "c", "d", "e", "f"];
     let mut wide = Table::with_columns(&names).unwrap();
     for i in 0..4000u32 {
-        let row: Vec<String> = (0..5)
+        let row: Vec<String> = (0..6)
             .map(|c| ((i * 7 + c * 13) % 2000).to_string())
             .collect();
         wide.push_row(&row).unwrap();
@@ -276,10 +329,24 @@ fn schemas_with_identifiers_or_too_many_codes_are_refused() {
     let wide_schema = schema(&names.map(|n| (n, Role::QuasiIdentifier)));
     match EncodedTable::new(&wide, &wide_schema) {
         Err(ZkError::KeyTooWide {
-            bits: 55, max: 48, ..
+            bits: 66, max: 64, ..
         }) => {}
         other => panic!("{:?}", other.err()),
     }
+    // A column that is all `*` after full generalization needs no bits (and is no
+    // overflow after a full key).
+    let mut starred = Table::with_columns(&["a", "b"]).unwrap();
+    for i in 0..10 {
+        starred
+            .push_row(&[format!("{}", i % 2), "*".to_string()])
+            .unwrap();
+    }
+    let encoded = EncodedTable::new(
+        &starred,
+        &schema(&[("a", Role::QuasiIdentifier), ("b", Role::QuasiIdentifier)]),
+    )
+    .unwrap();
+    assert_eq!(encoded.classes().0.len(), 2);
 }
 
 #[test]
@@ -301,4 +368,34 @@ fn solidity_words_are_the_eip197_order() {
     for (word, expected) in words.iter().zip(expected) {
         assert_eq!(*word, expected.to_be_bytes::<32>());
     }
+}
+
+#[test]
+fn a_damaged_key_file_is_replaced_and_concurrent_first_uses_generate_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = KeyStore::new(dir.path()).path(Shape::ROWS_64);
+    std::fs::write(&path, b"not a proving key").unwrap();
+    let store = std::sync::Arc::new(KeyStore::new(dir.path()));
+    let handles: Vec<_> = (0..3)
+        .map(|_| {
+            let store = store.clone();
+            std::thread::spawn(move || store.proving_key(Shape::ROWS_64).unwrap())
+        })
+        .collect();
+    let keys: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(keys
+        .windows(2)
+        .all(|w| std::sync::Arc::ptr_eq(&w[0], &w[1])));
+    assert_eq!(keys[0].vk, published_verifying_key(Shape::ROWS_64).unwrap());
+    // The file now holds the key (read back by a fresh store), and no partial file is
+    // left beside it.
+    let reread = KeyStore::new(dir.path())
+        .proving_key(Shape::ROWS_64)
+        .unwrap();
+    assert_eq!(reread.vk, keys[0].vk);
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["kanon-64.pk"]);
 }
