@@ -1,7 +1,7 @@
 //! The k-anonymity circuit.
 //!
 //! One public input: SHA-256 of the packed statement (commitment, k, rows, suppressed,
-//! limit, schema hash; [`Statement::packed`]) shifted right by 3 bits. One input
+//! limit, schema hash, institution; [`Statement::packed`]) shifted right by 3 bits. One input
 //! rather than three saves the verifier two scalar multiplications (~12 700 gas), and
 //! SHA-256 is what the registry contract can recompute cheaply (a precompile), where
 //! Poseidon would cost it tens of thousands of gas; in the circuit it is a fixed
@@ -66,7 +66,7 @@ impl ConstraintSynthesizer<Fr> for KAnonCircuit {
 }
 
 /// Constraints per part of the circuit of `shape`, in circuit order: parameters, data
-/// commitment, challenge, byte range checks, class multiplicities.
+/// commitment, challenge, class multiplicities.
 pub fn constraint_profile(shape: Shape) -> Result<Vec<(&'static str, usize)>, SynthesisError> {
     let cs = ark_relations::gr1cs::ConstraintSystem::<Fr>::new_ref();
     cs.set_mode(ark_relations::gr1cs::SynthesisMode::Setup);
@@ -318,7 +318,8 @@ mod tests {
             slot.1 = 0;
         }
         assert!(!satisfied(forced));
-        // Nor as 7 = 8 + (−1): the count above k has 24 boolean bits, so −1 is not one.
+        // Nor with the largest count above k the bits hold (a stand-in for −1, which a
+        // witness cannot even express: the count is 24 boolean bits).
         let mut negative = witness(7);
         negative.statement.k = 8;
         for slot in negative.classes.iter_mut().filter(|(key, _)| *key != 0) {
@@ -341,6 +342,17 @@ mod tests {
         fewer_rows.statement.rows -= 2;
         fewer_rows.statement.suppressed -= 2;
         assert!(!satisfied(fewer_rows));
+        // Two suppressed rows hidden in an unused slot (key 0, count 2) while claiming
+        // two fewer suppressed: an unused slot counts nothing.
+        let mut hidden = witness(5);
+        hidden.statement.suppressed -= 2;
+        let unused = hidden
+            .classes
+            .iter()
+            .position(|(key, _)| *key == 0)
+            .unwrap();
+        hidden.classes[unused] = (0, 2);
+        assert!(!satisfied(hidden));
         // More suppressed than the limit, consistently claimed.
         let mut over = witness(5);
         over.statement.limit = 1;

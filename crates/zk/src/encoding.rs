@@ -193,13 +193,21 @@ impl EncodedTable {
         pack(bytes, shape.sensitive_elements())
     }
 
-    /// The commitment to this table, padded to `shape`, with `salt`.
-    pub fn commitment(&self, shape: Shape, salt: &Salt) -> Commitment {
+    /// The commitment to this table, padded to `shape`, with `salt`; a table with more
+    /// rows than the shape has none.
+    pub fn commitment(&self, shape: Shape, salt: &Salt) -> Result<Commitment, ZkError> {
+        if self.len() > shape.rows as usize {
+            return Err(ZkError::DoesNotFit {
+                rows: self.len(),
+                classes: self.classes().0.len(),
+                shape,
+            });
+        }
         let elements = [salt.element(), Fr::from(self.len() as u64)]
             .into_iter()
             .chain(self.padded_keys(shape).into_iter().map(Fr::from))
             .chain(self.sensitive_elements(shape));
-        Commitment(poseidon::sponge(tag(TAG_DATA, shape), elements))
+        Ok(Commitment(poseidon::sponge(tag(TAG_DATA, shape), elements)))
     }
 }
 

@@ -95,6 +95,18 @@ impl KeyStore {
         self.dir.join(format!("kanon-{}.pk", shape.rows))
     }
 
+    /// Forgets `shape`'s proving key, in memory and on disk (after
+    /// [`ZkError::ProofRejected`]: the next use generates it anew).
+    pub fn forget(&self, shape: Shape) -> Result<(), ZkError> {
+        self.loaded.lock().expect("key cache").remove(&shape);
+        let path = self.path(shape);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(ZkError::Io { path, source: e }),
+        }
+    }
+
     /// `shape`'s proving key: from memory, from disk, or generated (and written).
     pub fn proving_key(&self, shape: Shape) -> Result<Arc<ProvingKey<Bn254>>, ZkError> {
         let slot = self

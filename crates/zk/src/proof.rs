@@ -165,7 +165,7 @@ impl ProofRequest<'_> {
         }
         let statement = Statement {
             shape,
-            commitment: self.table.commitment(shape, self.salt),
+            commitment: self.table.commitment(shape, self.salt)?,
             k: self.k,
             rows: rows as u32,
             suppressed: suppressed as u32,
@@ -201,6 +201,10 @@ pub fn check_table(
     salt: &Salt,
 ) -> Result<(), ZkError> {
     let differs = |what: String| Err(ZkError::TableMismatch(what));
+    statement.check()?;
+    if Shape::with_rows(statement.shape.rows) != Some(statement.shape) {
+        return Err(ZkError::UnknownShape(statement.shape));
+    }
     if schema.hash() != statement.schema_hash {
         return differs("the schema's hash is not the listed one".into());
     }
@@ -225,7 +229,7 @@ pub fn check_table(
             statement.k
         ));
     }
-    if encoded.commitment(statement.shape, salt) != statement.commitment {
+    if encoded.commitment(statement.shape, salt)? != statement.commitment {
         return differs("the table's commitment is not the listed one".into());
     }
     Ok(())

@@ -114,7 +114,8 @@ fn a_k_anonymous_table_proves_and_verifies_and_nothing_else_does() {
     );
     let other_commitment = EncodedTable::new(&other, &standard_schema())
         .unwrap()
-        .commitment(Shape::ROWS_64, &salt);
+        .commitment(Shape::ROWS_64, &salt)
+        .unwrap();
     let lies = [
         Statement {
             commitment: other_commitment,
@@ -153,20 +154,15 @@ fn a_k_anonymous_table_proves_and_verifies_and_nothing_else_does() {
     // that does not verify.
     let bytes = proven.proof.to_bytes();
     assert_eq!(bytes.len(), 128);
-    let mut refused = 0;
     for i in [0, 40, 70, 100, 127] {
         let mut tampered = bytes.clone();
         tampered[i] ^= 0x04;
         match Proof::from_bytes(&tampered) {
-            Err(ZkError::Decode { .. }) => refused += 1,
-            Ok(p) => {
-                assert!(!verify(&proven.statement, &p).unwrap());
-                refused += 1
-            }
+            Err(ZkError::Decode { .. }) => {}
+            Ok(p) => assert!(!verify(&proven.statement, &p).unwrap(), "byte {i}"),
             Err(e) => panic!("unexpected {e}"),
         }
     }
-    assert_eq!(refused, 5);
     let swapped = Proof(ark_groth16::Proof {
         a: proven.proof.0.c,
         c: proven.proof.0.a,
@@ -215,13 +211,15 @@ fn a_researcher_recomputes_the_commitment_from_the_released_csv() {
     let schema = standard_schema();
     let committed = EncodedTable::new(&t, &schema)
         .unwrap()
-        .commitment(Shape::ROWS_4K, &salt);
+        .commitment(Shape::ROWS_4K, &salt)
+        .unwrap();
     let mut csv = Vec::new();
     t.write_csv(&mut csv, b',').unwrap();
     let read = Table::from_csv(csv.as_slice(), b',').unwrap();
     let recomputed = EncodedTable::new(&read, &schema)
         .unwrap()
-        .commitment(Shape::ROWS_4K, &salt);
+        .commitment(Shape::ROWS_4K, &salt)
+        .unwrap();
     assert_eq!(committed, recomputed);
     // Without the salt, or with one changed cell, it does not match.
     assert_ne!(
@@ -229,6 +227,7 @@ fn a_researcher_recomputes_the_commitment_from_the_released_csv() {
         EncodedTable::new(&read, &schema)
             .unwrap()
             .commitment(Shape::ROWS_4K, &Salt::random())
+            .unwrap()
     );
     let mut changed = Table::with_columns(&["zip3", "age", "diagnosis"]).unwrap();
     for i in 0..read.len() {
@@ -244,6 +243,7 @@ fn a_researcher_recomputes_the_commitment_from_the_released_csv() {
         EncodedTable::new(&changed, &schema)
             .unwrap()
             .commitment(Shape::ROWS_4K, &salt)
+            .unwrap()
     );
     // check_table says what differs.
     let statement = Statement {
