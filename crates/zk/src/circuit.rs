@@ -360,6 +360,35 @@ mod tests {
     }
 
     #[test]
+    fn more_rows_than_the_circuit_holds_fail_on_the_room_check_alone() {
+        // Claim 65 rows in the 64-row circuit with everything else consistent: the
+        // commitment made with rows = 65, and suppressed raised so that the key-0 count
+        // N − rows + suppressed still matches. Only `rows ≤ N` is left to fail.
+        let mut w = witness(5);
+        let zero_keys = w.keys.iter().filter(|k| **k == 0).count() as u32;
+        w.statement.rows = 65;
+        w.statement.suppressed = zero_keys + 65 - 64;
+        w.statement.limit = w.statement.suppressed;
+        let elements = [w.salt, Fr::from(65u64)]
+            .into_iter()
+            .chain(w.keys.iter().map(|k| Fr::from(*k)))
+            .chain(w.sensitive.iter().copied());
+        w.statement.commitment =
+            crate::Commitment(crate::poseidon::sponge(data_tag(Shape::ROWS_64), elements));
+        assert!(!satisfied(w.clone()));
+        // The same witness with 64 rows (suppressed one lower) satisfies everything.
+        w.statement.rows = 64;
+        w.statement.suppressed -= 1;
+        let elements = [w.salt, Fr::from(64u64)]
+            .into_iter()
+            .chain(w.keys.iter().map(|k| Fr::from(*k)))
+            .chain(w.sensitive.iter().copied());
+        w.statement.commitment =
+            crate::Commitment(crate::poseidon::sponge(data_tag(Shape::ROWS_64), elements));
+        assert!(satisfied(w));
+    }
+
+    #[test]
     fn a_class_table_that_is_not_the_rows_fails() {
         // Merge two classes into one slot of 14: the rows' keys no longer match.
         let mut merged = witness(5);

@@ -162,14 +162,44 @@ fn read_key(path: &Path) -> Result<ProvingKey<Bn254>, ZkError> {
     )
 }
 
+/// Temporary key files older than this were left by a writer that died (the largest
+/// key is written in seconds).
+const STALE_PARTIAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes the temporary key files under `dir` that a crashed writer left (hundreds of
+/// megabytes each); a failure to is only logged.
+fn remove_stale_partials(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > STALE_PARTIAL);
+        if name.to_string_lossy().starts_with(PARTIAL_PREFIX) && stale {
+            if let Err(e) = std::fs::remove_file(entry.path()) {
+                tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a stale partial key file");
+            }
+        }
+    }
+}
+
+/// The prefix of temporary key files.
+const PARTIAL_PREFIX: &str = ".kanon-partial-";
+
 /// Writes `key` to `path` through a temporary file of its own in the same directory
 /// (renamed into place once synced): a reader never sees half a key, and processes
 /// writing at once do not truncate each other's.
 fn write_key(path: &Path, key: &ProvingKey<Bn254>) -> Result<(), ZkError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    remove_stale_partials(dir);
     let partial = tempfile::Builder::new()
-        .prefix(".kanon-partial-")
+        .prefix(PARTIAL_PREFIX)
         .tempfile_in(dir)
         .map_err(io_error(dir))?;
     let mut writer = BufWriter::new(partial.as_file());

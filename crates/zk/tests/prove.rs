@@ -375,6 +375,13 @@ fn a_damaged_key_file_is_replaced_and_concurrent_first_uses_generate_once() {
     let dir = tempfile::tempdir().unwrap();
     let path = KeyStore::new(dir.path()).path(Shape::ROWS_64);
     std::fs::write(&path, b"not a proving key").unwrap();
+    // A partial file a crashed writer left two hours ago is cleaned up; a fresh one
+    // (another process writing now) would not be.
+    let stale = dir.path().join(".kanon-partial-crashed");
+    std::fs::File::create(&stale)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(7200))
+        .unwrap();
     let store = std::sync::Arc::new(KeyStore::new(dir.path()));
     let handles: Vec<_> = (0..3)
         .map(|_| {
@@ -388,7 +395,7 @@ fn a_damaged_key_file_is_replaced_and_concurrent_first_uses_generate_once() {
         .all(|w| std::sync::Arc::ptr_eq(&w[0], &w[1])));
     assert_eq!(keys[0].vk, published_verifying_key(Shape::ROWS_64).unwrap());
     // The file now holds the key (read back by a fresh store), and no partial file is
-    // left beside it.
+    // left beside it, the stale one included.
     let reread = KeyStore::new(dir.path())
         .proving_key(Shape::ROWS_64)
         .unwrap();
