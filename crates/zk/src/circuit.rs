@@ -112,10 +112,9 @@ impl KAnonCircuit {
         let packed = st.map(Statement::packed);
         let bytes = b.statement_bytes(packed.as_ref().map(|p| &p[..]), STATEMENT_BYTES)?;
         let digest = Sha256Gadget::digest(&bytes)?;
-        b.enforce_equal(&statement, &Lc::shifted_digest(&digest.0))?;
-        let field = |range: std::ops::Range<usize>| {
-            Lc::from_be_uint8(&bytes[range.clone()], packed.as_ref().map(|p| &p[range]))
-        };
+        // The digest shifted right by 3 bits, below the field's order.
+        b.enforce_equal(&statement, &Lc::from_be_bits(&digest.0, 3))?;
+        let field = |range: std::ops::Range<usize>| Lc::from_be_bits(&bytes[range], 0);
         let commitment = field(0..32);
         let k = field(32..34);
         let rows = field(34..38);

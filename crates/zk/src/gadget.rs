@@ -76,67 +76,25 @@ impl Lc {
         Lc { lc, value }
     }
 
-    /// A byte of the SHA-256 gadget as a combination of its bits (no value).
-    fn from_uint8(byte: &UInt8<Fr>) -> Lc {
-        let mut lc = LinearCombination(
-            byte.bits
-                .iter()
-                .enumerate()
-                .map(|(i, bit)| (Fr::from(1u64 << i), bit.variable()))
-                .collect(),
-        );
-        lc.compactify();
-        Lc { lc, value: None }
-    }
-
-    /// The big-endian integer of `bytes` (bytes of the SHA-256 gadget), whose values
-    /// are `values` when proving.
-    pub fn from_be_uint8(bytes: &[UInt8<Fr>], values: Option<&[u8]>) -> Lc {
-        let le: Vec<Lc> = bytes.iter().rev().map(Lc::from_uint8).collect();
-        let mut sum = Lc::from_le_bytes(&le);
-        sum.value = values.map(|v| {
-            v.iter()
-                .fold(Fr::zero(), |acc, b| acc * Fr::from(256u64) + Fr::from(*b))
-        });
-        sum
-    }
-
-    /// A SHA-256 digest as a big-endian integer shifted right by 3 bits (below the
-    /// field's order); its value is computed from the digest's bits when proving.
-    pub fn shifted_digest(digest: &[UInt8<Fr>]) -> Lc {
-        let mut terms = Vec::with_capacity(253);
+    /// The big-endian integer of `bytes` (bytes of the SHA-256 gadget) with its
+    /// `dropped` lowest bits left out (shifted right by them); its value is read from
+    /// the bits' when proving.
+    pub fn from_be_bits(bytes: &[UInt8<Fr>], dropped: usize) -> Lc {
+        let mut terms = Vec::with_capacity(8 * bytes.len());
         let mut value = Some(Fr::zero());
-        let two = Fr::from(2u64);
         let mut weight = Fr::one();
-        // Bit t of the integer, counted from the least significant, has weight 2^(t-3).
-        for (j, byte) in digest.iter().rev().enumerate() {
-            for (i, bit) in byte.bits.iter().enumerate() {
-                let t = 8 * j + i;
-                if t < 3 {
-                    continue;
-                }
-                terms.push((weight, bit.variable()));
-                value = value
-                    .zip(bit.value().ok())
-                    .map(|(acc, b)| if b { acc + weight } else { acc });
-                weight *= two;
-            }
+        // Bit t of the integer, from the least significant, has weight 2^(t − dropped).
+        let bits = bytes.iter().rev().flat_map(|byte| byte.bits.iter());
+        for bit in bits.skip(dropped) {
+            terms.push((weight, bit.variable()));
+            value = value
+                .zip(bit.value().ok())
+                .map(|(acc, b)| if b { acc + weight } else { acc });
+            weight += weight;
         }
         let mut lc = LinearCombination(terms);
         lc.compactify();
         Lc { lc, value }
-    }
-
-    /// `Σ 256^i · bytes[i]` (little-endian).
-    pub fn from_le_bytes(bytes: &[Lc]) -> Lc {
-        let radix = Fr::from(256u64);
-        let mut weight = Fr::one();
-        let mut scaled = Vec::with_capacity(bytes.len());
-        for byte in bytes {
-            scaled.push(byte.scale(weight));
-            weight *= radix;
-        }
-        Lc::sum(&scaled)
     }
 }
 
@@ -263,12 +221,8 @@ impl Builder {
                 .iter()
                 .zip(row)
                 .try_fold(Fr::zero(), |acc, (y, m)| y.value.map(|v| acc + *m * v));
-            let mut coefficients = vec![Fr::zero()];
-            coefficients.extend_from_slice(row);
-            let mut basis = vec![Variable::One];
-            basis.extend_from_slice(&variables);
             *lane = Lc {
-                lc: combination(&coefficients, &basis),
+                lc: combination(row, &variables),
                 value,
             };
         }
